@@ -1,0 +1,328 @@
+"""``archive list|tail|overview|info|scan``: the read commands, rendered as the spec shows them."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from pycomex_index.cli.common import (
+    archive_options,
+    compile_or_fail,
+    json_option,
+    note,
+    opened_index,
+    report_failures,
+    select_option,
+    write_json,
+    write_lines,
+)
+
+DEFAULT_GROUP_EXPRESSION = "p.get('__PREFIX__', 'unknown')"
+SEPARATOR = "─" * 40
+#: Error types listed one by one in overview; the rest are summed up as "Other".
+MAX_ERROR_TYPES = 10
+DESCRIPTION_LIMIT = 100
+
+
+def _shown_path(index, rel_path: str) -> str:
+    """``results/neural_net/<run>``: the archive folder's name, then the path below it."""
+    return f"{index.display_root}/{rel_path}"
+
+
+def _nothing_found(select: str | None) -> None:
+    note("No experiments match the selection." if select else "There are no experiments in the archive.")
+
+
+@click.command("list")
+@select_option
+@archive_options
+@json_option
+@click.pass_context
+def list_command(ctx, select, archive_path, index_location, as_json) -> None:
+    """List experiments with status and duration, oldest first.
+
+    \b
+    Examples:
+      pycomex-index archive list
+      pycomex-index archive list --select "m['status'] == 'done'"
+      pycomex-index archive list --json | jq '.[0]'
+    """
+    from pycomex_index.formatting import STATUS_ICONS, format_duration
+    from pycomex_index.queries import experiment_as_json, iter_experiments, unreadable_experiments
+    from pycomex_index.selection import EvaluationFailures
+
+    selection = compile_or_fail(select)
+    failures = EvaluationFailures()
+    with opened_index(ctx, archive_path, index_location) as index:
+        rows = list(
+            iter_experiments(
+                index, selection, include_unreadable=False, with_parameters=as_json, failures=failures
+            )
+        )
+        if selection is None:
+            rows.extend(unreadable_experiments(index))
+        if as_json:
+            write_json([experiment_as_json(index, row) for row in rows])
+        else:
+            lines = []
+            for row in rows:
+                if row.outcome == "error":
+                    suffix = " (metadata error)"
+                elif row.outcome == "running":
+                    suffix = " (running)"
+                elif row.duration is not None and row.duration > 0:
+                    suffix = f" ({format_duration(row.duration)})"
+                else:
+                    suffix = ""
+                lines.append(f"{STATUS_ICONS[row.outcome]} {_shown_path(index, row.rel_path)}{suffix}")
+            write_lines(lines)
+    report_failures(failures)
+    if not rows and not as_json:
+        _nothing_found(select)
+
+
+@click.command("tail")
+@click.option("-n", "--num", default=5, show_default=True, type=click.IntRange(min=0), help="How many experiments.")
+@select_option
+@archive_options
+@json_option
+@click.pass_context
+def tail_command(ctx, num, select, archive_path, index_location, as_json) -> None:
+    """Show the most recent experiments in detail, newest first.
+
+    \b
+    Examples:
+      pycomex-index archive tail
+      pycomex-index archive tail -n 10 --select "m['has_error'] == True"
+    """
+    from pycomex_index.formatting import STATUS_ICONS, format_duration, format_time, shorten
+    from pycomex_index.queries import experiment_as_json, iter_experiments, load_metadata
+    from pycomex_index.selection import EvaluationFailures
+
+    selection = compile_or_fail(select)
+    failures = EvaluationFailures()
+    with opened_index(ctx, archive_path, index_location) as index:
+        rows = list(
+            iter_experiments(
+                index,
+                selection,
+                newest_first=True,
+                include_unreadable=False,
+                limit=num,
+                with_parameters=as_json,
+                failures=failures,
+            )
+        )
+        descriptions = {}
+        for row in rows:
+            metadata = load_metadata(index, row.id) or {}
+            description = metadata.get("short_description") or metadata.get("description") or ""
+            descriptions[row.id] = description if isinstance(description, str) else str(description)
+    if as_json:
+        write_json([{**experiment_as_json(index, row), "description": descriptions[row.id]} for row in rows])
+    else:
+        blocks = []
+        for row in rows:
+            blocks.append(
+                "\n".join(
+                    [
+                        f"Experiment: {row.name or row.namespace}",
+                        f"Path: {_shown_path(index, row.rel_path)}",
+                        f"Status: {row.outcome} {STATUS_ICONS[row.outcome]}"
+                        + (f" ({row.error_type})" if row.error_type else ""),
+                        f"Started: {format_time(row.start_time)}",
+                        f"Ended: {format_time(row.end_time) if row.outcome != 'running' else '(running)'}",
+                        f"Duration: {format_duration(row.duration) if row.outcome != 'running' else '(running)'}",
+                        f"Description: {shorten(descriptions[row.id], DESCRIPTION_LIMIT) or '(none)'}",
+                    ]
+                )
+            )
+        write_lines([f"\n\n{SEPARATOR}\n\n".join(blocks)] if blocks else [])
+    report_failures(failures)
+    if not rows and not as_json:
+        _nothing_found(select)
+
+
+def _statistics_lines(statistics, heading: str, index, select: str | None, with_namespaces: bool) -> list[str]:
+    from pycomex_index.formatting import format_duration, format_percent, format_size, format_time
+
+    total = statistics.total
+    lines = [f"{heading} @ {index.root}"]
+    if select:
+        lines.append(f"Filtered by: {select}")
+    lines += [
+        "",
+        "Overview",
+        f"Total Experiments: {total}",
+        f"Successful: {statistics.successful} ({format_percent(statistics.successful, total)})",
+        f"Failed: {statistics.failed} ({format_percent(statistics.failed, total)})",
+        f"Running: {statistics.running} ({format_percent(statistics.running, total)})",
+        f"Total Disk Space: {format_size(statistics.disk_usage)}",
+        "",
+        "Timing Statistics",
+        f"First Experiment: {format_time(statistics.first_start_time)}",
+        f"Last Experiment: {format_time(statistics.last_start_time)}",
+        f"Average Duration: {format_duration(statistics.average_duration)}",
+        f"Maximum Duration: {format_duration(statistics.maximum_duration)}",
+        f"Total Time: {format_duration(statistics.total_duration)}",
+        "",
+        "Content Statistics",
+        "Parameters per Experiment:",
+        *_min_max_average(statistics.parameters_min, statistics.parameters_max, statistics.parameters_average),
+        "",
+        "Assets per Experiment:",
+        *_min_max_average(statistics.assets_min, statistics.assets_max, statistics.assets_average),
+        "",
+        "Error Analysis",
+    ]
+    if statistics.error_types:
+        lines.append("Error Types:")
+        failed = sum(count for _, count in statistics.error_types)
+        shown = statistics.error_types[:MAX_ERROR_TYPES]
+        others = sum(count for _, count in statistics.error_types[MAX_ERROR_TYPES:])
+        for name, count in shown + ([("Other", others)] if others else []):
+            lines.append(f"  {name}: {count} ({format_percent(count, failed)})")
+    else:
+        lines.append("No failed experiments.")
+    if with_namespaces:
+        lines += ["", "Namespaces"]
+        lines += [f"  {name or '(archive root)'}: {count}" for name, count in statistics.namespaces]
+    return lines
+
+
+def _min_max_average(minimum, maximum, average) -> list[str]:
+    if minimum is None:
+        return ["  (no experiments)"]
+    return [f"  Min: {minimum}", f"  Max: {maximum}", f"  Average: {average:.1f}"]
+
+
+def _statistics_command(name: str, heading: str, with_namespaces: bool, docstring: str):
+    @click.command(name)
+    @select_option
+    @archive_options
+    @json_option
+    @click.pass_context
+    def command(ctx, select, archive_path, index_location, as_json) -> None:
+        from pycomex_index.selection import EvaluationFailures
+        from pycomex_index.stats import archive_statistics
+
+        selection = compile_or_fail(select)
+        failures = EvaluationFailures()
+        with opened_index(ctx, archive_path, index_location) as index:
+            statistics = archive_statistics(index, selection, failures)
+        if as_json:
+            write_json({"archive": index.root, "select": select, **statistics.as_json()})
+        else:
+            write_lines(_statistics_lines(statistics, heading, index, select, with_namespaces))
+        report_failures(failures)
+
+    command.__doc__ = docstring
+    return command
+
+
+overview_command = _statistics_command(
+    "overview",
+    "Experiment Archive",
+    with_namespaces=False,
+    docstring="""Archive statistics: outcomes, timing, content and errors.
+
+    \b
+    Examples:
+      pycomex-index archive overview
+      pycomex-index archive overview --select "m['start_time'] > '2024-01-10'"
+    """,
+)
+info_command = _statistics_command(
+    "info",
+    "Archive Statistics",
+    with_namespaces=True,
+    docstring="""Archive statistics like overview, plus the experiments per namespace.
+
+    \b
+    Example:
+      pycomex-index archive info --select "p['MODEL'] == 'resnet'"
+    """,
+)
+
+
+@click.command("scan")
+@click.option(
+    "--group",
+    "group_expression",
+    default=DEFAULT_GROUP_EXPRESSION,
+    show_default=True,
+    metavar="EXPR",
+    help="Python expression on m and p whose value names each experiment's group.",
+)
+@select_option
+@archive_options
+@json_option
+@click.pass_context
+def scan_command(ctx, group_expression, select, archive_path, index_location, as_json) -> None:
+    """Group experiments by an expression: count, success rate, last completed, runtime, disk use.
+
+    \b
+    Examples:
+      pycomex-index archive scan
+      pycomex-index archive scan --group "p.get('MODEL', 'unknown')"
+    """
+    from pycomex_index.selection import EvaluationFailures
+    from pycomex_index.stats import scan_groups
+
+    selection = compile_or_fail(select)
+    group_by = compile_or_fail(group_expression, what="--group")
+    failures = EvaluationFailures()
+    with opened_index(ctx, archive_path, index_location) as index:
+        result = scan_groups(index, group_by, selection, failures)
+    if as_json:
+        write_json([group.as_json(result.now) for group in result.groups])
+    else:
+        _print_scan_table(index, result, select, group_expression)
+    report_failures(failures)
+    report_failures(result.group_failures, what="--group")
+    if result.unreadable:
+        note(f"Skipped {result.unreadable} experiment(s) with unreadable metadata.")
+
+
+def _print_scan_table(index, result, select, group_expression) -> None:
+    import sys
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from pycomex_index.formatting import format_age, format_duration, format_size
+
+    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200, highlight=False)
+    console.print(f"Experiment Archive Scan @ {index.root}", markup=False)
+    if select:
+        console.print(f"Filtered by: {select}", markup=False)
+    console.print(f"Grouped by: {group_expression}", markup=False)
+    table = Table(box=box.HORIZONTALS, show_header=True, header_style="bold")
+    for column, justify in (
+        ("Group", "left"),
+        ("Experiments", "right"),
+        ("Success Rate", "right"),
+        ("Last Completed", "right"),
+        ("Avg Runtime", "right"),
+        ("Disk Usage", "right"),
+    ):
+        table.add_column(column, justify=justify, no_wrap=True)
+    for group in result.groups:
+        table.add_row(
+            Text(group.key),
+            str(group.count),
+            f"{group.successful}/{group.count} ({group.success_rate:.1f}%)",
+            format_age(result.now - group.last_end_time if group.last_end_time is not None else None),
+            format_duration(group.average_runtime) if group.average_runtime is not None else "N/A",
+            format_size(group.disk_usage),
+        )
+    console.print(table)
+    console.print(f"Summary: {len(result.groups)} group(s), {sum(group.count for group in result.groups)} experiment(s)")
+
+
+def register(group: click.Group) -> None:
+    for command in (list_command, tail_command, overview_command, info_command, scan_command):
+        group.add_command(command)

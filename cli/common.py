@@ -1,0 +1,206 @@
+"""What every command shares: archive options, opening a fresh index, output, progress, and clean errors.
+
+Only click and the standard library are imported at module level, so
+``--help`` starts fast; the library and rich are imported when a command runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from typing import Any, Callable, Iterator
+
+import click
+
+DEFAULT_ARCHIVE_PATH = "./results"
+#: Below this many files to read, a progress bar would only flicker.
+PROGRESS_THRESHOLD = 200
+
+
+def archive_options(command: Callable) -> Callable:
+    """``--path`` and ``--index`` on a subcommand, so they work before or after its name."""
+    command = click.option(
+        "--index",
+        "index_location",
+        default=None,
+        metavar="FILE|URL",
+        help="Index file or SQLAlchemy URL (default: <archive>/.pycomex_index/index.sqlite3; env PYCOMEX_INDEX).",
+    )(command)
+    command = click.option(
+        "--path",
+        "archive_path",
+        default=None,
+        metavar="RESULTS_PATH",
+        help=f"Archive location (default: {DEFAULT_ARCHIVE_PATH}).",
+    )(command)
+    return command
+
+
+def json_option(command: Callable) -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")(command)
+
+
+def select_option(command: Callable) -> Callable:
+    return click.option(
+        "--select",
+        default=None,
+        metavar="EXPR",
+        help="Python expression on m (metadata) and p (parameters); only experiments where it is true.",
+    )(command)
+
+
+def archive_location(ctx: click.Context, archive_path: str | None, index_location: str | None) -> tuple[str, str | None]:
+    """The archive and index named on the subcommand, else on the ``archive`` group, else the defaults."""
+    group_settings = ctx.find_object(dict) or {}
+    return (
+        archive_path or group_settings.get("archive_path") or DEFAULT_ARCHIVE_PATH,
+        index_location or group_settings.get("index_location"),
+    )
+
+
+@contextlib.contextmanager
+def opened_index(ctx: click.Context, archive_path: str | None, index_location: str | None, *, refresh: bool = True):
+    """Open the archive's index and (unless told not to) bring it up to date first, with a progress bar."""
+    from pycomex_index.store import open_archive_index
+    from pycomex_index.sync import refresh_index
+
+    path, location = archive_location(ctx, archive_path, index_location)
+    with open_archive_index(path, location) as index:
+        if refresh:
+            with progress_bar("Indexing experiments") as on_progress:
+                refresh_index(index, on_progress=on_progress)
+        yield index
+
+
+@contextlib.contextmanager
+def progress_bar(label: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A ``(done, total)`` callback drawing a rich progress bar on stderr, or None when stderr is no terminal."""
+    if not sys.stderr.isatty() or os.environ.get("PYCOMEX_INDEX_NO_PROGRESS"):
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = None
+
+    def on_progress(done: int, total: int) -> None:
+        nonlocal task
+        if total < PROGRESS_THRESHOLD:
+            return
+        if task is None:
+            progress.start()
+            task = progress.add_task(label, total=total)
+        progress.update(task, completed=done)
+
+    try:
+        yield on_progress
+    finally:
+        if task is not None:
+            progress.stop()
+
+
+def write_lines(lines: list[str]) -> None:
+    """All of stdout in one write: per-line printing is what makes long listings slow."""
+    if lines:
+        sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+
+
+def write_json(document: Any) -> None:
+    import orjson
+
+    option = orjson.OPT_INDENT_2 if sys.stdout.isatty() else 0
+    try:
+        text = orjson.dumps(document, option=option).decode()
+    except TypeError:
+        import json
+
+        text = json.dumps(document, indent=2 if option else None, ensure_ascii=False, default=str)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def warn(message: str) -> None:
+    click.echo(f"Warning: {message}", err=True)
+
+
+def note(message: str) -> None:
+    """Information for a person (not a result): stderr, so stdout stays machine-readable."""
+    click.echo(message, err=True)
+
+
+def compile_or_fail(source: str | None, *, what: str = "--select", mode: str = "eval"):
+    """Compile an expression, or None when none was given (errors surface as usage errors)."""
+    if source is None:
+        return None
+    from pycomex_index.selection import compile_expression
+
+    return compile_expression(source, mode=mode, what=what)
+
+
+def report_failures(failures, what: str = "--select") -> None:
+    """One line on stderr for experiments on which an expression raised (they were not selected)."""
+    if failures.count:
+        warn(
+            f"{what} raised on {failures.count} experiment{'s' if failures.count != 1 else ''}, "
+            f"which {'were' if failures.count != 1 else 'was'} not selected: {failures.summary()}"
+        )
+
+
+class _StderrWarnings(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        warn(record.getMessage())
+
+
+def install_library_logging() -> None:
+    """Library warnings (an index set aside, a file skipped) reach the user as ``Warning:`` lines."""
+    logger = logging.getLogger("pycomex_index")
+    if not any(isinstance(handler, _StderrWarnings) for handler in logger.handlers):
+        logger.addHandler(_StderrWarnings(level=logging.WARNING))
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+
+
+class CleanErrorsGroup(click.Group):
+    """Turns the library's errors (and disk-full, interrupts, anything unexpected) into one-line messages."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+        except Exception as error:  # noqa: BLE001 - the one place that keeps tracebacks from users
+            message, exit_code = describe_error(error)
+            if os.environ.get("PYCOMEX_INDEX_DEBUG"):
+                raise
+            click.echo(f"Error: {message}", err=True)
+            ctx.exit(exit_code)
+
+
+def describe_error(error: BaseException) -> tuple[str, int]:
+    """A one-line message and exit code for any error that reaches the CLI."""
+    import errno
+
+    from pycomex_index.errors import PycomexIndexError
+
+    if isinstance(error, PycomexIndexError):
+        return str(error), error.exit_code
+    text = str(error)
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC or "disk is full" in text or "database or disk is full" in text:
+        return "no space left on the device; nothing was lost, free some space and run the command again", 1
+    if "database is locked" in text:
+        return "the index is busy (another pycomex-index process is writing); try again", 1
+    return f"{type(error).__name__}: {text} (set PYCOMEX_INDEX_DEBUG=1 for a traceback)", 1

@@ -1,0 +1,74 @@
+"""``pycomex-index index sync|status``: building and inspecting the index."""
+
+from __future__ import annotations
+
+import click
+
+from pycomex_index.cli.common import archive_options, json_option, opened_index, progress_bar, write_json, write_lines
+
+
+@click.command("sync")
+@archive_options
+@click.option("--rebuild", is_flag=True, help="Forget every row and read every experiment again.")
+@json_option
+@click.pass_context
+def sync_command(ctx: click.Context, archive_path, index_location, rebuild: bool, as_json: bool) -> None:
+    """Bring the index up to date with the archive (only changed experiments are read).
+
+    \b
+    Example:
+      pycomex-index index sync --path ./results
+      pycomex-index index sync --rebuild
+    """
+    from dataclasses import asdict
+
+    from pycomex_index.sync import sync_archive
+
+    with opened_index(ctx, archive_path, index_location, refresh=False) as index:
+        with progress_bar("Indexing experiments") as on_progress:
+            report = sync_archive(index, rebuild=rebuild, on_progress=on_progress)
+    if as_json:
+        write_json({**asdict(report), "index": index.location, "archive": index.root})
+        return
+    write_lines(
+        [
+            f"Synced {index.root} in {report.seconds:.2f} s: {report.added} added, {report.updated} updated, "
+            f"{report.removed} removed, {report.assets_refreshed} with new assets, {report.unchanged} unchanged"
+            + (f" ({report.unreadable} with unreadable metadata)" if report.unreadable else "")
+        ]
+    )
+
+
+@click.command("status")
+@archive_options
+@json_option
+@click.pass_context
+def status_command(ctx: click.Context, archive_path, index_location, as_json: bool) -> None:
+    """Where the index is, how many rows it holds, its schema revision and the last sync.
+
+    \b
+    Example:
+      pycomex-index index status --path ./results
+    """
+    from pycomex_index.formatting import format_size, format_time
+    from pycomex_index.status import index_status
+
+    with opened_index(ctx, archive_path, index_location, refresh=False) as index:
+        status = index_status(index)
+    if as_json:
+        write_json(status.as_json())
+        return
+    lines = [
+        f"Archive: {status.archive}",
+        f"Index: {status.location}" + (f" ({format_size(status.size)})" if status.size is not None else ""),
+        f"Schema revision: {status.revision}",
+        f"Experiments: {status.experiments}" + (f" ({status.unreadable} with unreadable metadata)" if status.unreadable else ""),
+        "Last sync: "
+        + (f"{format_time(status.last_sync_at)} (took {status.last_sync_seconds:.2f} s)" if status.last_sync_at else "never"),
+    ]
+    write_lines(lines)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(sync_command)
+    group.add_command(status_command)

@@ -1,0 +1,272 @@
+"""Finding experiments on disk and reading one experiment folder safely.
+
+This is the one place that walks an archive and the one place that reads an
+experiment folder. Nothing here raises on a bad experiment: a record carries
+the error instead, so one broken run never stops a command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+METADATA_FILE_NAME = "experiment_meta.json"
+#: The folder inside the archive root where the index lives by default; never an experiment.
+INDEX_FOLDER_NAME = ".pycomex_index"
+
+#: Metadata keys too big or too nested to keep in the narrow summary column.
+#: Everything else at the top level of experiment_meta.json is in the summary,
+#: so an expression that only reads other keys never needs the full document.
+DOCUMENT_ONLY_KEYS = frozenset({"description", "parameters", "hooks", "__track__"})
+
+#: The classification every command shows: done (success), failed, running, or
+#: error (the metadata file could not be read).
+OUTCOMES = ("done", "failed", "running", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class FolderStat:
+    """Where an experiment folder is and the file times that tell whether it changed."""
+
+    rel_path: str
+    meta_mtime_ns: int
+    meta_size: int
+    folder_mtime_ns: int
+
+
+@dataclass(slots=True)
+class ExperimentRecord:
+    """Everything the index stores about one experiment, read from its folder."""
+
+    rel_path: str
+    namespace: str
+    name: str | None
+    outcome: str
+    has_error: bool | None
+    error_type: str | None
+    start_time: float | None
+    end_time: float | None
+    duration: float | None
+    parameter_count: int | None
+    asset_count: int
+    disk_usage: int
+    meta_mtime_ns: int
+    meta_size: int
+    folder_mtime_ns: int
+    read_error: str | None
+    summary_json: str | None
+    parameters_json: str | None
+    metadata_json: str | None
+
+
+def iter_experiment_folders(root: str) -> Iterator[FolderStat]:
+    """Yield every experiment below ``root`` the way pycomex finds them.
+
+    Every folder below the root is visited; a folder holding
+    experiment_meta.json is an experiment and is not descended into. Symlinked
+    folders are followed (a symlinked experiment is still an experiment), but
+    each real folder is visited once, so a link cycle cannot loop forever.
+    """
+    seen: set[tuple[int, int]] = set()
+    pending = [""]
+    while pending:
+        rel_dir = pending.pop()
+        abs_dir = os.path.join(root, rel_dir) if rel_dir else root
+        try:
+            entries = list(os.scandir(abs_dir))
+        except OSError:
+            continue
+        for entry in entries:
+            if rel_dir == "" and entry.name == INDEX_FOLDER_NAME:
+                continue
+            try:
+                if not entry.is_dir():
+                    continue
+                folder_stat = entry.stat()
+            except OSError:
+                continue
+            identity = (folder_stat.st_dev, folder_stat.st_ino)
+            if identity in seen:
+                continue
+            seen.add(identity)
+            rel_path = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            try:
+                meta_stat = os.stat(os.path.join(entry.path, METADATA_FILE_NAME))
+            except OSError:
+                pending.append(rel_path)
+                continue
+            if stat.S_ISREG(meta_stat.st_mode):
+                yield FolderStat(rel_path, meta_stat.st_mtime_ns, meta_stat.st_size, folder_stat.st_mtime_ns)
+            else:
+                pending.append(rel_path)
+
+
+def stat_experiment_folder(root: str, rel_path: str) -> FolderStat | None:
+    """The current stat of one experiment, or None when it is no longer an experiment."""
+    folder = os.path.join(root, rel_path)
+    try:
+        folder_stat = os.stat(folder)
+        meta_stat = os.stat(os.path.join(folder, METADATA_FILE_NAME))
+    except OSError:
+        return None
+    if not (stat.S_ISDIR(folder_stat.st_mode) and stat.S_ISREG(meta_stat.st_mode)):
+        return None
+    return FolderStat(rel_path, meta_stat.st_mtime_ns, meta_stat.st_size, folder_stat.st_mtime_ns)
+
+
+def measure_assets(folder: str) -> tuple[int, int]:
+    """Count the files directly in ``folder`` (pycomex's "assets") and sum every file's size below it.
+
+    Symlinks are not followed, so a link out of the experiment never counts
+    someone else's data as this experiment's disk usage.
+    """
+    asset_count = 0
+    disk_usage = 0
+    pending = [(folder, True)]
+    while pending:
+        current, is_top = pending.pop()
+        try:
+            entries = list(os.scandir(current))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((entry.path, False))
+                elif entry.is_file(follow_symlinks=False):
+                    disk_usage += entry.stat(follow_symlinks=False).st_size
+                    if is_top:
+                        asset_count += 1
+            except OSError:
+                continue
+    return asset_count, disk_usage
+
+
+def parse_metadata_bytes(raw: bytes) -> dict[str, Any]:
+    """Parse the bytes of an experiment_meta.json; raise ValueError with a short reason if unusable."""
+    import orjson
+
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"not UTF-8 (byte {error.start})") from None
+    try:
+        metadata = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        # Python's json writes NaN and Infinity, which orjson rejects; the stdlib parser takes them.
+        try:
+            metadata = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"invalid JSON ({error.msg} at line {error.lineno})") from None
+    if not isinstance(metadata, dict):
+        raise ValueError(f"not a JSON object but {type(metadata).__name__}")
+    return metadata
+
+
+def parameter_values(metadata: dict[str, Any]) -> dict[str, Any]:
+    """pycomex's ``p``: ``{name: info['value']}`` for every parameter that has a value."""
+    parameters = metadata.get("parameters")
+    if not isinstance(parameters, dict):
+        return {}
+    return {
+        name: info["value"]
+        for name, info in parameters.items()
+        if isinstance(info, dict) and "value" in info
+    }
+
+
+def classify_outcome(metadata: dict[str, Any]) -> str:
+    """done (success), running, or failed, by the spec's rule."""
+    status = metadata.get("status")
+    if status == "done" and not metadata.get("has_error"):
+        return "done"
+    if status == "running":
+        return "running"
+    return "failed"
+
+
+def _number_or_none(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def namespace_of(rel_path: str) -> str:
+    """The namespace a folder lies in: its parent below the archive root."""
+    parent = rel_path.rpartition("/")[0]
+    return parent
+
+
+def read_experiment(root: str, folder_stat: FolderStat) -> ExperimentRecord:
+    """Read one experiment folder into a record; a broken file gives an ``error`` record, never an exception."""
+    import orjson
+
+    folder = os.path.join(root, folder_stat.rel_path)
+    asset_count, disk_usage = measure_assets(folder)
+    record = ExperimentRecord(
+        rel_path=folder_stat.rel_path,
+        namespace=namespace_of(folder_stat.rel_path),
+        name=None,
+        outcome="error",
+        has_error=None,
+        error_type=None,
+        start_time=None,
+        end_time=None,
+        duration=None,
+        parameter_count=None,
+        asset_count=asset_count,
+        disk_usage=disk_usage,
+        meta_mtime_ns=folder_stat.meta_mtime_ns,
+        meta_size=folder_stat.meta_size,
+        folder_mtime_ns=folder_stat.folder_mtime_ns,
+        read_error=None,
+        summary_json=None,
+        parameters_json=None,
+        metadata_json=None,
+    )
+    try:
+        with open(os.path.join(folder, METADATA_FILE_NAME), "rb") as file:
+            raw = file.read()
+        metadata = parse_metadata_bytes(raw)
+    except OSError as error:
+        record.read_error = f"cannot read {METADATA_FILE_NAME}: {error.strerror}"
+        return record
+    except ValueError as error:
+        record.read_error = f"{METADATA_FILE_NAME} is {error}"
+        return record
+
+    parameters = metadata.get("parameters")
+    has_error = metadata.get("has_error")
+    summary = {key: value for key, value in metadata.items() if key not in DOCUMENT_ONLY_KEYS}
+    try:
+        summary_json = orjson.dumps(summary).decode()
+        parameters_json = orjson.dumps(parameter_values(metadata)).decode()
+        metadata_json = orjson.dumps(metadata).decode()
+    except TypeError:
+        # NaN/Infinity (or huge integers) that orjson will not write: the stdlib keeps them exactly.
+        summary_json = json.dumps(summary)
+        parameters_json = json.dumps(parameter_values(metadata))
+        metadata_json = json.dumps(metadata)
+
+    record.namespace = _text_or_none(metadata.get("namespace")) or record.namespace
+    record.name = _text_or_none(metadata.get("name"))
+    record.outcome = classify_outcome(metadata)
+    record.has_error = has_error if isinstance(has_error, bool) else None
+    record.error_type = _text_or_none(metadata.get("error_type"))
+    record.start_time = _number_or_none(metadata.get("start_time"))
+    record.end_time = _number_or_none(metadata.get("end_time"))
+    record.duration = _number_or_none(metadata.get("duration"))
+    record.parameter_count = (
+        sum(1 for name in parameters if not str(name).startswith("__")) if isinstance(parameters, dict) else 0
+    )
+    record.summary_json = summary_json
+    record.parameters_json = parameters_json
+    record.metadata_json = metadata_json
+    return record

@@ -1,0 +1,62 @@
+"""How durations, sizes, times and statuses are written for people: one place for each."""
+
+from __future__ import annotations
+
+import time
+
+STATUS_ICONS = {"done": "✅", "failed": "❌", "running": "⏳", "error": "❌"}
+
+
+def format_duration(seconds: float | None) -> str:
+    """``2m 15s``, ``5h 37m 30s``, ``45s``; fractions below ten seconds keep two decimals (``0.08s``)."""
+    if seconds is None:
+        return "unknown"
+    if seconds < 10 and seconds != int(seconds):
+        return f"{seconds:.2f}s"
+    whole = int(round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes}m {secs}s"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+def format_size(size: float) -> str:
+    """Binary units with one decimal: ``145.2 MB``, ``2.5 GB``, ``512 B``."""
+    if size < 1024:
+        return f"{int(size)} B"
+    for unit in ("KB", "MB", "GB", "TB"):
+        size /= 1024
+        if size < 1024 or unit == "TB":
+            return f"{size:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def format_time(timestamp: float | None) -> str:
+    """Local time as ``2024-01-15 10:30:45`` (pycomex's clock is the local one)."""
+    if timestamp is None:
+        return "unknown"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+    except (OverflowError, OSError, ValueError):
+        return "unknown"
+
+
+def format_age(seconds: float | None) -> str:
+    """How long ago, as scan shows it: hours under two days, then days."""
+    if seconds is None:
+        return "N/A"
+    hours = seconds / 3600
+    return f"{hours:.1f} hours ago" if hours < 48 else f"{hours / 24:.1f} days ago"
+
+
+def format_percent(part: int, whole: int) -> str:
+    return f"{100.0 * part / whole:.1f}%" if whole else "0.0%"
+
+
+def shorten(text: str, limit: int) -> str:
+    """One line of at most ``limit`` characters, ending in ``...`` when cut."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: max(limit - 3, 0)].rstrip() + "..."

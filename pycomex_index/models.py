@@ -1,0 +1,105 @@
+"""The index schema as SQLAlchemy 2.x models.
+
+The models are the reference for the schema; Alembic migrations create and
+upgrade it (a test checks the migrated database matches these models). The
+hot query paths use plain SQL on the same tables, so loading these models is
+never on the start-up path of a read command.
+
+Layout, for speed: ``experiments`` keeps narrow columns (what list, tail,
+overview and the sync need) plus two small JSON columns (the metadata's
+top-level scalars and the parameter values) that most ``--select``
+expressions need; the full metadata document lives apart in
+``experiment_documents`` so that scans never drag 3-8 KB per row along.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Archive(Base):
+    """One archive root (an index may serve several) and when it was last synced."""
+
+    __tablename__ = "archives"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    root: Mapped[str] = mapped_column(Text, unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    last_sync_at: Mapped[Optional[float]] = mapped_column(Float)
+    last_sync_seconds: Mapped[Optional[float]] = mapped_column(Float)
+
+
+class Experiment(Base):
+    """One experiment folder: the figures commands show and what tells whether it changed on disk."""
+
+    __tablename__ = "experiments"
+    __table_args__ = (
+        UniqueConstraint("archive_id", "rel_path"),
+        # Serves list and tail (ordered by start time) without touching the table.
+        Index(
+            "ix_experiments_listing",
+            "archive_id",
+            "start_time",
+            "rel_path",
+            "outcome",
+            "duration",
+        ),
+        # Serves the overview aggregates.
+        Index(
+            "ix_experiments_outcome",
+            "archive_id",
+            "outcome",
+            "error_type",
+            "duration",
+            "parameter_count",
+            "asset_count",
+            "disk_usage",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    archive_id: Mapped[int] = mapped_column(ForeignKey("archives.id", ondelete="CASCADE"))
+    rel_path: Mapped[str] = mapped_column(Text)
+    namespace: Mapped[str] = mapped_column(Text)
+    name: Mapped[Optional[str]] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(16))
+    has_error: Mapped[Optional[bool]] = mapped_column()
+    error_type: Mapped[Optional[str]] = mapped_column(Text)
+    start_time: Mapped[Optional[float]] = mapped_column(Float)
+    end_time: Mapped[Optional[float]] = mapped_column(Float)
+    duration: Mapped[Optional[float]] = mapped_column(Float)
+    parameter_count: Mapped[Optional[int]] = mapped_column(Integer)
+    asset_count: Mapped[int] = mapped_column(Integer)
+    disk_usage: Mapped[int] = mapped_column(BigInteger)
+    meta_mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    meta_size: Mapped[int] = mapped_column(BigInteger)
+    folder_mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    read_error: Mapped[Optional[str]] = mapped_column(Text)
+    summary_json: Mapped[Optional[str]] = mapped_column(Text)
+    parameters_json: Mapped[Optional[str]] = mapped_column(Text)
+
+
+class ExperimentDocument(Base):
+    """The whole experiment_meta.json of one experiment, kept apart from the hot columns."""
+
+    __tablename__ = "experiment_documents"
+
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    metadata_json: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,95 @@
+"""The one place that writes experiment rows: sync, the watcher and the write commands all use it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Iterable, Sequence
+
+from pycomex_index.db import IndexDatabase
+from pycomex_index.discovery import ExperimentRecord
+
+_EXPERIMENT_COLUMNS = (
+    "rel_path",
+    "namespace",
+    "name",
+    "outcome",
+    "has_error",
+    "error_type",
+    "start_time",
+    "end_time",
+    "duration",
+    "parameter_count",
+    "asset_count",
+    "disk_usage",
+    "meta_mtime_ns",
+    "meta_size",
+    "folder_mtime_ns",
+    "read_error",
+    "summary_json",
+    "parameters_json",
+)
+
+_UPSERT_EXPERIMENT_SQL = (
+    f"INSERT INTO experiments (archive_id, {', '.join(_EXPERIMENT_COLUMNS)}) "
+    f"VALUES (:archive_id, {', '.join(':' + column for column in _EXPERIMENT_COLUMNS)}) "
+    "ON CONFLICT (archive_id, rel_path) DO UPDATE SET "
+    + ", ".join(f"{column} = excluded.{column}" for column in _EXPERIMENT_COLUMNS[1:])
+)
+
+_UPSERT_DOCUMENT_SQL = (
+    "INSERT INTO experiment_documents (experiment_id, metadata_json) "
+    "SELECT id, :metadata_json FROM experiments WHERE archive_id = :archive_id AND rel_path = :rel_path "
+    "ON CONFLICT (experiment_id) DO UPDATE SET metadata_json = excluded.metadata_json"
+)
+
+_DELETE_DOCUMENT_SQL = (
+    "DELETE FROM experiment_documents WHERE experiment_id IN "
+    "(SELECT id FROM experiments WHERE archive_id = :archive_id AND rel_path = :rel_path)"
+)
+
+
+def store_records(db: IndexDatabase, archive_id: int, records: Iterable[ExperimentRecord]) -> int:
+    """Insert or replace the rows of these experiments in one transaction; returns how many."""
+    rows = []
+    for record in records:
+        row = asdict(record)
+        row["archive_id"] = archive_id
+        rows.append(row)
+    if not rows:
+        return 0
+    with db.transaction():
+        db.executemany(_UPSERT_EXPERIMENT_SQL, rows)
+        db.executemany(_UPSERT_DOCUMENT_SQL, [row for row in rows if row["metadata_json"] is not None])
+        db.executemany(_DELETE_DOCUMENT_SQL, [row for row in rows if row["metadata_json"] is None])
+    return len(rows)
+
+
+def update_assets(db: IndexDatabase, archive_id: int, changes: Sequence[tuple[str, int, int, int]]) -> None:
+    """Record new asset counts and disk usage: ``(rel_path, asset_count, disk_usage, folder_mtime_ns)``."""
+    if not changes:
+        return
+    with db.transaction():
+        db.executemany(
+            "UPDATE experiments SET asset_count = :asset_count, disk_usage = :disk_usage, "
+            "folder_mtime_ns = :folder_mtime_ns WHERE archive_id = :archive_id AND rel_path = :rel_path",
+            [
+                {
+                    "archive_id": archive_id,
+                    "rel_path": rel_path,
+                    "asset_count": asset_count,
+                    "disk_usage": disk_usage,
+                    "folder_mtime_ns": folder_mtime_ns,
+                }
+                for rel_path, asset_count, disk_usage, folder_mtime_ns in changes
+            ],
+        )
+
+
+def remove_experiments(db: IndexDatabase, archive_id: int, rel_paths: Iterable[str]) -> int:
+    """Drop these experiments (and, by cascade, their documents) from the index."""
+    rows = [{"archive_id": archive_id, "rel_path": rel_path} for rel_path in rel_paths]
+    if not rows:
+        return 0
+    with db.transaction():
+        db.executemany("DELETE FROM experiments WHERE archive_id = :archive_id AND rel_path = :rel_path", rows)
+    return len(rows)

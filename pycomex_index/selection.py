@@ -1,0 +1,200 @@
+"""``--select`` and ``--group`` expressions: compiled once, checked before anything runs, evaluated per experiment.
+
+The variables are pycomex's: ``m``/``metadata``/``meta`` is the experiment's
+metadata dict, ``p``/``parameters``/``params`` its parameter values. Two keys
+are derived when the file lacks them: ``m['path']`` (the absolute folder) and
+``m['name']`` (the namespace). ``m['start_time']`` and ``m['end_time']`` also
+compare with ISO date strings (``m['start_time'] > '2024-01-10'``).
+
+The expression is analysed once to learn how much of each experiment it
+reads, so the index only parses the small summary or parameter columns for
+most expressions and the full document only when the expression needs it.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pycomex_index.discovery import DOCUMENT_ONLY_KEYS
+from pycomex_index.errors import SelectionError
+
+METADATA_NAMES = frozenset({"m", "metadata", "meta"})
+PARAMETER_NAMES = frozenset({"p", "parameters", "params"})
+CONTEXT_NAMES = METADATA_NAMES | PARAMETER_NAMES
+TIME_KEYS = ("start_time", "end_time")
+
+#: What an expression reads of each experiment, from least to most.
+NEEDS_NOTHING, NEEDS_PARAMETERS, NEEDS_SUMMARY, NEEDS_DOCUMENT = range(4)
+
+
+class PosixTime(float):
+    """A POSIX timestamp that also compares with ISO date strings, read as local time like pycomex's clock."""
+
+    __slots__ = ()
+
+    def _other_as_seconds(self, other: Any) -> Any:
+        if isinstance(other, str):
+            try:
+                return datetime.fromisoformat(other.strip()).timestamp()
+            except ValueError:
+                raise TypeError(f"cannot compare a time with {other!r}: not an ISO date") from None
+        return other
+
+    def __lt__(self, other: Any) -> Any:
+        return float.__lt__(self, self._other_as_seconds(other))
+
+    def __le__(self, other: Any) -> Any:
+        return float.__le__(self, self._other_as_seconds(other))
+
+    def __gt__(self, other: Any) -> Any:
+        return float.__gt__(self, self._other_as_seconds(other))
+
+    def __ge__(self, other: Any) -> Any:
+        return float.__ge__(self, self._other_as_seconds(other))
+
+    __hash__ = float.__hash__
+
+
+@dataclass
+class CompiledExpression:
+    """A checked, compiled expression (or, for modify, statements) and what it reads."""
+
+    source: str
+    code: Any
+    needs: int
+
+
+@dataclass
+class EvaluationFailures:
+    """Experiments on which an expression raised: counted by error, reported in one line."""
+
+    count: int = 0
+    reasons: Counter = field(default_factory=Counter)
+
+    def record(self, error: BaseException) -> None:
+        self.count += 1
+        self.reasons[f"{type(error).__name__}: {error}"] += 1
+
+    def summary(self, limit: int = 3) -> str:
+        parts = [f"{reason} ×{count}" for reason, count in self.reasons.most_common(limit)]
+        if len(self.reasons) > limit:
+            parts.append(f"{len(self.reasons) - limit} other errors")
+        return "; ".join(parts)
+
+
+def compile_expression(source: str, *, mode: str = "eval", what: str = "--select") -> CompiledExpression:
+    """Compile ``source`` and reject syntax errors and unknown names before any experiment is read."""
+    text = source.strip() if mode == "eval" else _dedent_code(source)
+    if not text:
+        raise SelectionError(f"{what} is empty")
+    try:
+        tree = ast.parse(text, mode=mode)
+    except SyntaxError as error:
+        detail = error.msg + (f" (line {error.lineno})" if mode == "exec" and error.lineno else "")
+        raise SelectionError(f"{what} has a syntax error: {detail}: {source.strip()!r}") from None
+    unknown = sorted(_unknown_names(tree))
+    if unknown:
+        names = ", ".join(repr(name) for name in unknown)
+        raise SelectionError(
+            f"{what} uses unknown name {names}: use m/metadata/meta (metadata) or p/parameters/params (parameters)"
+        )
+    code = compile(tree, f"<{what}>", mode)
+    return CompiledExpression(source=source, code=code, needs=_what_it_reads(tree))
+
+
+def _dedent_code(source: str) -> str:
+    import textwrap
+
+    return textwrap.dedent(source).strip("\n")
+
+
+def _unknown_names(tree: ast.AST) -> set[str]:
+    bound: set[str] = set(CONTEXT_NAMES) | set(dir(builtins))
+    loaded: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            if isinstance(node.ctx, ast.Load):
+                loaded.add(node.id)
+            else:
+                bound.add(node.id)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+    return loaded - bound
+
+
+def _what_it_reads(tree: ast.AST) -> int:
+    """NEEDS_* for this expression: summary keys and parameters only, or the whole document."""
+    parents: dict[ast.AST, ast.AST] = {}
+    for node in ast.walk(tree):
+        for child in ast.iter_child_nodes(node):
+            parents[child] = node
+    needs = NEEDS_NOTHING
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Name):
+            continue
+        if node.id in PARAMETER_NAMES:
+            needs = max(needs, NEEDS_PARAMETERS)
+        elif node.id in METADATA_NAMES:
+            key = _constant_key_read(node, parents)
+            if isinstance(node.ctx, ast.Load) and key is not None and key not in DOCUMENT_ONLY_KEYS:
+                needs = max(needs, NEEDS_SUMMARY)
+            else:
+                return NEEDS_DOCUMENT
+    return needs
+
+
+def _constant_key_read(node: ast.Name, parents: dict[ast.AST, ast.AST]) -> str | None:
+    """The key of ``m['key']`` or ``m.get('key', ...)``; None for any other use of ``m``."""
+    parent = parents.get(node)
+    if isinstance(parent, ast.Subscript) and parent.value is node and isinstance(parent.ctx, ast.Load):
+        if isinstance(parent.slice, ast.Constant) and isinstance(parent.slice.value, str):
+            return parent.slice.value
+        return None
+    if isinstance(parent, ast.Attribute) and parent.attr == "get" and parent.value is node:
+        call = parents.get(parent)
+        if (
+            isinstance(call, ast.Call)
+            and call.func is parent
+            and call.args
+            and isinstance(call.args[0], ast.Constant)
+            and isinstance(call.args[0].value, str)
+        ):
+            return call.args[0].value
+    return None
+
+
+def build_metadata(metadata: dict[str, Any], *, path: str, namespace: str) -> dict[str, Any]:
+    """``m`` as expressions see it: the file's dict plus derived ``path``/``name`` and date-aware times."""
+    metadata.setdefault("path", path)
+    metadata.setdefault("name", namespace)
+    for key in TIME_KEYS:
+        value = metadata.get(key)
+        if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)):
+            metadata[key] = PosixTime(value)
+    return metadata
+
+
+def evaluation_globals(metadata: dict[str, Any] | None, parameters: dict[str, Any] | None) -> dict[str, Any]:
+    """The namespace an expression runs in (globals, so comprehensions see ``m`` and ``p`` too)."""
+    namespace: dict[str, Any] = {"__builtins__": builtins}
+    for name in METADATA_NAMES:
+        namespace[name] = metadata
+    for name in PARAMETER_NAMES:
+        namespace[name] = parameters
+    return namespace
+
+
+def evaluate(expression: CompiledExpression, namespace: dict[str, Any]) -> Any:
+    """Run the compiled expression; exceptions propagate so the caller can count them."""
+    return eval(expression.code, namespace)

@@ -1,0 +1,62 @@
+"""What ``index status`` reports about an index."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pycomex_index.store import ArchiveIndex, stored_revision
+
+
+@dataclass
+class IndexStatus:
+    archive: str
+    location: str
+    size: int | None
+    revision: str | None
+    experiments: int
+    unreadable: int
+    last_sync_at: float | None
+    last_sync_seconds: float | None
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def index_status(index: ArchiveIndex) -> IndexStatus:
+    db = index.db
+    experiments, unreadable = next(
+        iter(
+            db.execute(
+                "SELECT COUNT(*), SUM(CASE WHEN outcome = 'error' THEN 1 ELSE 0 END) FROM experiments "
+                "WHERE archive_id = :archive_id",
+                {"archive_id": index.archive_id},
+            )
+        )
+    )
+    last_sync_at, last_sync_seconds = next(
+        iter(
+            db.execute(
+                "SELECT last_sync_at, last_sync_seconds FROM archives WHERE id = :archive_id",
+                {"archive_id": index.archive_id},
+            )
+        )
+    )
+    size = None
+    if "://" not in index.location and os.path.exists(index.location):
+        size = sum(
+            os.path.getsize(index.location + suffix)
+            for suffix in ("", "-wal")
+            if os.path.exists(index.location + suffix)
+        )
+    return IndexStatus(
+        archive=index.root,
+        location=index.location,
+        size=size,
+        revision=stored_revision(db),
+        experiments=experiments,
+        unreadable=unreadable or 0,
+        last_sync_at=last_sync_at,
+        last_sync_seconds=last_sync_seconds,
+    )

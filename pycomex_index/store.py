@@ -1,0 +1,258 @@
+"""Where the index lives, opening it, and keeping its schema at the shipped revision.
+
+An index is opened for one archive root. Opening it (1) finds the database
+(``--index`` / ``PYCOMEX_INDEX``, else ``<archive>/.pycomex_index/index.sqlite3``,
+else a per-archive file in the user cache dir when the archive is read-only),
+(2) sets aside a file that is not a usable SQLite database, (3) compares the
+stored Alembic revision with :data:`HEAD_REVISION` and only imports Alembic
+when they differ, (4) registers the archive root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pycomex_index.db import IndexDatabase, SqlAlchemyDatabase, SqliteFileDatabase
+from pycomex_index.discovery import INDEX_FOLDER_NAME
+from pycomex_index.errors import ArchiveNotFoundError, IndexUnavailableError
+
+logger = logging.getLogger("pycomex_index")
+
+#: The newest migration shipped in ``pycomex_index.migrations`` (a test keeps the two equal).
+HEAD_REVISION = "0001"
+INDEX_ENV_VARIABLE = "PYCOMEX_INDEX"
+INDEX_FILE_NAME = "index.sqlite3"
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+@dataclass
+class ArchiveIndex:
+    """An open index together with the archive it describes."""
+
+    db: IndexDatabase
+    root: str
+    archive_id: int
+    location: str
+
+    @property
+    def display_root(self) -> str:
+        """How paths are shown: the archive folder's own name, as in ``results/neural_net/...``."""
+        return os.path.basename(self.root.rstrip(os.sep)) or self.root
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> ArchiveIndex:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+def resolve_archive_root(path: str) -> str:
+    """The absolute archive root, or a clear error when it is missing or not a folder."""
+    root = os.path.abspath(os.path.expanduser(path))
+    if not os.path.exists(root):
+        raise ArchiveNotFoundError(f"archive not found: {root} (give the results folder with --path)")
+    if not os.path.isdir(root):
+        raise ArchiveNotFoundError(f"archive path is not a folder: {root}")
+    return root
+
+
+def is_database_url(location: str) -> bool:
+    return "://" in location
+
+
+def _user_cache_index_path(root: str) -> str:
+    from platformdirs import user_cache_dir
+
+    digest = hashlib.sha256(root.encode()).hexdigest()[:16]
+    return os.path.join(user_cache_dir("pycomex-index"), f"{os.path.basename(root) or 'root'}-{digest}.sqlite3")
+
+
+def resolve_index_location(root: str, index: str | None = None) -> str:
+    """The index file path or database URL for the archive at ``root``."""
+    location = index or os.environ.get(INDEX_ENV_VARIABLE) or None
+    if location:
+        return location if is_database_url(location) else os.path.abspath(os.path.expanduser(location))
+    folder = os.path.join(root, INDEX_FOLDER_NAME)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        if os.access(folder, os.W_OK):
+            return os.path.join(folder, INDEX_FILE_NAME)
+    except OSError:
+        pass
+    # A read-only archive (a shared or mounted one) still gets an index: in the user's cache.
+    return _user_cache_index_path(root)
+
+
+def open_archive_index(path: str, index: str | None = None) -> ArchiveIndex:
+    """Open (creating or upgrading as needed) the index of the archive at ``path``."""
+    root = resolve_archive_root(path)
+    location = resolve_index_location(root, index)
+    db = _open_database(location)
+    try:
+        archive_id = _register_archive(db, root)
+    except BaseException:
+        db.close()
+        raise
+    return ArchiveIndex(db=db, root=root, archive_id=archive_id, location=location)
+
+
+def _open_database(location: str) -> IndexDatabase:
+    if is_database_url(location):
+        if location.startswith("sqlite:///") and "?" not in location:
+            return _open_sqlite_file(location[len("sqlite:///"):], via_sqlalchemy=True)
+        try:
+            db: IndexDatabase = SqlAlchemyDatabase(location)
+            ensure_schema(db)
+        except Exception as error:
+            raise IndexUnavailableError(f"cannot open index {location}: {error}") from None
+        return db
+    return _open_sqlite_file(location)
+
+
+def _open_sqlite_file(path: str, via_sqlalchemy: bool = False) -> IndexDatabase:
+    path = os.path.abspath(path)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    except OSError as error:
+        raise IndexUnavailableError(f"cannot create the index folder for {path}: {error.strerror}") from None
+    if not _looks_like_sqlite(path):
+        set_aside_damaged_index(path, "it is not a SQLite database")
+    for attempt in (1, 2):
+        try:
+            db = SqlAlchemyDatabase(f"sqlite:///{path}") if via_sqlalchemy else SqliteFileDatabase(path)
+            ensure_schema(db)
+            return db
+        except Exception as error:
+            if attempt == 2 or not is_damage_error(error):
+                raise IndexUnavailableError(f"cannot open index {path}: {error}") from None
+            set_aside_damaged_index(path, str(error))
+    raise AssertionError("unreachable")
+
+
+def is_damage_error(error: BaseException) -> bool:
+    """True for SQLite's words for a damaged or foreign file (not for locks or permissions)."""
+    message = str(error).lower()
+    return any(
+        phrase in message
+        for phrase in ("not a database", "malformed", "file is encrypted", "disk image", "no such table", "no such column")
+    )
+
+
+def _looks_like_sqlite(path: str) -> bool:
+    """An absent or empty file is fine (SQLite creates it); anything else must carry SQLite's header."""
+    try:
+        with open(path, "rb") as file:
+            header = file.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return True  # let sqlite3 report permission problems in its own words
+    return header == b"" or header == SQLITE_HEADER
+
+
+def set_aside_damaged_index(path: str, reason: str) -> str:
+    """Rename a damaged index (and its WAL files) out of the way so a fresh one can be built."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = f"{path}.damaged-{stamp}"
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.replace(path + suffix, aside + suffix)
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            raise IndexUnavailableError(f"index {path} is damaged ({reason}) and cannot be moved aside: {error.strerror}") from None
+    logger.warning("the index %s was unusable (%s); moved it to %s and rebuilding", path, reason, aside)
+    return aside
+
+
+def stored_revision(db: IndexDatabase) -> str | None:
+    """The Alembic revision stamped in the database, or None for a new, empty one."""
+    tables = {row[0] for row in db.execute(_TABLE_NAMES_SQL.get(_dialect(db), _TABLE_NAMES_SQL["default"]))}
+    if "alembic_version" not in tables:
+        if tables - {"sqlite_sequence"}:
+            raise IndexUnavailableError(
+                "the index database holds tables but no alembic_version: it was not made by pycomex-index"
+            )
+        return None
+    row = next(iter(db.execute("SELECT version_num FROM alembic_version")), None)
+    return row[0] if row else None
+
+
+_TABLE_NAMES_SQL = {
+    "sqlite": "SELECT name FROM sqlite_master WHERE type = 'table'",
+    "default": "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()",
+}
+
+
+def _dialect(db: IndexDatabase) -> str:
+    return "sqlite" if db.url.startswith("sqlite") else "default"
+
+
+def ensure_schema(db: IndexDatabase) -> None:
+    """Bring the schema to :data:`HEAD_REVISION`; import Alembic only when it is not there yet."""
+    if stored_revision(db) == HEAD_REVISION:
+        return
+    with _migration_lock(db):
+        if stored_revision(db) != HEAD_REVISION:
+            run_migrations(db, "head")
+
+
+def run_migrations(db: IndexDatabase, revision: str) -> None:
+    """Upgrade the database to ``revision`` with Alembic (used by tests to build old revisions too)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", migrations_folder())
+    engine = db.sqlalchemy_engine()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+    if isinstance(db, SqliteFileDatabase):
+        engine.dispose()
+
+
+def migrations_folder() -> str:
+    import pycomex_index.migrations as migrations
+
+    return os.path.dirname(os.path.abspath(migrations.__file__))
+
+
+class _migration_lock:
+    """An exclusive lock beside a SQLite file, so two commands never migrate the same new index at once."""
+
+    def __init__(self, db: IndexDatabase) -> None:
+        self.lock_path = db.path + ".lock" if isinstance(db, SqliteFileDatabase) else None
+        self.file = None
+
+    def __enter__(self) -> None:
+        if self.lock_path is None:
+            return
+        import fcntl
+
+        self.file = open(self.lock_path, "a")
+        fcntl.flock(self.file, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def _register_archive(db: IndexDatabase, root: str) -> int:
+    row = next(iter(db.execute("SELECT id FROM archives WHERE root = :root", {"root": root})), None)
+    if row:
+        return row[0]
+    with db.transaction():
+        db.execute(
+            "INSERT INTO archives (root, created_at) VALUES (:root, :now) ON CONFLICT (root) DO NOTHING",
+            {"root": root, "now": time.time()},
+        )
+    return next(iter(db.execute("SELECT id FROM archives WHERE root = :root", {"root": root})))[0]
