@@ -103,3 +103,69 @@ class ExperimentDocument(Base):
         ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
     )
     metadata_json: Mapped[str] = mapped_column(Text)
+
+
+class Export(Base):
+    """A ZIP written by ``archive compress``: where, when, how big, its checksum."""
+
+    __tablename__ = "exports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    archive_id: Mapped[int] = mapped_column(ForeignKey("archives.id", ondelete="CASCADE"), index=True)
+    zip_path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    experiment_count: Mapped[int] = mapped_column(Integer)
+
+
+class ExportMember(Base):
+    """One experiment inside an export, by path (the export outlives the experiment's deletion)."""
+
+    __tablename__ = "export_members"
+    __table_args__ = (Index("ix_export_members_rel_path", "rel_path"),)
+
+    export_id: Mapped[int] = mapped_column(ForeignKey("exports.id", ondelete="CASCADE"), primary_key=True)
+    rel_path: Mapped[str] = mapped_column(Text, primary_key=True)
+    meta_mtime_ns: Mapped[int] = mapped_column(BigInteger)
+
+
+class ModifyRun(Base):
+    """One ``archive modify`` that changed files: the code it ran and whether it was undone."""
+
+    __tablename__ = "modify_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    archive_id: Mapped[int] = mapped_column(ForeignKey("archives.id", ondelete="CASCADE"), index=True)
+    started_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[Optional[float]] = mapped_column(Float)
+    parameters_code: Mapped[Optional[str]] = mapped_column(Text)
+    metadata_code: Mapped[Optional[str]] = mapped_column(Text)
+    undone_at: Mapped[Optional[float]] = mapped_column(Float)
+
+
+class ModifyJournalEntry(Base):
+    """A file's content before a modify changed it, and a fingerprint of what the modify wrote."""
+
+    __tablename__ = "modify_journal"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("modify_runs.id", ondelete="CASCADE"), primary_key=True)
+    rel_path: Mapped[str] = mapped_column(Text, primary_key=True)
+    previous_content: Mapped[str] = mapped_column(Text)
+    written_sha256: Mapped[str] = mapped_column(String(64))
+
+
+class Watcher(Base):
+    """The heartbeat of the background watcher of one archive: read commands skip the disk walk while it is fresh."""
+
+    __tablename__ = "watchers"
+
+    archive_id: Mapped[int] = mapped_column(ForeignKey("archives.id", ondelete="CASCADE"), primary_key=True)
+    pid: Mapped[int] = mapped_column(Integer)
+    hostname: Mapped[str] = mapped_column(Text)
+    mode: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[float] = mapped_column(Float)
+    heartbeat_at: Mapped[float] = mapped_column(Float)
+    last_change_at: Mapped[Optional[float]] = mapped_column(Float)
+    backlog: Mapped[int] = mapped_column(Integer)
+    note: Mapped[Optional[str]] = mapped_column(Text)
