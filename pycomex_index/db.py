@@ -30,6 +30,10 @@ class IndexDatabase:
     def executemany(self, sql: str, rows: Iterable[dict[str, Any]]) -> None:
         raise NotImplementedError
 
+    def fetch_one(self, sql: str, params: dict[str, Any] | None = None) -> Row | None:
+        """The first row of a query, or None."""
+        return next(iter(self.execute(sql, params)), None)
+
     def transaction(self) -> contextlib.AbstractContextManager[None]:
         raise NotImplementedError
 

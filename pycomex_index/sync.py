@@ -118,5 +118,13 @@ def sync_archive(
 
 
 def refresh_index(index: ArchiveIndex, *, on_progress: ProgressCallback | None = None) -> SyncReport | None:
-    """What every read command does first: make sure the index shows what is on disk."""
+    """What every read command does first: make sure the index shows what is on disk.
+
+    With a live watcher keeping the index current there is nothing to do (None);
+    otherwise the archive is synced.
+    """
+    from pycomex_index.heartbeat import has_fresh_watcher
+
+    if has_fresh_watcher(index):
+        return None
     return sync_archive(index, on_progress=on_progress)
