@@ -198,7 +198,7 @@ def _min_max_average(minimum, maximum, average) -> list[str]:
 
 
 def _statistics_command(name: str, heading: str, with_namespaces: bool, docstring: str):
-    @click.command(name)
+    @click.command(name, help=docstring)
     @select_option
     @archive_options
     @json_option
@@ -217,7 +217,6 @@ def _statistics_command(name: str, heading: str, with_namespaces: bool, docstrin
             write_lines(_statistics_lines(statistics, heading, index, select, with_namespaces))
         report_failures(failures)
 
-    command.__doc__ = docstring
     return command
 
 
@@ -312,7 +311,7 @@ def _print_scan_table(index, result, select, group_expression) -> None:
         table.add_column(column, justify=justify, no_wrap=True)
     for group in result.groups:
         table.add_row(
-            Text(group.key),
+            Text(group.key or "(empty)"),
             str(group.count),
             f"{group.successful}/{group.count} ({group.success_rate:.1f}%)",
             format_age(result.now - group.last_end_time if group.last_end_time is not None else None),

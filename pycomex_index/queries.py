@@ -54,6 +54,13 @@ class ExperimentRow:
     metadata: dict[str, Any] | None = None
     evaluation_namespace: dict[str, Any] | None = None
 
+    @classmethod
+    def from_columns(cls, values: Any) -> ExperimentRow:
+        row = cls(*values)
+        if row.has_error is not None:
+            row.has_error = bool(row.has_error)  # SQLite stores booleans as 0/1
+        return row
+
 
 def iter_experiments(
     index: ArchiveIndex,
@@ -101,7 +108,7 @@ def iter_experiments(
     root = index.root
     kept = 0
     for values in index.db.execute(sql, {"archive_id": index.archive_id}):
-        row = ExperimentRow(*values[:14])
+        row = ExperimentRow.from_columns(values[:14])
         extra = values[14:]
         position = 0
         parameters = metadata = None
@@ -141,7 +148,7 @@ def unreadable_experiments(index: ArchiveIndex) -> Iterator[ExperimentRow]:
         "ORDER BY e.rel_path"
     )
     for values in index.db.execute(sql, {"archive_id": index.archive_id}):
-        yield ExperimentRow(*values)
+        yield ExperimentRow.from_columns(values)
 
 
 def load_metadata(index: ArchiveIndex, experiment_id: int) -> dict[str, Any] | None:

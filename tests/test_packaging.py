@@ -1,0 +1,76 @@
+"""The wheel installs cli/ and migrations/ inside the package, and the installed command works."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q", "-w", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    return next(out.glob("pycomex_index-*.whl"))
+
+
+def test_wheel_maps_cli_and_migrations_into_the_package(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for required in (
+        "pycomex_index/__init__.py",
+        "pycomex_index/cli/__init__.py",
+        "pycomex_index/migrations/env.py",
+        "pycomex_index/migrations/script.py.mako",
+        "pycomex_index/migrations/versions/0001_initial.py",
+    ):
+        assert required in names, required
+    assert not any(name.startswith(("cli/", "migrations/", "tests/", "benchmarks/")) for name in names)
+    assert "pycomex_index/main.py" not in names  # reserved for the pycomex plugin
+
+
+def _venv_with(tmp_path: Path, *pip_arguments: str) -> Path:
+    """A fresh venv that sees the test environment's dependencies but not its pycomex_index."""
+    environment = tmp_path / "venv"
+    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(environment)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(environment / "bin" / "python"), "install", "-q", "--no-deps", *pip_arguments],
+        check=True,
+        capture_output=True,
+    )
+    return environment
+
+
+def _run_installed(environment: Path, archive: Path, cwd: Path) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    return subprocess.run(
+        [str(environment / "bin" / "pycomex-index"), "archive", "list", "--path", str(archive), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def test_installed_wheel_runs_on_a_real_archive(wheel: Path, archive: Path, tmp_path: Path) -> None:
+    environment = _venv_with(tmp_path, "--force-reinstall", str(wheel))
+    result = _run_installed(environment, archive, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count('"rel_path"') == 8
+    located = subprocess.run(
+        [str(environment / "bin" / "python"), "-c", "import pycomex_index.migrations as m; print(m.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    ).stdout
+    assert str(environment) in located

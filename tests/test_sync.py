@@ -1,0 +1,140 @@
+"""Sync keeps the index equal to the disk and re-reads only what changed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pycomex_index.discovery import iter_experiment_folders
+from pycomex_index.store import open_archive_index
+from pycomex_index.sync import sync_archive
+from tests.conftest import make_metadata, write_meta
+
+
+def _sync(archive: Path, **options):
+    with open_archive_index(str(archive)) as index:
+        return sync_archive(index, **options)
+
+
+def _listed(run_cli, archive: Path) -> dict[str, dict]:
+    result = run_cli("archive", "list", "--path", str(archive), "--json")
+    assert result.exit_code == 0, result.output
+    return {item["rel_path"]: item for item in json.loads(result.stdout)}
+
+
+def _bump_mtime(path: Path) -> None:
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+
+def test_discovery_finds_experiments_like_pycomex_and_does_not_descend_into_them(archive: Path) -> None:
+    (archive / "neural_net" / "26_11_2026__14_03_22__p10123__h5wO" / "nested").mkdir()
+    write_meta(archive / "neural_net" / "26_11_2026__14_03_22__p10123__h5wO" / "nested", make_metadata())
+    write_meta(archive / "deep" / "a" / "b" / "c" / "run", make_metadata())
+    found = {folder.rel_path for folder in iter_experiment_folders(str(archive))}
+    assert "deep/a/b/c/run" in found
+    assert "neural_net/26_11_2026__14_03_22__p10123__h5wO/nested" not in found
+    assert len(found) == 9
+
+
+def test_second_sync_reads_nothing_when_nothing_changed(archive: Path) -> None:
+    first = _sync(archive)
+    assert (first.added, first.updated, first.removed) == (8, 0, 0)
+    second = _sync(archive)
+    assert (second.added, second.updated, second.removed, second.assets_refreshed, second.unchanged) == (0, 0, 0, 0, 8)
+
+
+def test_a_rewritten_metadata_file_is_read_again(archive: Path, run_cli) -> None:
+    rel = "neural_net/26_11_2026__14_03_50__p11237__wKXG"
+    _sync(archive)
+    meta = json.loads((archive / rel / "experiment_meta.json").read_text())
+    meta.update(status="done", duration=42.0, end_time=meta["start_time"] + 42.0)
+    write_meta(archive / rel, meta)
+    _bump_mtime(archive / rel / "experiment_meta.json")
+    report = _sync(archive)
+    assert (report.updated, report.unchanged) == (1, 7)
+    assert _listed(run_cli, archive)[rel]["status"] == "done"
+
+
+def test_same_size_same_mtime_content_is_not_reread_but_mtime_change_is(archive: Path) -> None:
+    rel = "debug_runs/debug"
+    _sync(archive)
+    path = archive / rel / "experiment_meta.json"
+    stat = path.stat()
+    path.write_text(path.read_text().replace('"done"', '"xxxx"'))  # same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert _sync(archive).updated == 0  # (mtime_ns, size) is the contract, as for make
+    _bump_mtime(path)
+    assert _sync(archive).updated == 1
+
+
+def test_vanished_experiments_are_dropped(archive: Path, run_cli) -> None:
+    _sync(archive)
+    shutil.rmtree(archive / "sweep")
+    report = _sync(archive)
+    assert report.removed == 2
+    assert not any(rel.startswith("sweep/") for rel in _listed(run_cli, archive))
+
+
+def test_a_metadata_file_removed_from_a_folder_drops_the_experiment(archive: Path, run_cli) -> None:
+    _sync(archive)
+    (archive / "debug_runs" / "debug" / "experiment_meta.json").unlink()
+    assert _sync(archive).removed == 1
+    assert "debug_runs/debug" not in _listed(run_cli, archive)
+
+
+def test_assets_are_measured_again_when_the_folder_changes(archive: Path, run_cli) -> None:
+    rel = "neural_net/26_11_2026__14_03_50__p11237__wKXG"
+    _sync(archive)
+    before = json.loads(run_cli("archive", "info", "--path", str(archive), "--json").stdout)
+    (archive / rel / "model.bin").write_bytes(b"x" * 10_000)
+    report = _sync(archive)
+    assert report.assets_refreshed == 1 and report.updated == 0
+    after = json.loads(run_cli("archive", "info", "--path", str(archive), "--json").stdout)
+    assert after["disk_usage"] == before["disk_usage"] + 10_000
+
+
+def test_new_experiments_appear_without_an_explicit_sync(archive: Path, run_cli) -> None:
+    assert len(_listed(run_cli, archive)) == 8
+    write_meta(archive / "brand_new" / "run", make_metadata())
+    listed = _listed(run_cli, archive)
+    assert "brand_new/run" in listed and len(listed) == 9
+
+
+def test_a_symlinked_experiment_folder_is_indexed_once_and_link_cycles_end(archive: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside_run"
+    write_meta(outside, make_metadata())
+    (archive / "linked").mkdir()
+    os.symlink(outside, archive / "linked" / "run")
+    os.symlink(archive, archive / "linked" / "loop")  # a cycle back to the root
+    found = [folder.rel_path for folder in iter_experiment_folders(str(archive))]
+    assert "linked/run" in found
+    assert len(found) == len(set(found)) == 9
+
+
+def test_the_index_folder_is_never_taken_for_an_experiment(archive: Path) -> None:
+    _sync(archive)
+    write_meta(archive / ".pycomex_index" / "odd", make_metadata())
+    assert not any(rel.startswith(".pycomex_index") for rel in (f.rel_path for f in iter_experiment_folders(str(archive))))
+
+
+def test_sync_reports_progress_with_a_known_total(archive: Path) -> None:
+    calls = []
+    _sync(archive, on_progress=lambda done, total: calls.append((done, total)))
+    assert calls and calls[-1] == (8, 8)
+    assert all(total == 8 for _, total in calls)
+
+
+@pytest.mark.parametrize("count", [1200])
+def test_sync_of_many_experiments_is_batched_and_complete(tmp_path: Path, count: int) -> None:
+    root = tmp_path / "results"
+    for number in range(count):
+        write_meta(root / f"ns{number % 7}" / f"run{number}", make_metadata(start_time=1700000000.0 + number))
+    report = _sync(root)
+    assert report.added == count
+    with open_archive_index(str(root)) as index:
+        assert index.db.fetch_one("SELECT COUNT(*) FROM experiment_documents")[0] == count
