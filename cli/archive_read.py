@@ -48,38 +48,49 @@ def list_command(ctx, select, archive_path, index_location, as_json) -> None:
       pycomex-index archive list --select "m['status'] == 'done'"
       pycomex-index archive list --json | jq '.[0]'
     """
-    from pycomex_index.formatting import STATUS_ICONS, format_duration
-    from pycomex_index.queries import experiment_as_json, iter_experiments, unreadable_experiments
+    from pycomex_index.queries import experiment_as_json, iter_experiments, iter_listing, unreadable_experiments
     from pycomex_index.selection import EvaluationFailures
 
     selection = compile_or_fail(select)
     failures = EvaluationFailures()
     with opened_index(ctx, archive_path, index_location) as index:
-        rows = list(
-            iter_experiments(
-                index, selection, include_unreadable=False, with_parameters=as_json, failures=failures
-            )
-        )
-        if selection is None:
-            rows.extend(unreadable_experiments(index))
-        if as_json:
-            write_json([experiment_as_json(index, row) for row in rows])
+        if as_json or selection is not None:
+            rows = [
+                (row.rel_path, row.outcome, row.duration, row)
+                for row in iter_experiments(
+                    index, selection, include_unreadable=False, with_parameters=as_json, failures=failures
+                )
+            ]
         else:
-            lines = []
-            for row in rows:
-                if row.outcome == "error":
-                    suffix = " (metadata error)"
-                elif row.outcome == "running":
-                    suffix = " (running)"
-                elif row.duration is not None and row.duration > 0:
-                    suffix = f" ({format_duration(row.duration)})"
-                else:
-                    suffix = ""
-                lines.append(f"{STATUS_ICONS[row.outcome]} {_shown_path(index, row.rel_path)}{suffix}")
-            write_lines(lines)
+            rows = [(rel_path, outcome, duration, None) for rel_path, outcome, duration in iter_listing(index)]
+        if selection is None:
+            rows += [(row.rel_path, row.outcome, row.duration, row) for row in unreadable_experiments(index)]
+        if as_json:
+            write_json([experiment_as_json(index, row) for *_, row in rows])
+        else:
+            write_lines(_listing_lines(index, rows))
     report_failures(failures)
     if not rows and not as_json:
         _nothing_found(select)
+
+
+def _listing_lines(index, rows) -> list[str]:
+    """``✅ results/neural_net/<run> (2m 15s)``: one line per experiment, as the spec shows."""
+    from pycomex_index.formatting import STATUS_ICONS, format_duration
+
+    prefix = index.display_root + "/"
+    lines = []
+    for rel_path, outcome, duration, _ in rows:
+        if outcome == "error":
+            suffix = " (metadata error)"
+        elif outcome == "running":
+            suffix = " (running)"
+        elif duration is not None and duration > 0:
+            suffix = f" ({format_duration(duration)})"
+        else:
+            suffix = ""
+        lines.append(f"{STATUS_ICONS[outcome]} {prefix}{rel_path}{suffix}")
+    return lines
 
 
 @click.command("tail")

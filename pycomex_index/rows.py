@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Iterable, Sequence
 
 from pycomex_index.db import IndexDatabase
@@ -25,8 +24,6 @@ _EXPERIMENT_COLUMNS = (
     "meta_size",
     "folder_mtime_ns",
     "read_error",
-    "summary_json",
-    "parameters_json",
 )
 
 _UPSERT_EXPERIMENT_SQL = (
@@ -36,31 +33,49 @@ _UPSERT_EXPERIMENT_SQL = (
     + ", ".join(f"{column} = excluded.{column}" for column in _EXPERIMENT_COLUMNS[1:])
 )
 
+_EXPERIMENT_ID = "SELECT id FROM experiments WHERE archive_id = :archive_id AND rel_path = :rel_path"
+# The WHERE clause also keeps SQLite from reading ON CONFLICT as a join's ON.
+_FROM_EXPERIMENT = "FROM experiments WHERE archive_id = :archive_id AND rel_path = :rel_path"
+
+_UPSERT_FIELDS_SQL = (
+    "INSERT INTO experiment_fields (experiment_id, summary_json, parameters_json) "
+    f"SELECT id, :summary_json, :parameters_json {_FROM_EXPERIMENT} "
+    "ON CONFLICT (experiment_id) DO UPDATE SET "
+    "summary_json = excluded.summary_json, parameters_json = excluded.parameters_json"
+)
+
 _UPSERT_DOCUMENT_SQL = (
     "INSERT INTO experiment_documents (experiment_id, metadata_json) "
-    "SELECT id, :metadata_json FROM experiments WHERE archive_id = :archive_id AND rel_path = :rel_path "
+    f"SELECT id, :metadata_json {_FROM_EXPERIMENT} "
     "ON CONFLICT (experiment_id) DO UPDATE SET metadata_json = excluded.metadata_json"
 )
 
-_DELETE_DOCUMENT_SQL = (
-    "DELETE FROM experiment_documents WHERE experiment_id IN "
-    "(SELECT id FROM experiments WHERE archive_id = :archive_id AND rel_path = :rel_path)"
+# An experiment whose metadata became unreadable keeps its row but loses what was read from it.
+_DELETE_UNREADABLE_SQL = (
+    f"DELETE FROM experiment_fields WHERE experiment_id IN ({_EXPERIMENT_ID})",
+    f"DELETE FROM experiment_documents WHERE experiment_id IN ({_EXPERIMENT_ID})",
 )
 
 
 def store_records(db: IndexDatabase, archive_id: int, records: Iterable[ExperimentRecord]) -> int:
     """Insert or replace the rows of these experiments in one transaction; returns how many."""
+    # Not dataclasses.asdict: it deep-copies every value, which was a third of a first build.
+    fields = ExperimentRecord.__slots__
     rows = []
     for record in records:
-        row = asdict(record)
+        row = {field: getattr(record, field) for field in fields}
         row["archive_id"] = archive_id
         rows.append(row)
     if not rows:
         return 0
+    readable = [row for row in rows if row["metadata_json"] is not None]
+    unreadable = [row for row in rows if row["metadata_json"] is None]
     with db.transaction():
         db.executemany(_UPSERT_EXPERIMENT_SQL, rows)
-        db.executemany(_UPSERT_DOCUMENT_SQL, [row for row in rows if row["metadata_json"] is not None])
-        db.executemany(_DELETE_DOCUMENT_SQL, [row for row in rows if row["metadata_json"] is None])
+        db.executemany(_UPSERT_FIELDS_SQL, readable)
+        db.executemany(_UPSERT_DOCUMENT_SQL, readable)
+        for sql in _DELETE_UNREADABLE_SQL:
+            db.executemany(sql, unreadable)
     return len(rows)
 
 

@@ -155,12 +155,21 @@ def _what_it_reads(tree: ast.AST) -> int:
 
 
 def _constant_key_read(node: ast.Name, parents: dict[ast.AST, ast.AST]) -> str | None:
-    """The key of ``m['key']`` or ``m.get('key', ...)``; None for any other use of ``m``."""
+    """The key of ``m['key']``, ``m.get('key', ...)`` or ``'key' in m``; None for any other use of ``m``."""
     parent = parents.get(node)
     if isinstance(parent, ast.Subscript) and parent.value is node and isinstance(parent.ctx, ast.Load):
         if isinstance(parent.slice, ast.Constant) and isinstance(parent.slice.value, str):
             return parent.slice.value
         return None
+    if (
+        isinstance(parent, ast.Compare)
+        and len(parent.ops) == 1
+        and isinstance(parent.ops[0], (ast.In, ast.NotIn))
+        and parent.comparators[0] is node
+        and isinstance(parent.left, ast.Constant)
+        and isinstance(parent.left.value, str)
+    ):
+        return parent.left.value  # 'key' in m: the summary has the same keys as the file, but for the big ones
     if isinstance(parent, ast.Attribute) and parent.attr == "get" and parent.value is node:
         call = parents.get(parent)
         if (

@@ -56,9 +56,11 @@ def sync_archive(
         with db.transaction():
             db.execute("DELETE FROM experiments WHERE archive_id = :archive_id", {"archive_id": archive_id})
 
+    # rel_path -> (rel_path, meta_mtime_ns, meta_size, folder_mtime_ns): the same shape as a FolderStat,
+    # so an unchanged experiment is one tuple comparison.
     known = {
-        rel_path: (meta_mtime_ns, meta_size, folder_mtime_ns)
-        for rel_path, meta_mtime_ns, meta_size, folder_mtime_ns in db.execute(
+        row[0]: row
+        for row in db.execute(
             "SELECT rel_path, meta_mtime_ns, meta_size, folder_mtime_ns FROM experiments "
             "WHERE archive_id = :archive_id",
             {"archive_id": archive_id},
@@ -66,14 +68,16 @@ def sync_archive(
     }
     to_read = []
     to_measure = []
+    unchanged = 0
     for folder in iter_experiment_folders(root):
         stored = known.pop(folder.rel_path, None)
-        if stored is None or stored[:2] != (folder.meta_mtime_ns, folder.meta_size):
+        if stored == folder:
+            unchanged += 1
+        elif stored is None or stored[1:3] != folder[1:3]:
             to_read.append((folder, stored is None))
-        elif stored[2] != folder.folder_mtime_ns:
-            to_measure.append(folder)
         else:
-            report.unchanged += 1
+            to_measure.append(folder)
+    report.unchanged = unchanged
 
     report.removed = remove_experiments(db, archive_id, known)
     del known

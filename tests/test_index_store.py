@@ -56,19 +56,21 @@ def test_an_index_at_the_first_revision_is_upgraded_keeping_its_rows(archive: Pa
     assert old.fetch_one("SELECT version_num FROM alembic_version")[0] == "0001"
     old.execute("INSERT INTO archives (id, root, created_at) VALUES (1, :root, 0)", {"root": str(archive)})
     old.execute(
-        "INSERT INTO experiments (archive_id, rel_path, namespace, outcome, asset_count, disk_usage, "
-        "meta_mtime_ns, meta_size, folder_mtime_ns, parameters_json) "
-        "VALUES (1, 'old/run', 'old', 'done', 1, 10, 1, 1, 1, '{\"A\": 1}')"
+        "INSERT INTO experiments (id, archive_id, rel_path, namespace, outcome, asset_count, disk_usage, "
+        "meta_mtime_ns, meta_size, folder_mtime_ns) VALUES (7, 1, 'old/run', 'old', 'done', 1, 10, 1, 1, 1)"
+    )
+    old.execute(
+        "INSERT INTO experiment_fields (experiment_id, summary_json, parameters_json) VALUES (7, '{}', '{\"A\": 1}')"
     )
     old.close()
 
     with open_archive_index(str(archive), str(path)) as index:
         assert index.archive_id == 1
         assert index.db.fetch_one("SELECT version_num FROM alembic_version")[0] == HEAD_REVISION
-        assert index.db.fetch_one("SELECT namespace, parameters_json FROM experiments WHERE rel_path = 'old/run'") == (
-            "old",
-            '{"A": 1}',
-        )
+        assert index.db.fetch_one(
+            "SELECT e.namespace, f.parameters_json FROM experiments e "
+            "JOIN experiment_fields f ON f.experiment_id = e.id WHERE e.rel_path = 'old/run'"
+        ) == ("old", '{"A": 1}')
     assert _schema_differences(path) == []
 
 

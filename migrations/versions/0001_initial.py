@@ -1,4 +1,4 @@
-"""The first schema: archives, experiments (narrow, hot columns) and their full documents.
+"""The first schema: archives, experiments (narrow, hot columns), their select fields and full documents.
 
 Revision ID: 0001
 Revises:
@@ -47,8 +47,6 @@ def upgrade() -> None:
         sa.Column("meta_size", sa.BigInteger(), nullable=False),
         sa.Column("folder_mtime_ns", sa.BigInteger(), nullable=False),
         sa.Column("read_error", sa.Text(), nullable=True),
-        sa.Column("summary_json", sa.Text(), nullable=True),
-        sa.Column("parameters_json", sa.Text(), nullable=True),
         sa.ForeignKeyConstraint(
             ["archive_id"], ["archives.id"], name=op.f("fk_experiments_archive_id_archives"), ondelete="CASCADE"
         ),
@@ -66,6 +64,19 @@ def upgrade() -> None:
         ["archive_id", "outcome", "error_type", "duration", "parameter_count", "asset_count", "disk_usage"],
     )
     op.create_table(
+        "experiment_fields",
+        sa.Column("experiment_id", sa.Integer(), nullable=False),
+        sa.Column("summary_json", sa.Text(), nullable=False),
+        sa.Column("parameters_json", sa.Text(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["experiment_id"],
+            ["experiments.id"],
+            name=op.f("fk_experiment_fields_experiment_id_experiments"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("experiment_id", name=op.f("pk_experiment_fields")),
+    )
+    op.create_table(
         "experiment_documents",
         sa.Column("experiment_id", sa.Integer(), nullable=False),
         sa.Column("metadata_json", sa.Text(), nullable=False),
@@ -81,6 +92,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("experiment_documents")
+    op.drop_table("experiment_fields")
     op.drop_index("ix_experiments_outcome", table_name="experiments")
     op.drop_index("ix_experiments_listing", table_name="experiments")
     op.drop_table("experiments")

@@ -1,0 +1,238 @@
+"""Time pycomex 0.29.0 and pycomex-index side by side on the same synthetic archives.
+
+One command runs it all::
+
+    python benchmarks/run_benchmarks.py                 # N = 10,000 and 100,000
+    python benchmarks/run_benchmarks.py --quick         # N = 300, one repeat (what CI runs)
+    python benchmarks/run_benchmarks.py --sizes 20000 --repeat 5
+
+It builds two virtual environments under ``benchmarks/.venvs/`` (pycomex from
+``benchmarks/requirements-pycomex.txt``; pycomex-index from this checkout, a
+normal non-editable install), generates each archive once (cached under
+``benchmarks/archives/``), then for every command runs pycomex and
+pycomex-index alternately, output to /dev/null, and records the median wall
+time and the peak RSS of each process (from ``wait4``). pycomex-index is
+measured in three states: ``default`` (the index exists; every command syncs
+first), ``daemon`` (the background watcher runs, commands skip the walk) and
+``first build`` (no index yet). The results table (markdown) is printed and
+written to ``benchmarks/results-<N>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+VENVS = HERE / ".venvs"
+ARCHIVES = HERE / "archives"
+SELECT = "m['status'] == 'done' and p['LEARNING_RATE'] < 0.01"
+
+#: (label, archive arguments) of every command timed.
+COMMANDS: list[tuple[str, list[str]]] = [
+    ("list", ["list"]),
+    ("tail", ["tail"]),
+    ("tail -n 10", ["tail", "-n", "10"]),
+    ("overview", ["overview"]),
+    ("info", ["info"]),
+    ("scan", ["scan"]),
+    ("list --select", ["list", "--select", SELECT]),
+]
+
+sys.path.insert(0, str(HERE))
+from generate_archive import generate_archive  # noqa: E402
+
+
+@dataclass
+class Measurement:
+    seconds: float
+    peak_rss_mb: float
+    exit_code: int
+
+
+def run_once(arguments: list[str], env: dict[str, str] | None = None) -> Measurement:
+    """Run a command with output to /dev/null; wall time and the child's own peak RSS."""
+    started = time.perf_counter()
+    with open(os.devnull, "wb") as devnull:
+        process = subprocess.Popen(arguments, stdout=devnull, stderr=devnull, stdin=subprocess.DEVNULL, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return Measurement(seconds, usage.ru_maxrss / 1024, process.returncode)
+
+
+def median(measurements: list[Measurement]) -> Measurement:
+    return Measurement(
+        statistics.median(m.seconds for m in measurements),
+        max(m.peak_rss_mb for m in measurements),
+        max(m.exit_code for m in measurements),
+    )
+
+
+def ensure_venv(name: str, install: list[str]) -> Path:
+    """A venv under benchmarks/.venvs/NAME with ``pip install *install`` done once (and redone with --reinstall)."""
+    folder = VENVS / name
+    marker = folder / ".installed"
+    if not marker.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+        subprocess.run([str(folder / "bin" / "python"), "-m", "pip", "install", "-q", *install], check=True)
+        marker.write_text(" ".join(install))
+    return folder / "bin"
+
+
+def ensure_archive(count: int, seed: int) -> Path:
+    root = ARCHIVES / f"{count}-seed{seed}" / "results"
+    marker = root.parent / ".complete"
+    if not marker.exists():
+        shutil.rmtree(root.parent, ignore_errors=True)
+        started = time.perf_counter()
+        generate_archive(root, count, seed=seed)
+        marker.write_text(f"{time.perf_counter() - started:.1f}")
+        print(f"generated {count} experiments in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return root
+
+
+def drop_page_cache() -> bool:
+    """Make the next read come from disk, where the machine lets us (root, not in a container)."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as file:
+            file.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def remove_index(root: Path) -> None:
+    shutil.rmtree(root / ".pycomex_index", ignore_errors=True)
+
+
+def benchmark_size(count: int, repeat: int, pycomex_bin: Path | None, index_bin: Path, seed: int) -> list[str]:
+    root = ensure_archive(count, seed)
+    env = {**os.environ, "PYCOMEX_INDEX_NO_PROGRESS": "1"}
+    pycomex = [str(pycomex_bin / "pycomex"), "archive", "--path", str(root)] if pycomex_bin else None
+    index = [str(index_bin / "pycomex-index"), "archive", "--path", str(root)]
+    rows: list[tuple[str, Measurement | None, Measurement]] = []
+
+    # First build: no index at all, then `list` (which builds it).
+    remove_index(root)
+    cold = drop_page_cache()
+    first_build = run_once(index + ["list"], env)
+    reference_list = run_once(pycomex + ["list"], env) if pycomex else None
+    rows.append(("first index build (`list`, " + ("cold cache" if cold else "warm cache") + ")", reference_list, first_build))
+
+    for label, arguments in COMMANDS:
+        reference, default = [], []
+        for _ in range(repeat):
+            if pycomex:
+                reference.append(run_once(pycomex + arguments, env))
+            default.append(run_once(index + arguments, env))
+        rows.append((f"`{label}`", median(reference) if reference else None, median(default)))
+
+    help_reference = median([run_once([str(pycomex_bin / "pycomex"), "--help"], env) for _ in range(repeat)]) if pycomex else None
+    help_index = median([run_once([str(index_bin / "pycomex-index"), "--help"], env) for _ in range(repeat)])
+    rows.append(("`--help`", help_reference, help_index))
+
+    daemon_rows = _daemon_rows(root, index_bin, index, pycomex, repeat, env)
+    return _table(count, rows, daemon_rows)
+
+
+def _daemon_rows(root, index_bin, index, pycomex, repeat, env) -> list[tuple[str, Measurement]]:
+    """The same commands with the background watcher running (read commands skip the walk)."""
+    daemon = [str(index_bin / "pycomex-index"), "daemon"]
+    started = subprocess.run(daemon + ["start", "--path", str(root)], env=env, capture_output=True, text=True)
+    if started.returncode != 0:
+        print(f"daemon did not start: {started.stderr.strip()}", file=sys.stderr)
+        return []
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            status = subprocess.run(daemon + ["status", "--path", str(root)], env=env, capture_output=True, text=True)
+            if status.returncode == 0 and "backlog 0" in status.stdout:
+                break
+            time.sleep(1)
+        time.sleep(2)
+        results = []
+        for label, arguments in COMMANDS:
+            results.append((f"`{label}`", median([run_once(index + arguments, env) for _ in range(repeat)])))
+        return results
+    finally:
+        subprocess.run(daemon + ["stop", "--path", str(root)], env=env, capture_output=True)
+
+
+def _ratio(reference: Measurement | None, ours: Measurement | None) -> str:
+    if reference is None or ours is None or ours.seconds == 0:
+        return "n/a"
+    return f"{reference.seconds / ours.seconds:.1f}×"
+
+
+def _table(count: int, rows, daemon_rows) -> list[str]:
+    daemon = dict(daemon_rows)
+    lines = [
+        f"### N = {count:,} experiments",
+        "",
+        "| command | pycomex 0.29.0 | pycomex-index default (sync) | ratio | pycomex-index daemon running | ratio | peak RSS pycomex / default / daemon |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, reference, ours in rows:
+        in_daemon = daemon.get(label)
+        failed = " (exit≠0)" if ours.exit_code or (reference and reference.exit_code) else ""
+        lines.append(
+            f"| {label}{failed} | {_seconds(reference)} | {_seconds(ours)} | {_ratio(reference, ours)} | "
+            f"{_seconds(in_daemon)} | {_ratio(reference, in_daemon)} | "
+            f"{_mb(reference)} / {_mb(ours)} / {_mb(in_daemon)} |"
+        )
+    return lines
+
+
+def _seconds(measurement: Measurement | None) -> str:
+    return f"{measurement.seconds:.3f} s" if measurement else "–"
+
+
+def _mb(measurement: Measurement | None) -> str:
+    return f"{measurement.peak_rss_mb:.0f} MB" if measurement else "–"
+
+
+def machine_description() -> str:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    return f"{platform.machine()}, {os.cpu_count()} cores, {memory:.0f} GiB, Linux {platform.release()}, Python {platform.python_version()}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="N = 300, one repeat: proves the benchmark works (CI)")
+    parser.add_argument("--sizes", default="10000,100000", help="comma-separated archive sizes")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per command (median)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-pycomex", action="store_true", help="time pycomex-index alone (e.g. at 1,000,000)")
+    parser.add_argument("--reinstall", action="store_true", help="rebuild the benchmark venvs")
+    options = parser.parse_args()
+    sizes = [300] if options.quick else [int(size) for size in options.sizes.split(",")]
+    repeat = 1 if options.quick else options.repeat
+
+    if options.reinstall:
+        shutil.rmtree(VENVS, ignore_errors=True)
+    index_bin = ensure_venv("pycomex-index", [str(REPO)])
+    pycomex_bin = None if options.no_pycomex else ensure_venv("pycomex", ["-r", str(HERE / "requirements-pycomex.txt")])
+
+    report = [f"Machine: {machine_description()}", ""]
+    for count in sizes:
+        report += benchmark_size(count, repeat, pycomex_bin, index_bin, options.seed) + [""]
+        if not options.quick:
+            (HERE / f"results-{count}.md").write_text("\n".join(report) + "\n")
+    print("\n".join(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
