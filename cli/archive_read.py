@@ -9,6 +9,7 @@ import click
 from pycomex_index.cli.common import (
     archive_options,
     compile_or_fail,
+    explain_option,
     json_option,
     note,
     opened_index,
@@ -36,10 +37,11 @@ def _nothing_found(select: str | None) -> None:
 
 @click.command("list")
 @select_option
+@explain_option
 @archive_options
 @json_option
 @click.pass_context
-def list_command(ctx, select, archive_path, index_location, as_json) -> None:
+def list_command(ctx, select, explain, archive_path, index_location, as_json) -> None:
     """List experiments with status and duration, oldest first.
 
     \b
@@ -69,7 +71,7 @@ def list_command(ctx, select, archive_path, index_location, as_json) -> None:
             write_json([experiment_as_json(index, row) for *_, row in rows])
         else:
             write_lines(_listing_lines(index, rows))
-    report_failures(failures)
+    report_failures(failures, explain=explain and selection is not None)
     if not rows and not as_json:
         _nothing_found(select)
 
@@ -96,10 +98,11 @@ def _listing_lines(index, rows) -> list[str]:
 @click.command("tail")
 @click.option("-n", "--num", default=5, show_default=True, type=click.IntRange(min=0), help="How many experiments.")
 @select_option
+@explain_option
 @archive_options
 @json_option
 @click.pass_context
-def tail_command(ctx, num, select, archive_path, index_location, as_json) -> None:
+def tail_command(ctx, num, select, explain, archive_path, index_location, as_json) -> None:
     """Show the most recent experiments in detail, newest first.
 
     \b
@@ -150,7 +153,7 @@ def tail_command(ctx, num, select, archive_path, index_location, as_json) -> Non
                 )
             )
         write_lines([f"\n\n{SEPARATOR}\n\n".join(blocks)] if blocks else [])
-    report_failures(failures)
+    report_failures(failures, explain=explain and selection is not None)
     if not rows and not as_json:
         _nothing_found(select)
 
@@ -211,10 +214,11 @@ def _min_max_average(minimum, maximum, average) -> list[str]:
 def _statistics_command(name: str, heading: str, with_namespaces: bool, docstring: str):
     @click.command(name, help=docstring)
     @select_option
+    @explain_option
     @archive_options
     @json_option
     @click.pass_context
-    def command(ctx, select, archive_path, index_location, as_json) -> None:
+    def command(ctx, select, explain, archive_path, index_location, as_json) -> None:
         from pycomex_index.selection import EvaluationFailures
         from pycomex_index.stats import archive_statistics
 
@@ -226,7 +230,7 @@ def _statistics_command(name: str, heading: str, with_namespaces: bool, docstrin
             write_json({"archive": index.root, "select": select, **statistics.as_json()})
         else:
             write_lines(_statistics_lines(statistics, heading, index, select, with_namespaces))
-        report_failures(failures)
+        report_failures(failures, explain=explain and selection is not None)
 
     return command
 
@@ -266,10 +270,11 @@ info_command = _statistics_command(
     help="Python expression on m and p whose value names each experiment's group.",
 )
 @select_option
+@explain_option
 @archive_options
 @json_option
 @click.pass_context
-def scan_command(ctx, group_expression, select, archive_path, index_location, as_json) -> None:
+def scan_command(ctx, group_expression, select, explain, archive_path, index_location, as_json) -> None:
     """Group experiments by an expression: count, success rate, last completed, runtime, disk use.
 
     \b
@@ -289,7 +294,7 @@ def scan_command(ctx, group_expression, select, archive_path, index_location, as
         write_json([group.as_json(result.now) for group in result.groups])
     else:
         _print_scan_table(index, result, select, group_expression)
-    report_failures(failures)
+    report_failures(failures, explain=explain and selection is not None)
     report_failures(result.group_failures, what="--group")
     if result.unreadable:
         note(f"Skipped {result.unreadable} experiment(s) with unreadable metadata.")

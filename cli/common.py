@@ -51,6 +51,12 @@ def select_option(command: Callable) -> Callable:
     )(command)
 
 
+def explain_option(command: Callable) -> Callable:
+    return click.option(
+        "--explain", is_flag=True, help="Say on stderr which part of --select ran in SQL and which in Python."
+    )(command)
+
+
 def archive_location(ctx: click.Context, archive_path: str | None, index_location: str | None) -> tuple[str, str | None]:
     """The archive and index named on the subcommand, else on the ``archive`` group, else the defaults."""
     group_settings = ctx.find_object(dict) or {}
@@ -148,8 +154,15 @@ def compile_or_fail(source: str | None, *, what: str = "--select", mode: str = "
     return compile_expression(source, mode=mode, what=what)
 
 
-def report_failures(failures, what: str = "--select") -> None:
+def report_failures(failures, what: str = "--select", explain: bool = False) -> None:
     """One line on stderr for experiments on which an expression raised (they were not selected)."""
+    if explain:
+        if failures.pushed_down:
+            note(f"{what} in SQL (a pre-filter that only drops rows Python would drop): {'; '.join(failures.pushed_down)}")
+            note(f"  WHERE {failures.sql_condition}")
+        else:
+            note(f"{what} in SQL: nothing (no part of it translates exactly)")
+        note(f"{what} in Python: the whole expression, on the {failures.evaluated} experiments left")
     if failures.count:
         warn(
             f"{what} raised on {failures.count} experiment{'s' if failures.count != 1 else ''}, "

@@ -47,6 +47,7 @@ class ExperimentRecord:
     namespace: str
     name: str | None
     outcome: str
+    status: str | None
     has_error: bool | None
     error_type: str | None
     start_time: float | None
@@ -223,6 +224,7 @@ def read_experiment(root: str, folder_stat: FolderStat) -> ExperimentRecord:
         namespace=namespace_of(folder_stat.rel_path),
         name=None,
         outcome="error",
+        status=None,
         has_error=None,
         error_type=None,
         start_time=None,
@@ -266,6 +268,7 @@ def read_experiment(root: str, folder_stat: FolderStat) -> ExperimentRecord:
     record.namespace = _text_or_none(metadata.get("namespace")) or record.namespace
     record.name = _text_or_none(metadata.get("name"))
     record.outcome = classify_outcome(metadata)
+    record.status = _text_or_none(metadata.get("status"))
     record.has_error = has_error if isinstance(has_error, bool) else None
     record.error_type = _text_or_none(metadata.get("error_type"))
     record.start_time = _number_or_none(metadata.get("start_time"))

@@ -78,6 +78,7 @@ class Experiment(Base):
     namespace: Mapped[str] = mapped_column(Text)
     name: Mapped[Optional[str]] = mapped_column(Text)
     outcome: Mapped[str] = mapped_column(String(16))
+    status: Mapped[Optional[str]] = mapped_column(Text)
     has_error: Mapped[Optional[bool]] = mapped_column()
     error_type: Mapped[Optional[str]] = mapped_column(Text)
     start_time: Mapped[Optional[float]] = mapped_column(Float)

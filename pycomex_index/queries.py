@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from pycomex_index.pushdown import prefilter_for
 from pycomex_index.selection import (
     NEEDS_DOCUMENT,
     NEEDS_NOTHING,
@@ -98,17 +99,25 @@ def iter_experiments(
         columns.append("d.metadata_json")
         join += " LEFT JOIN experiment_documents d ON d.experiment_id = e.id"
     where = "e.archive_id = :archive_id"
-    if selection is not None or not include_unreadable or evaluates:
+    params: dict[str, Any] = {"archive_id": index.archive_id}
+    if not include_unreadable or evaluates:
         where += " AND e.outcome <> 'error'"
+    failures = failures if failures is not None else EvaluationFailures()
+    prefilter = prefilter_for(selection, sqlite=index.db.url.startswith("sqlite")) if selection else None
+    if prefilter is not None:
+        where += f" AND ({prefilter.condition})"
+        params.update(prefilter.params)
+        failures.pushed_down, failures.sql_condition = prefilter.pushed, prefilter.condition
+        if prefilter.uses_fields and "experiment_fields" not in join:
+            join += " LEFT JOIN experiment_fields f ON f.experiment_id = e.id"
     order = "DESC" if newest_first else "ASC"
     sql = f"SELECT {', '.join(columns)} FROM experiments e{join} WHERE {where} ORDER BY e.start_time {order}, e.rel_path {order}"
     if limit is not None and selection is None:
         sql += f" LIMIT {int(limit)}"
-    failures = failures if failures is not None else EvaluationFailures()
     loads = orjson.loads
     folder_prefix = index.root.rstrip("/") + "/"
     kept = 0
-    for values in index.db.execute(sql, {"archive_id": index.archive_id}):
+    for values in index.db.execute(sql, params):
         row = ExperimentRow.from_columns(values[:14])
         extra = values[14:]
         position = 0
@@ -129,6 +138,7 @@ def iter_experiments(
         if evaluates:
             namespace = evaluation_globals(metadata, parameters)
             if selection is not None:
+                failures.evaluated += 1
                 try:
                     if not evaluate(selection, namespace):
                         continue

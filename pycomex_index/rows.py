@@ -12,6 +12,7 @@ _EXPERIMENT_COLUMNS = (
     "namespace",
     "name",
     "outcome",
+    "status",
     "has_error",
     "error_type",
     "start_time",

@@ -67,14 +67,18 @@ class CompiledExpression:
     source: str
     code: Any
     needs: int
+    tree: ast.AST
 
 
 @dataclass
 class EvaluationFailures:
-    """Experiments on which an expression raised: counted by error, reported in one line."""
+    """Experiments on which an expression raised (counted by error, reported in one line), and how many it ran on."""
 
     count: int = 0
     reasons: Counter = field(default_factory=Counter)
+    evaluated: int = 0
+    pushed_down: list[str] = field(default_factory=list)
+    sql_condition: str | None = None
 
     def record(self, error: BaseException) -> None:
         self.count += 1
@@ -104,7 +108,7 @@ def compile_expression(source: str, *, mode: str = "eval", what: str = "--select
             f"{what} uses unknown name {names}: use m/metadata/meta (metadata) or p/parameters/params (parameters)"
         )
     code = compile(tree, f"<{what}>", mode)
-    return CompiledExpression(source=source, code=code, needs=_what_it_reads(tree))
+    return CompiledExpression(source=source, code=code, needs=_what_it_reads(tree), tree=tree)
 
 
 def _dedent_code(source: str) -> str:

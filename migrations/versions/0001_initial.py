@@ -35,6 +35,7 @@ def upgrade() -> None:
         sa.Column("namespace", sa.Text(), nullable=False),
         sa.Column("name", sa.Text(), nullable=True),
         sa.Column("outcome", sa.String(length=16), nullable=False),
+        sa.Column("status", sa.Text(), nullable=True),
         sa.Column("has_error", sa.Boolean(), nullable=True),
         sa.Column("error_type", sa.Text(), nullable=True),
         sa.Column("start_time", sa.Float(), nullable=True),

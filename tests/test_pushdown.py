@@ -1,0 +1,151 @@
+"""SQL pushdown never changes a result: property test against pure Python evaluation of the files."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pycomex_index.discovery import parameter_values
+from pycomex_index.pushdown import prefilter_for
+from pycomex_index.queries import iter_experiments
+from pycomex_index.selection import EvaluationFailures, build_metadata, compile_expression, evaluation_globals
+from pycomex_index.store import open_archive_index
+from pycomex_index.sync import sync_archive
+
+# Values chosen to hit every type edge the translation must respect: missing keys, null, bools,
+# ints, floats, huge ints, numeric and date strings.
+ODD_VALUES = st.sampled_from([None, True, False, 0, 1, 32, 0.001, 0.01, 0.0099999, 2.0**60, -5, "done", "0.01", "2024-01-10"])
+STATUS = st.one_of(st.sampled_from(["done", "failed", "running", "Done"]), ODD_VALUES)
+TIME = st.one_of(st.floats(1.6e9, 1.8e9), st.integers(1_600_000_000, 1_800_000_000), ODD_VALUES)
+NUMBER = st.one_of(st.floats(-1, 1), st.integers(-100, 100), ODD_VALUES)
+MISSING = object()
+
+
+def _maybe_missing(strategy):
+    return st.one_of(st.just(MISSING), strategy)
+
+
+EXPERIMENT = st.fixed_dictionaries(
+    {
+        "status": _maybe_missing(STATUS),
+        "error_type": _maybe_missing(st.one_of(st.sampled_from(["ValueError", "KeyError"]), ODD_VALUES)),
+        "duration": _maybe_missing(NUMBER),
+        "start_time": _maybe_missing(TIME),
+        "LEARNING_RATE": _maybe_missing(NUMBER),
+        "MODEL": _maybe_missing(st.one_of(st.sampled_from(["resnet", "mlp"]), ODD_VALUES)),
+    }
+)
+
+SUBJECTS = ["m['status']", "m['error_type']", "m['duration']", "m['start_time']", "p['LEARNING_RATE']", "p['MODEL']"]
+CONSTANTS = ["'done'", "'ValueError'", "'resnet'", "0", "1", "32", "0.01", "0.001", "-5", "1.7e9", "'2024-01-10'", "'2025-06-01T12:00'", "True", "None"]
+OPERATORS = ["==", "<", "<=", ">", ">=", "!="]
+
+
+@st.composite
+def expressions(draw, depth: int = 0) -> str:
+    if depth < 2 and draw(st.booleans()):
+        joiner = draw(st.sampled_from([" and ", " or "]))
+        parts = draw(st.lists(expressions(depth=depth + 1), min_size=2, max_size=3))
+        text = joiner.join(f"({part})" for part in parts)
+        return f"not ({text})" if draw(st.integers(0, 5)) == 0 else text
+    subject, operator, constant = draw(st.sampled_from(SUBJECTS)), draw(st.sampled_from(OPERATORS)), draw(st.sampled_from(CONSTANTS))
+    return f"{constant} {operator} {subject}" if draw(st.booleans()) else f"{subject} {operator} {constant}"
+
+
+_counter = itertools.count()
+
+
+def _write_archive(root: Path, experiments: list[dict]) -> None:
+    for number, fields in enumerate(experiments):
+        metadata = {key: value for key, value in fields.items() if key not in ("LEARNING_RATE", "MODEL") and value is not MISSING}
+        metadata["parameters"] = {
+            name: {"name": name, "value": fields[name]} for name in ("LEARNING_RATE", "MODEL") if fields[name] is not MISSING
+        }
+        folder = root / "ns" / f"run{number}"
+        folder.mkdir(parents=True)
+        (folder / "experiment_meta.json").write_text(json.dumps(metadata))
+
+
+def _pure_python(root: Path, source: str) -> tuple[set[str], int]:
+    """The experiments the expression selects, and on how many it raised, reading every file."""
+    expression = compile_expression(source)
+    selected = set()
+    raised = 0
+    for folder in (root / "ns").iterdir():
+        metadata = build_metadata(json.loads((folder / "experiment_meta.json").read_text()), path=str(folder), namespace="ns")
+        try:
+            if eval(expression.code, evaluation_globals(metadata, parameter_values(metadata))):
+                selected.add(f"ns/{folder.name}")
+        except Exception:
+            raised += 1
+    return selected, raised
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(experiments=st.lists(EXPERIMENT, min_size=1, max_size=12), source=expressions())
+def test_pushdown_selects_exactly_what_python_selects(tmp_path: Path, experiments: list[dict], source: str) -> None:
+    root = tmp_path / f"archive{next(_counter)}"
+    _write_archive(root, experiments)
+    with open_archive_index(str(root), str(tmp_path / "shared-index.sqlite3")) as index:
+        sync_archive(index)
+        selection = compile_expression(source)
+        stats = EvaluationFailures()
+        selected = {row.rel_path for row in iter_experiments(index, selection, failures=stats)}
+    assert (selected, stats.count) == _pure_python(root, source), (source, stats.sql_condition)
+
+
+EDGE_VALUES = [MISSING, None, True, False, 0, 1, 32, 0.001, 0.01, 0.0099999, 2.0**60, 2**60 + 1, -5, 1.7e9, 1_700_000_000,
+               "done", "Done", "ValueError", "resnet", "0.01", "2024-01-10", "2025-06-01T12:00", [1], {"a": 1}]
+
+
+def _edge_archive(root: Path) -> None:
+    """Every edge value in every field, each in an experiment of its own, plus a few all-round ones."""
+    baseline = {"status": "done", "error_type": None, "duration": 5.0, "start_time": 1.7e9, "LEARNING_RATE": 0.001, "MODEL": "resnet"}
+    experiments = [dict(baseline, **{field: value}) for field in baseline for value in EDGE_VALUES]
+    experiments += [dict(zip(baseline, values)) for values in zip(*(EDGE_VALUES[i:] + EDGE_VALUES[:i] for i in range(6)))]
+    _write_archive(root, experiments)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(source=expressions())
+def test_pushdown_is_exact_on_every_edge_value(tmp_path_factory, source: str) -> None:
+    root = _EDGE_ARCHIVE.get("root")
+    if root is None:
+        root = tmp_path_factory.mktemp("edges") / "results"
+        _edge_archive(root)
+        _EDGE_ARCHIVE["root"] = root
+        with open_archive_index(str(root)) as index:
+            sync_archive(index)
+    with open_archive_index(str(root)) as index:
+        stats = EvaluationFailures()
+        selected = {row.rel_path for row in iter_experiments(index, compile_expression(source), failures=stats)}
+    assert (selected, stats.count) == _pure_python(root, source), source
+
+
+_EDGE_ARCHIVE: dict[str, Path] = {}
+
+
+def test_the_benchmark_select_is_pushed_down_entirely() -> None:
+    prefilter = prefilter_for(compile_expression("m['status'] == 'done' and p['LEARNING_RATE'] < 0.01"), sqlite=True)
+    assert prefilter is not None
+    assert prefilter.pushed == ["m['status'] == 'done'", "p['LEARNING_RATE'] < 0.01"]
+
+
+def test_untranslatable_parts_are_left_to_python() -> None:
+    assert prefilter_for(compile_expression("m['name'].startswith('debug')"), sqlite=True) is None
+    assert prefilter_for(compile_expression("m['status'] != 'done'"), sqlite=True) is None
+    assert prefilter_for(compile_expression("'x' in p or m['status'] == 'done'"), sqlite=True) is None
+    mixed = prefilter_for(compile_expression("m['status'] == 'done' and 'x' in p"), sqlite=True)
+    assert mixed is not None and mixed.pushed == ["m['status'] == 'done'"]
+    assert prefilter_for(compile_expression("p['A'] < 1"), sqlite=False) is None  # JSON functions are SQLite's
+
+
+def test_explain_says_what_ran_where(archive: Path, run_cli) -> None:
+    result = run_cli("archive", "list", "--path", str(archive), "--select", "m['status'] == 'done' and len(p) > 3", "--explain")
+    assert result.exit_code == 0, result.output
+    assert "in SQL" in result.stderr and "m['status'] == 'done'" in result.stderr
+    assert "in Python: the whole expression, on the 3 experiments left" in result.stderr
