@@ -62,7 +62,6 @@ class ExperimentRecord:
     read_error: str | None
     summary_json: str | None
     parameters_json: str | None
-    metadata_json: str | None
 
 
 def iter_experiment_folders(root: str) -> Iterator[FolderStat]:
@@ -130,7 +129,9 @@ def measure_assets(folder: str) -> tuple[int, int]:
     """Count the files directly in ``folder`` (pycomex's "assets") and sum every file's size below it.
 
     Symlinks are not followed, so a link out of the experiment never counts
-    someone else's data as this experiment's disk usage.
+    someone else's data as this experiment's disk usage; the hidden
+    ``.NAME.<pid>.<token>.partial`` file a killed atomic write leaves behind is
+    no asset either.
     """
     asset_count = 0
     disk_usage = 0
@@ -146,6 +147,8 @@ def measure_assets(folder: str) -> tuple[int, int]:
                 if entry.is_dir(follow_symlinks=False):
                     pending.append((entry.path, False))
                 elif entry.is_file(follow_symlinks=False):
+                    if entry.name.endswith(".partial") and entry.name.startswith("."):
+                        continue
                     disk_usage += entry.stat(follow_symlinks=False).st_size
                     if is_top:
                         asset_count += 1
@@ -173,6 +176,19 @@ def parse_metadata_bytes(raw: bytes) -> dict[str, Any]:
     if not isinstance(metadata, dict):
         raise ValueError(f"not a JSON object but {type(metadata).__name__}")
     return metadata
+
+
+def read_metadata(folder: str) -> dict[str, Any]:
+    """The experiment_meta.json of ``folder`` as a dict; ValueError with a one-line reason if unusable."""
+    try:
+        with open(os.path.join(folder, METADATA_FILE_NAME), "rb") as file:
+            raw = file.read()
+    except OSError as error:
+        raise ValueError(f"cannot read {METADATA_FILE_NAME}: {error.strerror}") from None
+    try:
+        return parse_metadata_bytes(raw)
+    except ValueError as error:
+        raise ValueError(f"{METADATA_FILE_NAME} is {error}") from None
 
 
 def parameter_values(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -239,17 +255,11 @@ def read_experiment(root: str, folder_stat: FolderStat) -> ExperimentRecord:
         read_error=None,
         summary_json=None,
         parameters_json=None,
-        metadata_json=None,
     )
     try:
-        with open(os.path.join(folder, METADATA_FILE_NAME), "rb") as file:
-            raw = file.read()
-        metadata = parse_metadata_bytes(raw)
-    except OSError as error:
-        record.read_error = f"cannot read {METADATA_FILE_NAME}: {error.strerror}"
-        return record
+        metadata = read_metadata(folder)
     except ValueError as error:
-        record.read_error = f"{METADATA_FILE_NAME} is {error}"
+        record.read_error = str(error)
         return record
 
     parameters = metadata.get("parameters")
@@ -258,12 +268,10 @@ def read_experiment(root: str, folder_stat: FolderStat) -> ExperimentRecord:
     try:
         summary_json = orjson.dumps(summary).decode()
         parameters_json = orjson.dumps(parameter_values(metadata)).decode()
-        metadata_json = orjson.dumps(metadata).decode()
     except TypeError:
-        # NaN/Infinity (or huge integers) that orjson will not write: the stdlib keeps them exactly.
+        # Huge integers that orjson will not write: the stdlib keeps them exactly.
         summary_json = json.dumps(summary)
         parameters_json = json.dumps(parameter_values(metadata))
-        metadata_json = json.dumps(metadata)
 
     record.namespace = _text_or_none(metadata.get("namespace")) or record.namespace
     record.name = _text_or_none(metadata.get("name"))
@@ -279,5 +287,4 @@ def read_experiment(root: str, folder_stat: FolderStat) -> ExperimentRecord:
     )
     record.summary_json = summary_json
     record.parameters_json = parameters_json
-    record.metadata_json = metadata_json
     return record

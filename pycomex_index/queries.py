@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from pycomex_index.discovery import read_metadata
 from pycomex_index.pushdown import prefilter_for
 from pycomex_index.selection import (
     NEEDS_DOCUMENT,
@@ -95,9 +96,6 @@ def iter_experiments(
         join += " LEFT JOIN experiment_fields f ON f.experiment_id = e.id"
     if needs == NEEDS_SUMMARY:
         columns.append("f.summary_json")
-    if needs == NEEDS_DOCUMENT:
-        columns.append("d.metadata_json")
-        join += " LEFT JOIN experiment_documents d ON d.experiment_id = e.id"
     where = "e.archive_id = :archive_id"
     params: dict[str, Any] = {"archive_id": index.archive_id}
     if not include_unreadable or evaluates:
@@ -125,13 +123,20 @@ def iter_experiments(
         if needs >= NEEDS_PARAMETERS or with_parameters:
             parameters = loads(extra[position]) if extra[position] else {}
             position += 1
-        if needs >= NEEDS_SUMMARY:
-            document = extra[position]
+        if needs == NEEDS_SUMMARY:
+            summary = extra[position]
             metadata = build_metadata(
-                loads(document) if document else {},
-                path=folder_prefix + row.rel_path,
-                namespace=row.namespace,
+                loads(summary) if summary else {}, path=folder_prefix + row.rel_path, namespace=row.namespace
             )
+        elif needs == NEEDS_DOCUMENT:
+            # The whole document is not in the index: read the file, after SQL has narrowed the rows.
+            try:
+                metadata = build_metadata(
+                    read_metadata(folder_prefix + row.rel_path), path=folder_prefix + row.rel_path, namespace=row.namespace
+                )
+            except ValueError as error:
+                failures.record(error)
+                continue
         row.parameters = parameters
         if with_metadata:
             row.metadata = metadata
@@ -175,19 +180,12 @@ def unreadable_experiments(index: ArchiveIndex) -> Iterator[ExperimentRow]:
         yield ExperimentRow.from_columns(values)
 
 
-def load_metadata(index: ArchiveIndex, experiment_id: int) -> dict[str, Any] | None:
-    """The full metadata document of one experiment, as stored at the last sync."""
-    import orjson
-
-    row = next(
-        iter(
-            index.db.execute(
-                "SELECT metadata_json FROM experiment_documents WHERE experiment_id = :id", {"id": experiment_id}
-            )
-        ),
-        None,
-    )
-    return orjson.loads(row[0]) if row else None
+def load_metadata(index: ArchiveIndex, row: ExperimentRow) -> dict[str, Any] | None:
+    """The full metadata document of one experiment, from its file (None if it cannot be read now)."""
+    try:
+        return read_metadata(os.path.join(index.root, row.rel_path))
+    except ValueError:
+        return None
 
 
 def experiment_as_json(index: ArchiveIndex, row: ExperimentRow) -> dict[str, Any]:

@@ -45,17 +45,8 @@ _UPSERT_FIELDS_SQL = (
     "summary_json = excluded.summary_json, parameters_json = excluded.parameters_json"
 )
 
-_UPSERT_DOCUMENT_SQL = (
-    "INSERT INTO experiment_documents (experiment_id, metadata_json) "
-    f"SELECT id, :metadata_json {_FROM_EXPERIMENT} "
-    "ON CONFLICT (experiment_id) DO UPDATE SET metadata_json = excluded.metadata_json"
-)
-
 # An experiment whose metadata became unreadable keeps its row but loses what was read from it.
-_DELETE_UNREADABLE_SQL = (
-    f"DELETE FROM experiment_fields WHERE experiment_id IN ({_EXPERIMENT_ID})",
-    f"DELETE FROM experiment_documents WHERE experiment_id IN ({_EXPERIMENT_ID})",
-)
+_DELETE_UNREADABLE_SQL = f"DELETE FROM experiment_fields WHERE experiment_id IN ({_EXPERIMENT_ID})"
 
 
 def store_records(db: IndexDatabase, archive_id: int, records: Iterable[ExperimentRecord]) -> int:
@@ -69,14 +60,12 @@ def store_records(db: IndexDatabase, archive_id: int, records: Iterable[Experime
         rows.append(row)
     if not rows:
         return 0
-    readable = [row for row in rows if row["metadata_json"] is not None]
-    unreadable = [row for row in rows if row["metadata_json"] is None]
+    readable = [row for row in rows if row["read_error"] is None]
+    unreadable = [row for row in rows if row["read_error"] is not None]
     with db.transaction():
         db.executemany(_UPSERT_EXPERIMENT_SQL, rows)
         db.executemany(_UPSERT_FIELDS_SQL, readable)
-        db.executemany(_UPSERT_DOCUMENT_SQL, readable)
-        for sql in _DELETE_UNREADABLE_SQL:
-            db.executemany(sql, unreadable)
+        db.executemany(_DELETE_UNREADABLE_SQL, unreadable)
     return len(rows)
 
 

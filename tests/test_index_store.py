@@ -171,5 +171,5 @@ def test_the_index_database_is_a_plain_sqlite_file_other_tools_can_read(archive:
         location = index.location
     connection = sqlite3.connect(location)
     assert connection.execute("SELECT COUNT(*) FROM experiments").fetchone()[0] == 8
-    assert connection.execute("SELECT COUNT(*) FROM experiment_documents").fetchone()[0] == 8
+    assert connection.execute("SELECT COUNT(*) FROM experiment_fields").fetchone()[0] == 8
     connection.close()

@@ -137,4 +137,14 @@ def test_sync_of_many_experiments_is_batched_and_complete(tmp_path: Path, count:
     report = _sync(root)
     assert report.added == count
     with open_archive_index(str(root)) as index:
-        assert index.db.fetch_one("SELECT COUNT(*) FROM experiment_documents")[0] == count
+        assert index.db.fetch_one("SELECT COUNT(*) FROM experiment_fields")[0] == count
+
+
+def test_a_temporary_file_left_by_a_killed_write_is_no_asset(archive: Path, run_cli) -> None:
+    rel = "debug_runs/debug"
+    before = json.loads(run_cli("archive", "list", "--path", str(archive), "--json").stdout)
+    (archive / rel / ".experiment_meta.json.12345.abcd1234.partial").write_bytes(b"x" * 5000)
+    after = json.loads(run_cli("archive", "list", "--path", str(archive), "--json").stdout)
+    by_rel = lambda listing: {item["rel_path"]: item for item in listing}  # noqa: E731
+    assert by_rel(after)[rel]["disk_usage"] == by_rel(before)[rel]["disk_usage"]
+    assert by_rel(after)[rel]["asset_count"] == by_rel(before)[rel]["asset_count"]

@@ -1,4 +1,4 @@
-"""The first schema: archives, experiments (narrow, hot columns), their select fields and full documents.
+"""The first schema: archives, experiments (narrow, hot columns) and the fields selections read.
 
 Revision ID: 0001
 Revises:
@@ -77,22 +77,9 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("experiment_id", name=op.f("pk_experiment_fields")),
     )
-    op.create_table(
-        "experiment_documents",
-        sa.Column("experiment_id", sa.Integer(), nullable=False),
-        sa.Column("metadata_json", sa.Text(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["experiment_id"],
-            ["experiments.id"],
-            name=op.f("fk_experiment_documents_experiment_id_experiments"),
-            ondelete="CASCADE",
-        ),
-        sa.PrimaryKeyConstraint("experiment_id", name=op.f("pk_experiment_documents")),
-    )
 
 
 def downgrade() -> None:
-    op.drop_table("experiment_documents")
     op.drop_table("experiment_fields")
     op.drop_index("ix_experiments_outcome", table_name="experiments")
     op.drop_index("ix_experiments_listing", table_name="experiments")
