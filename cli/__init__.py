@@ -66,10 +66,12 @@ def index_group() -> None:
     """
 
 
-from pycomex_index.cli import archive_read, index_commands  # noqa: E402  (commands register on import)
+from pycomex_index.cli import archive_read, archive_write, index_commands  # noqa: E402  (commands register on import)
 
 archive_read.register(archive)
+archive_write.register(archive)
 index_commands.register(index_group)
+
 
 
 def main() -> None:

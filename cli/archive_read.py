@@ -26,11 +26,6 @@ MAX_ERROR_TYPES = 10
 DESCRIPTION_LIMIT = 100
 
 
-def _shown_path(index, rel_path: str) -> str:
-    """``results/neural_net/<run>``: the archive folder's name, then the path below it."""
-    return f"{index.display_root}/{rel_path}"
-
-
 def _nothing_found(select: str | None) -> None:
     note("No experiments match the selection." if select else "There are no experiments in the archive.")
 
@@ -130,7 +125,7 @@ def tail_command(ctx, num, select, explain, archive_path, index_location, as_jso
         )
         descriptions = {}
         for row in rows:
-            metadata = load_metadata(index, row.id) or {}
+            metadata = load_metadata(index, row) or {}
             description = metadata.get("short_description") or metadata.get("description") or ""
             descriptions[row.id] = description if isinstance(description, str) else str(description)
     if as_json:
@@ -142,7 +137,7 @@ def tail_command(ctx, num, select, explain, archive_path, index_location, as_jso
                 "\n".join(
                     [
                         f"Experiment: {row.name or row.namespace}",
-                        f"Path: {_shown_path(index, row.rel_path)}",
+                        f"Path: {index.display_path(row.rel_path)}",
                         f"Status: {row.outcome} {STATUS_ICONS[row.outcome]}"
                         + (f" ({row.error_type})" if row.error_type else ""),
                         f"Started: {format_time(row.start_time)}",

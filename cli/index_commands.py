@@ -66,6 +66,12 @@ def status_command(ctx: click.Context, archive_path, index_location, as_json: bo
         "Last sync: "
         + (f"{format_time(status.last_sync_at)} (took {status.last_sync_seconds:.2f} s)" if status.last_sync_at else "never"),
     ]
+    lines.append("Last exports:" if status.exports else "Last exports: none")
+    lines += [
+        f"  {format_time(export.created_at)}  {export.zip_path} ({export.experiment_count} experiments, "
+        f"{format_size(export.size)}, sha256 {export.sha256[:12]})"
+        for export in status.exports
+    ]
     write_lines(lines)
 
 

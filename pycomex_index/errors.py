@@ -23,3 +23,11 @@ class SelectionError(PycomexIndexError):
 
 class IndexUnavailableError(PycomexIndexError):
     """The index cannot be opened or written (permissions, disk full, unsupported URL)."""
+
+
+class ExportError(PycomexIndexError):
+    """``compress`` cannot write the ZIP: a missing target folder, a target that is a folder, an unreadable file."""
+
+
+class UndoError(PycomexIndexError):
+    """``undo`` cannot run: no such modify in this archive, or it was undone already."""

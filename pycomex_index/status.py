@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from pycomex_index.compress import ExportSummary, recent_exports
 
 from pycomex_index.store import ArchiveIndex, stored_revision
 
@@ -19,6 +21,7 @@ class IndexStatus:
     unreadable: int
     last_sync_at: float | None
     last_sync_seconds: float | None
+    exports: list[ExportSummary] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,4 +62,5 @@ def index_status(index: ArchiveIndex) -> IndexStatus:
         unreadable=unreadable or 0,
         last_sync_at=last_sync_at,
         last_sync_seconds=last_sync_seconds,
+        exports=recent_exports(index),
     )

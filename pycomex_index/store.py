@@ -44,6 +44,10 @@ class ArchiveIndex:
         """How paths are shown: the archive folder's own name, as in ``results/neural_net/...``."""
         return os.path.basename(self.root.rstrip(os.sep)) or self.root
 
+    def display_path(self, rel_path: str) -> str:
+        """``results/neural_net/<run>``: how an experiment is shown to people."""
+        return f"{self.display_root}/{rel_path}"
+
     def close(self) -> None:
         self.db.close()
 

@@ -1,0 +1,390 @@
+"""``archive delete|compress|modify|undo``: the write commands, each writing through to disk and index.
+
+Each command picks experiments like the read commands (``--select`` or
+``--all``, exactly one), shows what it will do, and calls the library, which
+changes one experiment on disk and then its index row before going on.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import click
+
+from pycomex_index.cli.common import (
+    archive_options,
+    compile_or_fail,
+    note,
+    opened_index,
+    progress_bar,
+    report_failures,
+    select_option,
+    warn,
+    write_lines,
+)
+
+#: Longest a shown value gets in a before → after line.
+VALUE_WIDTH = 60
+
+
+def all_option(command):
+    return click.option(
+        "--all", "select_all", is_flag=True, help="Every experiment, including those with unreadable metadata."
+    )(command)
+
+
+def verbose_option(command):
+    return click.option("-v", "--verbose", is_flag=True, help="Print each experiment as it is processed.")(command)
+
+
+def yes_option(command):
+    return click.option("--yes", is_flag=True, help="Do not ask for confirmation.")(command)
+
+
+def _require_choice(select: str | None, select_all: bool, action: str) -> None:
+    if select is not None and select_all:
+        raise click.UsageError("give either --select or --all, not both")
+    if select is None and not select_all:
+        raise click.UsageError(f"choose the experiments to {action}: give --select EXPR, or --all for every experiment")
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _preview_limit() -> int:
+    """About a screenful of paths; longer previews end in a count."""
+    return max(10, shutil.get_terminal_size((80, 24)).lines - 10)
+
+
+def _path_preview(index, rel_paths: list[str], suffixes: list[str] | None = None) -> list[str]:
+    limit = _preview_limit()
+    shown = [
+        f"  {index.display_path(rel_path)}{suffixes[position] if suffixes else ''}"
+        for position, rel_path in enumerate(rel_paths[:limit])
+    ]
+    if len(rel_paths) > limit:
+        shown.append(f"  ... and {len(rel_paths) - limit} more")
+    return shown
+
+
+def _nothing_selected(select: str | None) -> None:
+    note("No experiments match the selection; nothing was changed." if select else "There are no experiments in the archive.")
+
+
+def _confirm(ctx: click.Context, question: str, yes: bool, what: str) -> None:
+    """Ask ``question [y/N]``; anything but y/yes stops the command. Never waits on a stdin that is no terminal."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise click.ClickException(
+            f"stdin is not a terminal, so nobody can confirm: nothing was {what}. Add --yes to go ahead without asking."
+        )
+    answer = click.prompt(f"{question} [y/N]", default="", show_default=False)
+    if answer.strip().lower() not in ("y", "yes"):
+        click.echo(f"Nothing was {what}.")
+        ctx.exit(1)
+
+
+# ---------------------------------------------------------------------------------------------- delete
+
+
+@click.command("delete")
+@select_option
+@all_option
+@yes_option
+@click.option("--include-running", is_flag=True, help="Also delete experiments whose status is 'running'.")
+@verbose_option
+@archive_options
+@click.pass_context
+def delete_command(ctx, select, select_all, yes, include_running, verbose, archive_path, index_location) -> None:
+    """Delete experiments: their folders on disk and their rows in the index.
+
+    Shows what will be deleted and asks first (--yes skips the question; with
+    no terminal on stdin it refuses instead of asking). Running experiments
+    are kept unless --include-running is given.
+
+    \b
+    Examples:
+      pycomex-index archive delete --select "m['status'] == 'failed'"
+      pycomex-index archive delete --select "m['duration'] < 5" --yes -v
+      pycomex-index archive delete --all --yes
+    """
+    from pycomex_index.delete import DELETED, SKIPPED, delete_experiments, plan_delete
+    from pycomex_index.selection import EvaluationFailures
+
+    _require_choice(select, select_all, "delete")
+    selection = compile_or_fail(select)
+    failures = EvaluationFailures()
+    with opened_index(ctx, archive_path, index_location) as index:
+        plan = plan_delete(index, selection, include_running=include_running, failures=failures)
+        report_failures(failures)
+        held_back = (
+            f"Held back {_plural(len(plan.held_running), 'running experiment')}; "
+            f"add --include-running to delete {'it' if len(plan.held_running) == 1 else 'them'} too."
+        )
+        if not plan.targets:
+            if plan.held_running:
+                write_lines([held_back])
+            _nothing_selected(select)
+            return
+        lines = [f"Selected {_plural(len(plan.targets), 'experiment')} for deletion."]
+        if plan.held_running:
+            lines.append(held_back)
+        if not yes:
+            lines += ["", "Experiments to delete:", *_path_preview(index, [t.rel_path for t in plan.targets]), ""]
+        write_lines(lines)
+        if plan.never_exported:
+            warn(
+                f"{plan.never_exported} of the selected experiments "
+                f"{'was' if plan.never_exported == 1 else 'were'} never exported with `archive compress`."
+            )
+        _confirm(ctx, "Delete these experiments?", yes, "deleted")
+
+        counts = {DELETED: 0, SKIPPED: 0, "failed": 0}
+        with progress_bar("Deleting experiments") as on_progress:
+            for done, outcome in enumerate(delete_experiments(index, plan.targets), start=1):
+                counts[outcome.status] += 1
+                shown = index.display_path(outcome.rel_path)
+                if outcome.status == DELETED:
+                    if verbose:
+                        click.echo(f"Deleted {shown}" + (f" ({outcome.message})" if outcome.message else ""))
+                elif outcome.status == SKIPPED:
+                    warn(f"skipped {shown}: {outcome.message}")
+                else:
+                    click.echo(f"Failed: {shown}: {outcome.message}", err=True)
+                if on_progress:
+                    on_progress(done, len(plan.targets))
+    summary = f"Deleted {_plural(counts[DELETED], 'experiment')}."
+    extras = [f"{counts[SKIPPED]} skipped"] if counts[SKIPPED] else []
+    extras += [f"{counts['failed']} could not be deleted"] if counts["failed"] else []
+    click.echo(summary[:-1] + f" ({', '.join(extras)})." if extras else summary)
+    if counts["failed"]:
+        ctx.exit(1)
+
+
+# -------------------------------------------------------------------------------------------- compress
+
+
+@click.command("compress")
+@select_option
+@all_option
+@click.option(
+    "--name", default="results.zip", show_default=True, metavar="FILE", help="The ZIP to write (relative to the current folder)."
+)
+@verbose_option
+@archive_options
+@click.pass_context
+def compress_command(ctx, select, select_all, name, verbose, archive_path, index_location) -> None:
+    """Compress experiments into a ZIP in pycomex's layout (results/<path>/...) and record the export.
+
+    The ZIP is written under a temporary name and renamed when complete, so
+    NAME is never a partial file. Symlinks out of an experiment are skipped.
+
+    \b
+    Examples:
+      pycomex-index archive compress --all
+      pycomex-index archive compress --select "m['status'] == 'done'" --name successful_runs.zip -v
+    """
+    from pycomex_index.compress import compress_experiments
+    from pycomex_index.formatting import format_size
+    from pycomex_index.operations import select_experiments
+    from pycomex_index.selection import EvaluationFailures
+
+    _require_choice(select, select_all, "compress")
+    selection = compile_or_fail(select)
+    failures = EvaluationFailures()
+    with opened_index(ctx, archive_path, index_location) as index:
+        targets = select_experiments(index, selection, failures)
+        report_failures(failures)
+        if not targets:
+            _nothing_selected(select)
+            return
+        click.echo(f"Compressing {_plural(len(targets), 'experiment')}...")
+        on_experiment = (lambda rel_path: click.echo(f"  {index.display_path(rel_path)}")) if verbose else None
+        with progress_bar("Compressing experiments") as on_progress:
+            result = compress_experiments(index, targets, name, on_experiment=on_experiment, on_progress=on_progress)
+    click.echo(f"Created: {name} ({format_size(result.size)})")
+    if result.skipped:
+        warn(f"{_plural(len(result.skipped), 'experiment')} vanished before being compressed and are not in the ZIP.")
+
+
+# ---------------------------------------------------------------------------------------------- modify
+
+
+def _value(value) -> str:
+    from pycomex_index.formatting import shorten
+    from pycomex_index.modify import ABSENT
+
+    if value is ABSENT:
+        return "(absent)"
+    return shorten(repr(value), VALUE_WIDTH)
+
+
+def _change_lines(changes) -> list[str]:
+    """``  NAME: before → after`` for parameters, ``  m['key']: before → after`` for metadata keys."""
+    from pycomex_index.modify import ABSENT
+
+    lines = []
+    for change in changes:
+        if change.kind == "metadata":
+            label = f"m[{change.name!r}]"
+        elif change.field is not None:
+            label = f"{change.name}[{change.field!r}]"
+        else:
+            label = change.name
+        if change.renamed_from is not None:
+            lines.append(f"  {change.renamed_from} → {change.name} (renamed)")
+            if change.before == change.after or change.after is change.before:
+                continue
+        before = "(new)" if change.before is ABSENT and change.kind == "parameter" else _value(change.before)
+        after = "(removed)" if change.after is ABSENT else _value(change.after)
+        lines.append(f"  {label}: {before} → {after}")
+    return lines
+
+
+@click.command("modify")
+@select_option
+@all_option
+@click.option("--modify-parameters", metavar="CODE", help="Python code changing the parameters dict p (m is there too).")
+@click.option("--modify-metadata", metavar="CODE", help="Python code changing the metadata dict m (p is there too).")
+@click.option("--dry-run", is_flag=True, help="Show every change (before → after) and save nothing.")
+@verbose_option
+@archive_options
+@click.pass_context
+def modify_command(
+    ctx, select, select_all, modify_parameters, modify_metadata, dry_run, verbose, archive_path, index_location
+) -> None:
+    """Change parameters or metadata of experiments with Python code, safely and reversibly.
+
+    Changes to p are saved into parameters[NAME]['value'], including added,
+    removed and renamed parameters. Each file is replaced atomically, and its
+    previous content is kept so that `archive undo` can restore it.
+
+    \b
+    Examples:
+      pycomex-index archive modify --all --modify-parameters "p['LEARNING_RATE'] *= 10" --dry-run
+      pycomex-index archive modify --select "'LERNING_RATE' in p" --modify-parameters "p['LEARNING_RATE'] = p.pop('LERNING_RATE')"
+      pycomex-index archive modify --all --modify-metadata "m['reviewed'] = True; m['version'] = '2.0'"
+    """
+    from pycomex_index.modify import FAILED, MODIFIED, UNCHANGED, ModifyCode, modify_experiments
+    from pycomex_index.operations import select_experiments
+    from pycomex_index.selection import EvaluationFailures
+
+    if not modify_parameters and not modify_metadata:
+        raise click.UsageError("give the change to make: --modify-parameters CODE and/or --modify-metadata CODE")
+    _require_choice(select, select_all, "modify")
+    selection = compile_or_fail(select)
+    code = ModifyCode(
+        parameters=compile_or_fail(modify_parameters, mode="exec", what="--modify-parameters"),
+        metadata=compile_or_fail(modify_metadata, mode="exec", what="--modify-metadata"),
+    )
+    failures = EvaluationFailures()
+    counts = {MODIFIED: 0, UNCHANGED: 0, FAILED: 0}
+    run_id = None
+    with opened_index(ctx, archive_path, index_location) as index:
+        targets = select_experiments(index, selection, failures)
+        report_failures(failures)
+        if not targets:
+            _nothing_selected(select)
+            return
+        if dry_run:
+            write_lines(["DRY RUN - No changes will be saved"])
+        with progress_bar("Modifying experiments") as on_progress:
+            results = modify_experiments(index, targets, code, dry_run=dry_run)
+            for done, result in enumerate(results, start=1):
+                counts[result.status] += 1
+                run_id = result.run_id or run_id
+                if result.status == MODIFIED and (dry_run or verbose):
+                    write_lines(["", f"Experiment: {index.display_path(result.rel_path)}", *_change_lines(result.changes)])
+                elif result.status == FAILED:
+                    click.echo(f"Failed: {index.display_path(result.rel_path)}: {result.error}", err=True)
+                if on_progress and not dry_run:
+                    on_progress(done, len(targets))
+    if dry_run:
+        write_lines(["", f"Would modify {_plural(counts[MODIFIED], 'experiment')}."])
+    else:
+        summary = f"Modified {_plural(counts[MODIFIED], 'experiment')}"
+        if counts[UNCHANGED]:
+            summary += f" ({counts[UNCHANGED]} unchanged)"
+        summary += "."
+        if run_id is not None:
+            summary += f" Undo with: pycomex-index archive undo --id {run_id}"
+        write_lines(([""] if verbose and counts[MODIFIED] else []) + [summary])
+    if counts[FAILED]:
+        click.echo(f"Failed to modify {_plural(counts[FAILED], 'experiment')}; their files are untouched.", err=True)
+        ctx.exit(1)
+
+
+# ------------------------------------------------------------------------------------------------ undo
+
+
+@click.command("undo")
+@click.option("--id", "run_id", type=int, default=None, metavar="N", help="The modify to undo (default: the last one).")
+@yes_option
+@verbose_option
+@archive_options
+@click.pass_context
+def undo_command(ctx, run_id, yes, verbose, archive_path, index_location) -> None:
+    """Restore the files the last `archive modify` (or modify N) changed.
+
+    A file changed again since that modify is not overwritten. Shows what will
+    be restored and asks first, like delete (--yes skips the question).
+
+    \b
+    Examples:
+      pycomex-index archive undo
+      pycomex-index archive undo --id 3 --yes
+    """
+    from pycomex_index.formatting import format_time
+    from pycomex_index.modify import ALREADY_RESTORED, CONFLICT, RESTORE, RESTORED, plan_undo, undo_modify
+
+    with opened_index(ctx, archive_path, index_location) as index:
+        plan = plan_undo(index, run_id)
+        if plan is None:
+            note("Nothing to undo: no modify has changed files in this archive.")
+            return
+        run = plan.run
+        to_restore = plan.with_action(RESTORE)
+        conflicts = plan.with_action(CONFLICT)
+        already = plan.with_action(ALREADY_RESTORED)
+        lines = [f"Modify {run.id} of {format_time(run.started_at)} changed {_plural(run.file_count, 'file')}:"]
+        if run.parameters_code:
+            lines.append(f"  --modify-parameters: {run.parameters_code}")
+        if run.metadata_code:
+            lines.append(f"  --modify-metadata: {run.metadata_code}")
+        if to_restore:
+            lines += ["", "Experiments to restore:", *_path_preview(index, [item.rel_path for item in to_restore])]
+        if already:
+            lines += ["", f"{_plural(len(already), 'experiment')} already hold their previous content."]
+        if conflicts:
+            lines += [
+                "",
+                f"Will not be restored ({len(conflicts)}):",
+                *_path_preview(index, [item.rel_path for item in conflicts], [f": {item.reason}" for item in conflicts]),
+            ]
+        write_lines(lines + [""])
+        if to_restore:
+            _confirm(ctx, "Restore these files?", yes, "restored")
+        restored = refused = 0
+        for outcome in undo_modify(index, plan):
+            if outcome.status == RESTORED:
+                restored += 1
+                if verbose:
+                    click.echo(f"Restored {index.display_path(outcome.rel_path)}")
+            else:
+                refused += 1
+                click.echo(f"Not restored: {index.display_path(outcome.rel_path)}: {outcome.reason}", err=True)
+    click.echo(f"Restored {_plural(restored, 'file')}.")
+    if refused:
+        click.echo(
+            f"{_plural(refused, 'file')} could not be restored; modify {run.id} stays undoable once they are resolved.",
+            err=True,
+        )
+        ctx.exit(1)
+
+
+def register(group: click.Group) -> None:
+    for command in (delete_command, compress_command, modify_command, undo_command):
+        group.add_command(command)

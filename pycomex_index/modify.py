@@ -1,0 +1,573 @@
+"""``archive modify`` and ``archive undo``: rewrite experiment_meta.json files with user code, reversibly.
+
+For each selected experiment the file is read from disk, ``m`` and ``p`` are
+built as in ``--select`` (derived ``m['path']``/``m['name']``, date-aware
+times), the ``--modify-parameters`` and ``--modify-metadata`` code run on
+them, and what changed in ``p`` is mapped back into
+``parameters[NAME]['value']``: changed values, added parameters (a new
+entry), removed ones (entry removed) and renames (``p['new'] =
+p.pop('old')`` moves the old entry, with its type and description, to the
+new name). Derived keys are written only when the code changed them, and
+times are written as plain numbers.
+
+Writing one experiment is: journal its current content under the run's id
+(index), replace the file atomically keeping its permissions (disk), re-read
+it into the index (index). :func:`undo_modify` puts journaled contents back,
+but only into files that still hold exactly what the modify wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+from pycomex_index.atomic import is_read_only, remove_stale_temporaries, write_atomic
+from pycomex_index.discovery import METADATA_FILE_NAME, parameter_values, parse_metadata_bytes
+from pycomex_index.errors import UndoError
+from pycomex_index.operations import (
+    SelectedExperiment,
+    UnsafePathError,
+    experiment_folder,
+    reindex_experiment,
+)
+from pycomex_index.selection import TIME_KEYS, CompiledExpression, PosixTime, build_metadata, evaluation_globals
+from pycomex_index.store import ArchiveIndex
+
+MODIFIED, UNCHANGED, FAILED = "modified", "unchanged", "failed"
+#: The metadata keys ``m`` gains when the file lacks them; never written back unless the code changed them.
+DERIVED_KEYS = ("path", "name")
+
+
+class _Absent:
+    """Marks a key or parameter that does not exist on one side of a change."""
+
+    _instance: _Absent | None = None
+
+    def __new__(cls) -> _Absent:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT = _Absent()
+
+
+@dataclass(frozen=True, slots=True)
+class FieldChange:
+    """One changed value: a parameter (``kind='parameter'``, ``field`` set for entry fields other than
+    the value) or a top-level metadata key (``kind='metadata'``). ``before``/``after`` may be ABSENT."""
+
+    kind: str
+    name: str
+    before: Any
+    after: Any
+    renamed_from: str | None = None
+    field: str | None = None
+
+
+@dataclass
+class ExperimentModification:
+    """The outcome for one experiment: modified (or would be, on a dry run), unchanged, or failed."""
+
+    rel_path: str
+    status: str
+    changes: list[FieldChange] = field(default_factory=list)
+    error: str | None = None
+    run_id: int | None = None
+
+
+@dataclass(frozen=True)
+class ModifyCode:
+    """The compiled ``--modify-parameters`` / ``--modify-metadata`` code (either may be None)."""
+
+    parameters: CompiledExpression | None
+    metadata: CompiledExpression | None
+
+
+class ModificationFailed(Exception):
+    """The code raised, or produced something that cannot be written; the file stays untouched."""
+
+
+# ---------------------------------------------------------------------------------------------- modify
+
+
+def modify_experiments(
+    index: ArchiveIndex,
+    targets: Iterable[SelectedExperiment],
+    code: ModifyCode,
+    *,
+    dry_run: bool = False,
+) -> Iterator[ExperimentModification]:
+    """Apply ``code`` to each target and yield the outcome as it happens.
+
+    Unless ``dry_run``, changed files are journaled (one ``modify_runs`` row
+    for this call, created when the first file changes) and rewritten; a dry
+    run reads files and touches neither the disk nor the index.
+    """
+    journal = None if dry_run else _Journal(index, code)
+    try:
+        for target in targets:
+            yield _modify_one(index, target, code, journal)
+    finally:
+        if journal is not None:
+            journal.finish()
+
+
+def _modify_one(
+    index: ArchiveIndex, target: SelectedExperiment, code: ModifyCode, journal: _Journal | None
+) -> ExperimentModification:
+    rel_path = target.rel_path
+    if target.read_error:
+        return ExperimentModification(rel_path, FAILED, error=f"metadata unreadable ({target.read_error}); left untouched")
+    try:
+        folder = experiment_folder(index.root, rel_path)
+        metadata_path = os.path.join(folder, METADATA_FILE_NAME)
+        with open(metadata_path, "rb") as file:
+            previous = file.read()
+        new_content, changes = apply_modification(previous, code, path=folder, namespace=target.namespace)
+    except UnsafePathError as error:
+        return ExperimentModification(rel_path, FAILED, error=str(error))
+    except OSError as error:
+        return ExperimentModification(rel_path, FAILED, error=f"cannot read {METADATA_FILE_NAME}: {error.strerror}")
+    except ModificationFailed as error:
+        return ExperimentModification(rel_path, FAILED, error=str(error))
+    if new_content is None:
+        return ExperimentModification(rel_path, UNCHANGED)
+    if journal is None:
+        return ExperimentModification(rel_path, MODIFIED, changes)
+    if is_read_only(metadata_path):
+        return ExperimentModification(rel_path, FAILED, changes, error=f"{METADATA_FILE_NAME} is read-only; left untouched")
+    run_id = journal.record(rel_path, previous, new_content)
+    try:
+        write_atomic(metadata_path, new_content)
+    except OSError as error:
+        journal.forget(rel_path)
+        return ExperimentModification(
+            rel_path, FAILED, changes, error=f"cannot write {METADATA_FILE_NAME}: {error.strerror or error}; left untouched"
+        )
+    reindex_experiment(index, rel_path)
+    return ExperimentModification(rel_path, MODIFIED, changes, run_id=run_id)
+
+
+def apply_modification(
+    raw: bytes, code: ModifyCode, *, path: str, namespace: str
+) -> tuple[bytes | None, list[FieldChange]]:
+    """Run the code on one experiment_meta.json's bytes: the new bytes (None when nothing changed) and the changes.
+
+    Pure: reads and writes nothing. Raises :class:`ModificationFailed` when
+    the file is not JSON, the code raises, or the result cannot be encoded.
+    """
+    try:
+        original = parse_metadata_bytes(raw)
+        metadata = parse_metadata_bytes(raw)
+    except ValueError as error:
+        raise ModificationFailed(f"{METADATA_FILE_NAME} is {error}; left untouched") from None
+    file_keys = set(metadata)
+    metadata = build_metadata(metadata, path=path, namespace=namespace)
+    derived = {key: metadata[key] for key in DERIVED_KEYS if key not in file_keys}
+    given_times = {key: metadata[key] for key in TIME_KEYS if isinstance(metadata.get(key), PosixTime)}
+    parameters = _TrackedParameters(parameter_values(metadata))
+    namespace_globals = evaluation_globals(metadata, parameters)
+    renames: dict[str, str] = {}
+    # As in pycomex, p is saved into m after the parameter code, so the metadata code sees the new values;
+    # p is saved again after the metadata code, which may change it too.
+    for what, compiled in (("--modify-parameters", code.parameters), ("--modify-metadata", code.metadata)):
+        if compiled is None:
+            continue
+        given_parameters = dict(parameters)
+        if isinstance(parameters, _TrackedParameters):
+            parameters.popped.clear()
+        try:
+            exec(compiled.code, namespace_globals)
+        except (Exception, SystemExit) as error:
+            raise ModificationFailed(f"{what} raised {type(error).__name__}: {error}; left untouched") from None
+        metadata = namespace_globals["m"] if isinstance(namespace_globals.get("m"), dict) else metadata
+        parameters = namespace_globals["p"] if isinstance(namespace_globals.get("p"), dict) else parameters
+        popped = parameters.popped if isinstance(parameters, _TrackedParameters) else set()
+        for new, old in _map_parameters_back(metadata, given_parameters, parameters, popped).items():
+            renames[new] = renames.pop(old, old)
+
+    for key, value in derived.items():
+        if key in metadata and _same_value(metadata[key], value):
+            del metadata[key]
+    for key, value in given_times.items():
+        if metadata.get(key) is value:
+            metadata[key] = original[key]
+    try:
+        metadata = _plain(metadata)
+    except RecursionError:
+        raise ModificationFailed("m holds itself (or is nested too deep), which JSON cannot store; left untouched") from None
+    try:
+        new_text = json.dumps(metadata, indent=4, sort_keys=True)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise ModificationFailed(f"{_unencodable(metadata, error)}; left untouched") from None
+    if new_text == json.dumps(original, indent=4, sort_keys=True):
+        return None, []
+    return new_text.encode("utf-8"), _changes(original, metadata, renames)
+
+
+class _TrackedParameters(dict):
+    """``p`` for modify code: a plain dict that remembers which names were ``pop``-ed (to see renames)."""
+
+    __slots__ = ("popped",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.popped: set[str] = set()
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        if key in self:
+            self.popped.add(key)
+        return super().pop(key, *default)
+
+    def popitem(self) -> tuple[Any, Any]:
+        key, value = super().popitem()
+        self.popped.add(key)
+        return key, value
+
+
+#: Values Python shares between unrelated places (``None``, ``True``, small ints, short strings), so
+#: that holding the same object says nothing about where a value came from.
+_SHARED_TYPES = (type(None), bool, int, str)
+
+
+def _map_parameters_back(
+    metadata: dict[str, Any], given: dict[str, Any], final: dict[str, Any], popped: set[str]
+) -> dict[str, str]:
+    """Write ``p``'s changes into ``metadata['parameters']``; returns the renames ``{new: old}``.
+
+    A new parameter holding the very object a vanished one held is a rename
+    when that one was ``pop``-ed (``p['new'] = p.pop('old')``) or its value
+    is not of a type Python shares (``p['new'] = p['old']; del p['old']``
+    with a float or a list). A value mutated in place is already in the
+    entry it came from; a rebound value that encodes the same is no change.
+    """
+    removed = [name for name in given if name not in final]
+    added = [name for name in final if name not in given]
+    if not removed and not added and all(final[name] is given[name] for name in given):
+        return {}
+    entries = metadata.get("parameters")
+    if entries is None:
+        entries = metadata["parameters"] = {}
+    if not isinstance(entries, dict):
+        raise ModificationFailed("m['parameters'] is not a dict, so p's changes cannot be saved; left untouched")
+    renames: dict[str, str] = {}
+    unclaimed = list(removed)
+    for new in added:
+        old = next(
+            (
+                name
+                for name in unclaimed
+                if given[name] is final[new] and (name in popped or not isinstance(given[name], _SHARED_TYPES))
+            ),
+            None,
+        )
+        if old is not None:
+            unclaimed.remove(old)
+            renames[new] = old
+    for name in final:
+        if name in given and final[name] is given[name]:
+            continue
+        old = renames.get(name)
+        if old is not None and isinstance(entries.get(old), dict):
+            entry = entries.pop(old)
+            entry["name"] = name
+        elif isinstance(entries.get(name), dict):
+            entry = entries[name]
+        else:
+            entry = {"name": name, "type": type(final[name]).__name__, "description": "", "usable": True}
+        if not _json_equal(entry.get("value", ABSENT), final[name]):
+            entry["usable"] = True  # as pycomex marks every value it could write as JSON
+        entry["value"] = final[name]
+        entries[name] = entry
+    for name in unclaimed:
+        entries.pop(name, None)
+    return renames
+
+
+def _same_value(left: Any, right: Any) -> bool:
+    return type(left) is type(right) and left == right
+
+
+def _plain(value: Any) -> Any:
+    """The value with every PosixTime turned back into a plain float, so the file holds numbers."""
+    if isinstance(value, PosixTime):
+        return float(value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_plain(item) for item in value)
+    return value
+
+
+def _unencodable(metadata: dict[str, Any], error: BaseException) -> str:
+    """Name the value that JSON cannot hold: ``p['X'] = {1, 2} is not JSON-encodable (set)``."""
+    entries = metadata.get("parameters")
+    suspects: list[tuple[str, Any]] = []
+    if isinstance(entries, dict):
+        suspects += [(f"p[{name!r}]", entry.get("value") if isinstance(entry, dict) else entry) for name, entry in entries.items()]
+    suspects += [(f"m[{key!r}]", value) for key, value in metadata.items() if key != "parameters"]
+    for label, value in suspects:
+        try:
+            json.dumps(value, sort_keys=True)
+        except (TypeError, ValueError, OverflowError):
+            shown = repr(value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            return f"{label} = {shown} is not JSON-encodable ({type(value).__name__})"
+    return f"the metadata cannot be written as JSON: {error}"
+
+
+def _json_equal(left: Any, right: Any) -> bool:
+    try:
+        return json.dumps(left, sort_keys=True) == json.dumps(right, sort_keys=True)
+    except (TypeError, ValueError):
+        return left == right
+
+
+def _changes(original: dict[str, Any], final: dict[str, Any], renames: dict[str, str]) -> list[FieldChange]:
+    """Every changed parameter value or entry field, then every changed metadata key, in file order."""
+    changes: list[FieldChange] = []
+    before_entries = original.get("parameters") if isinstance(original.get("parameters"), dict) else {}
+    after_entries = final.get("parameters") if isinstance(final.get("parameters"), dict) else {}
+    new_name_of = {old: new for new, old in renames.items()}
+    # File order; a renamed parameter shows where its old name was, added ones come last.
+    order = list(dict.fromkeys([new_name_of.get(name, name) for name in before_entries] + list(after_entries)))
+    for name in order:
+        old_name = renames.get(name, name)
+        before_entry = before_entries.get(old_name, ABSENT)
+        after_entry = after_entries.get(name, ABSENT)
+        before_value = before_entry.get("value", ABSENT) if isinstance(before_entry, dict) else before_entry
+        after_value = after_entry.get("value", ABSENT) if isinstance(after_entry, dict) else after_entry
+        renamed_from = old_name if old_name != name and before_entry is not ABSENT else None
+        if renamed_from or not _json_equal(before_value, after_value):
+            changes.append(FieldChange("parameter", name, before_value, after_value, renamed_from))
+        if isinstance(before_entry, dict) and isinstance(after_entry, dict):
+            for key in list(before_entry) + [key for key in after_entry if key not in before_entry]:
+                if key in ("value", "usable") or (key == "name" and renamed_from):
+                    continue
+                if not _json_equal(before_entry.get(key, ABSENT), after_entry.get(key, ABSENT)):
+                    changes.append(
+                        FieldChange("parameter", name, before_entry.get(key, ABSENT), after_entry.get(key, ABSENT), field=key)
+                    )
+    for key in list(original) + [key for key in final if key not in original]:
+        if key == "parameters":
+            continue
+        before, after = original.get(key, ABSENT), final.get(key, ABSENT)
+        if not _json_equal(before, after):
+            changes.append(FieldChange("metadata", key, before, after))
+    return changes
+
+
+class _Journal:
+    """The ``modify_runs`` row of one modify and its ``modify_journal`` entries, written before each file."""
+
+    def __init__(self, index: ArchiveIndex, code: ModifyCode) -> None:
+        self.index = index
+        self.code = code
+        self.run_id: int | None = None
+        self.entries = 0
+
+    def record(self, rel_path: str, previous: bytes, written: bytes) -> int:
+        db = self.index.db
+        with db.transaction():
+            if self.run_id is None:
+                self.run_id = list(
+                    db.execute(
+                        "INSERT INTO modify_runs (archive_id, started_at, parameters_code, metadata_code) "
+                        "VALUES (:archive_id, :now, :parameters_code, :metadata_code) RETURNING id",
+                        {
+                            "archive_id": self.index.archive_id,
+                            "now": time.time(),
+                            "parameters_code": self.code.parameters.source if self.code.parameters else None,
+                            "metadata_code": self.code.metadata.source if self.code.metadata else None,
+                        },
+                    )
+                )[0][0]
+            db.execute(
+                "INSERT INTO modify_journal (run_id, rel_path, previous_content, written_sha256) "
+                "VALUES (:run_id, :rel_path, :previous, :sha256)",
+                {
+                    "run_id": self.run_id,
+                    "rel_path": rel_path,
+                    "previous": previous.decode("utf-8"),
+                    "sha256": hashlib.sha256(written).hexdigest(),
+                },
+            )
+        self.entries += 1
+        return self.run_id
+
+    def forget(self, rel_path: str) -> None:
+        """Drop the entry of a file that could not be written after all."""
+        with self.index.db.transaction():
+            self.index.db.execute(
+                "DELETE FROM modify_journal WHERE run_id = :run_id AND rel_path = :rel_path",
+                {"run_id": self.run_id, "rel_path": rel_path},
+            )
+        self.entries -= 1
+
+    def finish(self) -> None:
+        if self.run_id is None:
+            return
+        db = self.index.db
+        with db.transaction():
+            if self.entries:
+                db.execute(
+                    "UPDATE modify_runs SET finished_at = :now WHERE id = :run_id", {"now": time.time(), "run_id": self.run_id}
+                )
+            else:
+                db.execute("DELETE FROM modify_runs WHERE id = :run_id", {"run_id": self.run_id})
+
+
+# ------------------------------------------------------------------------------------------------ undo
+
+
+RESTORE, ALREADY_RESTORED, CONFLICT = "restore", "already restored", "conflict"
+RESTORED, REFUSED = "restored", "refused"
+
+
+@dataclass(frozen=True, slots=True)
+class ModifyRunInfo:
+    """A journaled modify: its id, when it ran, the code, how many files it changed."""
+
+    id: int
+    started_at: float
+    finished_at: float | None
+    parameters_code: str | None
+    metadata_code: str | None
+    file_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class UndoItem:
+    """One journaled file and what undo would do with it (restore, nothing, or refuse and why)."""
+
+    rel_path: str
+    action: str
+    reason: str | None = None
+
+
+@dataclass
+class UndoPlan:
+    run: ModifyRunInfo
+    items: list[UndoItem]
+
+    def with_action(self, action: str) -> list[UndoItem]:
+        return [item for item in self.items if item.action == action]
+
+
+@dataclass(frozen=True, slots=True)
+class UndoOutcome:
+    rel_path: str
+    status: str
+    reason: str | None = None
+
+
+def modify_runs(index: ArchiveIndex, *, include_undone: bool = False) -> list[ModifyRunInfo]:
+    """The journaled modifies of this archive, newest first."""
+    where = "" if include_undone else " AND r.undone_at IS NULL"
+    return [
+        ModifyRunInfo(*row)
+        for row in index.db.execute(
+            "SELECT r.id, r.started_at, r.finished_at, r.parameters_code, r.metadata_code, "
+            "(SELECT COUNT(*) FROM modify_journal j WHERE j.run_id = r.id) "
+            f"FROM modify_runs r WHERE r.archive_id = :archive_id{where} ORDER BY r.id DESC",
+            {"archive_id": index.archive_id},
+        )
+    ]
+
+
+def plan_undo(index: ArchiveIndex, run_id: int | None = None) -> UndoPlan | None:
+    """What undoing modify ``run_id`` (default: the last one not undone) would do; None when there is none."""
+    if run_id is None:
+        runs = [run for run in modify_runs(index) if run.file_count]
+        if not runs:
+            return None
+        run = runs[0]
+    else:
+        row = index.db.fetch_one(
+            "SELECT undone_at FROM modify_runs WHERE id = :run_id AND archive_id = :archive_id",
+            {"run_id": run_id, "archive_id": index.archive_id},
+        )
+        if row is None:
+            raise UndoError(f"there is no modify with id {run_id} in this archive")
+        if row[0] is not None:
+            raise UndoError(f"modify {run_id} was already undone")
+        run = next(run for run in modify_runs(index) if run.id == run_id)
+    items = [
+        _undo_item(index, rel_path, previous, written_sha256)
+        for rel_path, previous, written_sha256 in _journal_entries(index, run.id)
+    ]
+    return UndoPlan(run, items)
+
+
+def undo_modify(index: ArchiveIndex, plan: UndoPlan) -> Iterator[UndoOutcome]:
+    """Restore the files of ``plan`` (each checked again right before it is written), then mark the run undone.
+
+    The run stays undoable while any file was refused, so a second undo,
+    once the conflict is resolved, finishes the job.
+    """
+    complete = True
+    for rel_path, previous, written_sha256 in _journal_entries(index, plan.run.id):
+        item = _undo_item(index, rel_path, previous, written_sha256)
+        if item.action == ALREADY_RESTORED:
+            # A modify killed between journaling and renaming: the file is intact, only its temporary is left.
+            if remove_stale_temporaries(os.path.join(experiment_folder(index.root, rel_path), METADATA_FILE_NAME)):
+                reindex_experiment(index, rel_path)
+            continue
+        if item.action == CONFLICT:
+            complete = False
+            yield UndoOutcome(rel_path, REFUSED, item.reason)
+            continue
+        metadata_path = os.path.join(experiment_folder(index.root, rel_path), METADATA_FILE_NAME)
+        try:
+            write_atomic(metadata_path, previous.encode("utf-8"))
+        except OSError as error:
+            complete = False
+            yield UndoOutcome(rel_path, REFUSED, f"cannot write {METADATA_FILE_NAME}: {error.strerror or error}")
+            continue
+        reindex_experiment(index, rel_path)
+        yield UndoOutcome(rel_path, RESTORED)
+    if complete:
+        with index.db.transaction():
+            index.db.execute(
+                "UPDATE modify_runs SET undone_at = :now WHERE id = :run_id", {"now": time.time(), "run_id": plan.run.id}
+            )
+
+
+def _journal_entries(index: ArchiveIndex, run_id: int) -> list[tuple[str, str, str]]:
+    return list(
+        index.db.execute(
+            "SELECT rel_path, previous_content, written_sha256 FROM modify_journal WHERE run_id = :run_id ORDER BY rel_path",
+            {"run_id": run_id},
+        )
+    )
+
+
+def _undo_item(index: ArchiveIndex, rel_path: str, previous: str, written_sha256: str) -> UndoItem:
+    try:
+        metadata_path = os.path.join(experiment_folder(index.root, rel_path), METADATA_FILE_NAME)
+    except UnsafePathError as error:
+        return UndoItem(rel_path, CONFLICT, str(error))
+    try:
+        with open(metadata_path, "rb") as file:
+            current = file.read()
+    except FileNotFoundError:
+        return UndoItem(rel_path, CONFLICT, "no longer exists")
+    except OSError as error:
+        return UndoItem(rel_path, CONFLICT, f"cannot read {METADATA_FILE_NAME}: {error.strerror}")
+    if hashlib.sha256(current).hexdigest() == written_sha256:
+        if is_read_only(metadata_path):
+            return UndoItem(rel_path, CONFLICT, f"{METADATA_FILE_NAME} is read-only")
+        return UndoItem(rel_path, RESTORE)
+    if current == previous.encode("utf-8"):
+        return UndoItem(rel_path, ALREADY_RESTORED)
+    return UndoItem(rel_path, CONFLICT, "changed since the modify; not overwritten")

@@ -1,0 +1,307 @@
+"""archive delete: preview, confirmation, protection of running runs, symlinks, and write-through to the index."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_metadata, write_meta
+from tests.helpers_write import (
+    add_spec_experiments,
+    assert_index_matches_disk,
+    cli_process,
+    experiments,
+    experiments_on_disk,
+    freeze_index,
+    index_paths,
+    oracle_selection,
+    running_experiments,
+    select_of,
+    spec_args,
+)
+
+#: Every delete command of the spec and of issue 3 that runs without asking.
+SPEC_DELETE_WITH_YES = [
+    """pycomex archive delete --select="m['status'] == 'failed'" --yes""",
+    """pycomex archive delete --select="m['duration'] < 10" --yes -v""",
+    """pycomex archive delete --all --yes""",
+    """pycomex archive delete --select="m['has_error'] == True" --yes""",
+    """pycomex archive delete --select="'debug' in m['path']" --yes""",
+    """pycomex archive delete --select="m['duration'] < 5" --yes -v""",
+    """pycomex-index archive delete --select "m['duration'] < 5" --yes -v""",
+    """pycomex-index archive delete --all --yes""",
+]
+
+#: The ones that ask first.
+SPEC_DELETE_ASKING = [
+    """pycomex archive delete --select="m['status'] == 'failed'\"""",
+    """pycomex archive delete --select="p['LEARNING_RATE'] > 0.5\"""",
+    """pycomex-index archive delete --select "m['status'] == 'failed'"          # preview + [y/N]""".split("  #")[0],
+]
+
+
+@pytest.fixture
+def spec_archive(archive: Path) -> Path:
+    add_spec_experiments(archive)
+    return archive
+
+
+@pytest.mark.parametrize("command", SPEC_DELETE_WITH_YES)
+def test_spec_delete_examples_remove_exactly_the_selection_and_update_the_index(spec_archive: Path, run_cli, command) -> None:
+    args = spec_args(command, spec_archive)
+    expected = oracle_selection(spec_archive, select_of(args)) - running_experiments(spec_archive)
+    before = experiments_on_disk(spec_archive)
+    assert expected and expected != before
+
+    result = run_cli(*args)
+
+    assert result.exit_code == 0, result.output
+    after = experiments_on_disk(spec_archive)
+    assert before - after == expected
+    assert after == index_paths(spec_archive)  # read from the index file right away: no sync in between
+    assert f"Selected {experiments(len(expected))} for deletion." in result.stdout
+    assert f"Deleted {experiments(len(expected))}." in result.stdout
+    for rel_path in expected:
+        assert (f"Deleted results/{rel_path}\n" in result.stdout) == ("-v" in args)
+
+
+@pytest.mark.parametrize("command", SPEC_DELETE_ASKING)
+def test_spec_delete_examples_that_ask_refuse_without_a_terminal(spec_archive: Path, run_cli, command) -> None:
+    args = spec_args(command, spec_archive)
+    expected = oracle_selection(spec_archive, select_of(args)) - running_experiments(spec_archive)
+    before = experiments_on_disk(spec_archive)
+
+    result = run_cli(*args)
+
+    assert result.exit_code == 1, result.output
+    assert experiments_on_disk(spec_archive) == before
+    assert index_paths(spec_archive) == before
+    assert result.stdout.startswith(f"Selected {experiments(len(expected))} for deletion.\n\nExperiments to delete:\n")
+    for rel_path in expected:
+        assert f"  results/{rel_path}\n" in result.stdout
+    assert result.stderr.strip().endswith(
+        "Error: stdin is not a terminal, so nobody can confirm: nothing was deleted. Add --yes to go ahead without asking."
+    )
+    assert "Delete these experiments?" not in result.output
+
+
+def _run_on_terminal(args: list[str], answer: str | None, timeout: float = 20.0) -> tuple[int, str]:
+    """Run the CLI with a real pseudo-terminal as stdin, type ``answer`` at the prompt; (exit code, stdout)."""
+    controller, terminal = pty.openpty()
+    process = cli_process(*args, stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    os.close(terminal)
+    output = b""
+    deadline = time.monotonic() + timeout
+    os.set_blocking(process.stdout.fileno(), False)
+    while b"[y/N]: " not in output and process.poll() is None and time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 0.1)
+        if ready:
+            output += process.stdout.read() or b""
+    if answer is not None and b"[y/N]: " in output:
+        os.write(controller, answer.encode() + b"\n")
+    try:
+        process.wait(timeout=max(deadline - time.monotonic(), 1))
+    finally:
+        if process.poll() is None:
+            process.kill()
+    os.set_blocking(process.stdout.fileno(), True)
+    output += process.stdout.read()
+    os.close(controller)
+    return process.returncode, output.decode()
+
+
+@pytest.mark.parametrize(("answer", "deletes"), [("y", True), ("YES", True), ("n", False), ("", False), ("sure", False)])
+def test_prompt_on_a_real_terminal_deletes_only_on_y_or_yes(spec_archive: Path, run_cli, answer, deletes) -> None:
+    run_cli("index", "sync", "--path", str(spec_archive))  # the child then only opens the index
+    failed = oracle_selection(spec_archive, "m['status'] == 'failed'")
+    before = experiments_on_disk(spec_archive)
+
+    exit_code, output = _run_on_terminal(
+        ["archive", "delete", "--path", str(spec_archive), "--select", "m['status'] == 'failed'"], answer
+    )
+
+    assert "Experiments to delete:\n" in output
+    assert "\nDelete these experiments? [y/N]: " in output
+    if deletes:
+        assert exit_code == 0, output
+        assert experiments_on_disk(spec_archive) == before - failed
+        assert f"Deleted {experiments(len(failed))}." in output
+    else:
+        assert exit_code == 1, output
+        assert experiments_on_disk(spec_archive) == before
+        assert "Nothing was deleted." in output
+    assert index_paths(spec_archive) == experiments_on_disk(spec_archive)
+
+
+def test_delete_needs_select_or_all_but_not_both(spec_archive: Path, run_cli) -> None:
+    before = experiments_on_disk(spec_archive)
+    neither = run_cli("archive", "delete", "--path", str(spec_archive), "--yes")
+    both = run_cli("archive", "delete", "--path", str(spec_archive), "--all", "--select", "True", "--yes")
+    assert neither.exit_code == 2 and both.exit_code == 2
+    assert "Error: choose the experiments to delete: give --select EXPR, or --all for every experiment" in neither.stderr
+    assert "Error: give either --select or --all, not both" in both.stderr
+    assert experiments_on_disk(spec_archive) == before
+
+
+def test_running_experiments_are_held_back_unless_included(spec_archive: Path, run_cli) -> None:
+    running = running_experiments(spec_archive)
+    assert len(running) == 1
+
+    kept = run_cli("archive", "delete", "--path", str(spec_archive), "--all", "--yes")
+    assert kept.exit_code == 0, kept.output
+    assert "Held back 1 running experiment; add --include-running to delete it too." in kept.stdout
+    assert experiments_on_disk(spec_archive) == running == index_paths(spec_archive)
+
+    gone = run_cli("archive", "delete", "--path", str(spec_archive), "--all", "--yes", "--include-running")
+    assert gone.exit_code == 0, gone.output
+    assert experiments_on_disk(spec_archive) == set() == index_paths(spec_archive)
+
+
+def test_preview_warns_about_experiments_never_exported(spec_archive: Path, run_cli, tmp_path: Path) -> None:
+    failed = oracle_selection(spec_archive, "m['status'] == 'failed'")
+    preview = run_cli("archive", "delete", "--path", str(spec_archive), "--select", "m['status'] == 'failed'")
+    assert f"Warning: {len(failed)} of the selected experiments were never exported with `archive compress`." in preview.stderr
+
+    exported = run_cli(
+        "archive", "compress", "--path", str(spec_archive), "--select", "m['status'] == 'failed' and m['duration'] < 1",
+        "--name", str(tmp_path / "failed.zip"),
+    )
+    assert exported.exit_code == 0, exported.output
+    not_exported = failed - oracle_selection(spec_archive, "m['status'] == 'failed' and m['duration'] < 1")
+    again = run_cli("archive", "delete", "--path", str(spec_archive), "--select", "m['status'] == 'failed'")
+    assert f"Warning: {len(not_exported)} of the selected experiments" in again.stderr
+
+
+def test_preview_is_cut_after_a_screenful_with_a_count(tmp_path: Path, run_cli) -> None:
+    archive = tmp_path / "results"
+    for number in range(60):
+        write_meta(archive / "many" / f"run_{number:02d}", make_metadata(start_time=1700000000.0 + number))
+    result = run_cli("archive", "delete", "--path", str(archive), "--all")
+    listed = [line for line in result.stdout.splitlines() if line.startswith("  results/many/")]
+    assert 10 <= len(listed) < 60
+    assert f"  ... and {60 - len(listed)} more" in result.stdout
+    assert len(experiments_on_disk(archive)) == 60
+
+
+def test_symlinked_experiment_is_unlinked_and_its_target_kept(tmp_path: Path, run_cli) -> None:
+    archive = tmp_path / "results"
+    elsewhere = tmp_path / "elsewhere" / "run"
+    write_meta(elsewhere, make_metadata(status="failed", has_error=True))
+    (elsewhere / "weights.npy").write_bytes(b"keep me")
+    (archive / "linked").mkdir(parents=True)
+    os.symlink(elsewhere, archive / "linked" / "run")
+    write_meta(archive / "real" / "run", make_metadata())
+
+    result = run_cli("archive", "delete", "--path", str(archive), "--select", "m['status'] == 'failed'", "--yes", "-v")
+
+    assert result.exit_code == 0, result.output
+    assert "Deleted results/linked/run (symlink removed, its target kept)" in result.stdout
+    assert not os.path.lexists(archive / "linked" / "run")
+    assert (elsewhere / "weights.npy").read_bytes() == b"keep me"
+    assert (elsewhere / "experiment_meta.json").exists()
+    assert index_paths(archive) == {"real/run"} == experiments_on_disk(archive)
+
+
+def test_experiment_reached_through_a_symlinked_folder_is_refused(tmp_path: Path, run_cli) -> None:
+    archive = tmp_path / "results"
+    outside = tmp_path / "shared_namespace"
+    write_meta(outside / "run", make_metadata())
+    archive.mkdir()
+    os.symlink(outside, archive / "ns")
+    write_meta(archive / "inside" / "run", make_metadata())
+
+    result = run_cli("archive", "delete", "--path", str(archive), "--all", "--yes")
+
+    assert result.exit_code == 1, result.output
+    assert "Failed: results/ns/run: lies outside the archive root (through a symlinked folder); not deleted" in result.stderr
+    assert "Deleted 1 experiment (1 could not be deleted)." in result.stdout
+    assert (outside / "run" / "experiment_meta.json").exists()
+    assert not (archive / "inside" / "run").exists()
+    assert index_paths(archive) == {"ns/run"}
+
+
+def test_folder_that_is_no_longer_an_experiment_is_skipped_with_a_warning(spec_archive: Path, run_cli) -> None:
+    run_cli("archive", "list", "--path", str(spec_archive))
+    freeze_index(spec_archive)  # the command now trusts the index, which still lists the run
+    (spec_archive / "model/2024-01-15_11-20-10/experiment_meta.json").unlink()
+
+    result = run_cli("archive", "delete", "--path", str(spec_archive), "--select", "'/model/' in m['path']", "--yes")
+
+    assert result.exit_code == 0, result.output
+    assert "Warning: skipped results/model/2024-01-15_11-20-10: is no longer an experiment (no experiment_meta.json)" in result.stderr
+    assert (spec_archive / "model/2024-01-15_11-20-10/experiment_out.log").exists()
+    assert not (spec_archive / "model/2024-01-10_10-00-00").exists()
+    assert "Selected 3 experiments for deletion.\nDeleted 2 experiments (1 skipped).\n" in result.stdout
+    assert index_paths(spec_archive) == experiments_on_disk(spec_archive)
+
+
+def test_list_and_overview_show_the_deletion_without_a_sync(spec_archive: Path, run_cli) -> None:
+    run_cli("archive", "list", "--path", str(spec_archive))
+    freeze_index(spec_archive)  # from here on no command looks at the disk
+    deleted = oracle_selection(spec_archive, "m['status'] == 'failed'")
+    write_meta(spec_archive / "sentinel" / "run", make_metadata())  # seen only by a sync
+
+    assert run_cli("archive", "delete", "--path", str(spec_archive), "--select", "m['status'] == 'failed'", "--yes").exit_code == 0
+
+    listed = run_cli("archive", "list", "--path", str(spec_archive)).stdout
+    assert "sentinel" not in listed  # so nothing synced: what list shows, delete wrote
+    shutil.rmtree(spec_archive / "sentinel")
+    assert not any(f"results/{rel_path} " in listed or listed.endswith(f"results/{rel_path}\n") for rel_path in deleted)
+    assert len(listed.splitlines()) == len(experiments_on_disk(spec_archive))
+    overview = run_cli("archive", "overview", "--path", str(spec_archive)).stdout
+    assert f"Total Experiments: {len(experiments_on_disk(spec_archive))}\n" in overview
+    assert "Failed: 0 (0.0%)" in overview
+    assert_index_matches_disk(spec_archive)
+
+
+def test_unreadable_experiments_are_deleted_by_all_only(spec_archive: Path, run_cli) -> None:
+    write_meta(spec_archive / "broken" / "run", "{ not json")
+    by_select = run_cli("archive", "delete", "--path", str(spec_archive), "--select", "True", "--include-running", "--yes")
+    assert by_select.exit_code == 0, by_select.output
+    assert experiments_on_disk(spec_archive) == {"broken/run"}
+    by_all = run_cli("archive", "delete", "--path", str(spec_archive), "--all", "--yes")
+    assert by_all.exit_code == 0, by_all.output
+    assert experiments_on_disk(spec_archive) == set() == index_paths(spec_archive)
+
+
+def test_select_matching_nothing_changes_nothing(spec_archive: Path, run_cli) -> None:
+    before = experiments_on_disk(spec_archive)
+    result = run_cli("archive", "delete", "--path", str(spec_archive), "--select", "m['status'] == 'nope'", "--yes")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == "No experiments match the selection; nothing was changed.\n"
+    assert experiments_on_disk(spec_archive) == before == index_paths(spec_archive)
+
+
+@pytest.mark.parametrize("command", ["delete", "compress", "modify", "undo"])
+def test_archive_path_that_is_a_file_is_a_clear_error(tmp_path: Path, run_cli, command: str) -> None:
+    (tmp_path / "results").write_text("not a folder")
+    extra = {"delete": ["--all", "--yes"], "compress": ["--all"], "modify": ["--all", "--modify-metadata", "m['x'] = 1"], "undo": ["--yes"]}
+    result = run_cli("archive", command, "--path", str(tmp_path / "results"), *extra[command])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == f"Error: archive path is not a folder: {tmp_path / 'results'}"
+    assert (tmp_path / "results").read_text() == "not a folder"
+
+
+def test_select_with_a_syntax_error_is_a_usage_error_before_anything_happens(spec_archive: Path, run_cli) -> None:
+    before = experiments_on_disk(spec_archive)
+    result = run_cli("archive", "delete", "--path", str(spec_archive), "--select", "m['status'] ==", "--yes")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: --select has a syntax error")
+    assert experiments_on_disk(spec_archive) == before
+    assert not (spec_archive / ".pycomex_index").exists()
+
+
+def test_selection_errors_on_some_experiments_are_reported_not_fatal(spec_archive: Path, run_cli) -> None:
+    result = run_cli("archive", "delete", "--path", str(spec_archive), "--select", "str(p['LERNING_RATE']).startswith('0.01')", "--yes")
+    assert result.exit_code == 0, result.output
+    assert "Warning: --select raised on" in result.stderr
+    assert not (spec_archive / "model/2024-01-15_11-20-10").exists()
+    assert json.loads((spec_archive / "model/2024-01-15_10-30-45/experiment_meta.json").read_text())["name"] == "best_model"
