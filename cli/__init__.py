@@ -72,6 +72,9 @@ archive_read.register(archive)
 archive_write.register(archive)
 index_commands.register(index_group)
 
+from pycomex_index.cli import watch_commands  # noqa: E402
+
+watch_commands.register(cli)
 
 
 def main() -> None:

@@ -19,6 +19,8 @@ from pycomex_index.store import ArchiveIndex
 HEARTBEAT_INTERVAL_SECONDS = 1.0
 #: A heartbeat older than this no longer vouches for the index.
 STALE_AFTER_SECONDS = 5.0
+#: Modes in which the watcher keeps the index current; ``starting`` (still catching up) vouches for nothing.
+LIVE_MODES = frozenset({"inotify", "polling"})
 
 
 @dataclass
@@ -36,19 +38,25 @@ class WatcherState:
 
     def is_fresh(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now
-        if now - self.heartbeat_at > STALE_AFTER_SECONDS:
+        if self.mode not in LIVE_MODES or now - self.heartbeat_at > STALE_AFTER_SECONDS:
             return False
         return self.hostname != socket.gethostname() or process_is_alive(self.pid)
 
 
 def process_is_alive(pid: int) -> bool:
+    """True while ``pid`` runs; a killed process nobody has reaped yet (a zombie) counts as dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            state = file.read().rpartition(b")")[2].split()[:1]
+    except OSError:
+        return True  # no /proc (not Linux): the signal test is all there is
+    return state not in ([b"Z"], [b"X"])
 
 
 def read_watcher_state(index: ArchiveIndex) -> WatcherState | None:

@@ -3,7 +3,7 @@
 An index is opened for one archive root. Opening it (1) finds the database
 (``--index`` / ``PYCOMEX_INDEX``, else ``<archive>/.pycomex_index/index.sqlite3``,
 else a per-archive file in the user cache dir when the archive is read-only),
-(2) sets aside a file that is not a usable SQLite database, (3) compares the
+(2) sets aside a file that SQLite calls damaged or not a database, (3) compares the
 stored Alembic revision with :data:`HEAD_REVISION` and only imports Alembic
 when they differ, (4) registers the archive root.
 """
@@ -27,7 +27,6 @@ logger = logging.getLogger("pycomex_index")
 HEAD_REVISION = "0003"
 INDEX_ENV_VARIABLE = "PYCOMEX_INDEX"
 INDEX_FILE_NAME = "index.sqlite3"
-SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 @dataclass
@@ -127,8 +126,9 @@ def _open_sqlite_file(path: str, via_sqlalchemy: bool = False) -> IndexDatabase:
         os.makedirs(os.path.dirname(path), exist_ok=True)
     except OSError as error:
         raise IndexUnavailableError(f"cannot create the index folder for {path}: {error.strerror}") from None
-    if not _looks_like_sqlite(path):
-        set_aside_damaged_index(path, "it is not a SQLite database")
+    # No peeking at the file's header with open(): closing any descriptor of a SQLite file drops this
+    # process's POSIX locks on it, so a second open in a process that holds a connection could let
+    # another process delete the live WAL. SQLite's own "file is not a database" is the check.
     for attempt in (1, 2):
         try:
             db = SqlAlchemyDatabase(f"sqlite:///{path}") if via_sqlalchemy else SqliteFileDatabase(path)
@@ -148,18 +148,6 @@ def is_damage_error(error: BaseException) -> bool:
         phrase in message
         for phrase in ("not a database", "malformed", "file is encrypted", "disk image", "no such table", "no such column")
     )
-
-
-def _looks_like_sqlite(path: str) -> bool:
-    """An absent or empty file is fine (SQLite creates it); anything else must carry SQLite's header."""
-    try:
-        with open(path, "rb") as file:
-            header = file.read(len(SQLITE_HEADER))
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return True  # let sqlite3 report permission problems in its own words
-    return header == b"" or header == SQLITE_HEADER
 
 
 def set_aside_damaged_index(path: str, reason: str) -> str:

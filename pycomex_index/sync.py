@@ -48,14 +48,10 @@ def sync_archive(
     rebuild: bool = False,
     on_progress: ProgressCallback | None = None,
 ) -> SyncReport:
-    """Make the index equal to the disk; ``rebuild`` forgets every row first and re-reads everything."""
+    """Make the index equal to the disk; ``rebuild`` re-reads every experiment, changed or not."""
     started = time.perf_counter()
     db, archive_id, root = index.db, index.archive_id, index.root
     report = SyncReport()
-    if rebuild:
-        with db.transaction():
-            db.execute("DELETE FROM experiments WHERE archive_id = :archive_id", {"archive_id": archive_id})
-
     # rel_path -> (rel_path, meta_mtime_ns, meta_size, folder_mtime_ns): the same shape as a FolderStat,
     # so an unchanged experiment is one tuple comparison.
     known = {
@@ -71,7 +67,10 @@ def sync_archive(
     unchanged = 0
     for folder in iter_experiment_folders(root):
         stored = known.pop(folder.rel_path, None)
-        if stored == folder:
+        if rebuild:
+            # Re-read everything, but never empty the index first: a concurrent reader keeps seeing the archive.
+            to_read.append((folder, stored is None))
+        elif stored == folder:
             unchanged += 1
         elif stored is None or stored[1:3] != folder[1:3]:
             to_read.append((folder, stored is None))

@@ -131,7 +131,7 @@ def test_index_sync_and_rebuild(archive: Path, run_cli) -> None:
     second = json.loads(run_cli("index", "sync", "--path", str(archive), "--json").stdout)
     assert (second["added"], second["unchanged"]) == (0, 8)
     rebuilt = json.loads(run_cli("index", "sync", "--rebuild", "--path", str(archive), "--json").stdout)
-    assert (rebuilt["added"], rebuilt["unchanged"]) == (8, 0)
+    assert (rebuilt["added"], rebuilt["updated"], rebuilt["unchanged"]) == (0, 8, 0)  # re-read, never emptied
     text = run_cli("index", "sync", "--path", str(archive)).stdout
     assert text.startswith("Synced ") and "8 unchanged" in text
 

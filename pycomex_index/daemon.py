@@ -1,0 +1,466 @@
+"""The daemon wrapper around the watcher: one background watcher per archive, with a pid file and a log.
+
+``start_daemon`` launches ``python -m pycomex_index watch ... --log-file ...``
+as a detached process (a new session, no terminal: stdin/stdout/stderr go to
+/dev/null and the log to a rotating ``daemon.log``) and returns once that
+process holds the pid file. The watcher process itself takes the pid file,
+so a foreground ``watch`` counts as the archive's one watcher too.
+
+The pid file is ``<archive>/.pycomex_index/daemon.pid`` (beside the index
+file instead when the index lives elsewhere, or in the user cache for a
+database URL on a read-only archive). Its owner holds an exclusive ``flock``
+on it for as long as it runs: the kernel drops the lock when the process
+dies, even by SIGKILL, so "is a daemon running" never depends on guessing
+whether a pid was reused. The file is written under a temporary name
+(``O_EXCL``), locked, then hard-linked into place, which is an atomic
+exclusive create (like ``O_EXCL`` on the real name) in which the file is
+never visible empty or unlocked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator
+
+from pycomex_index.discovery import INDEX_FOLDER_NAME
+from pycomex_index.errors import PycomexIndexError
+from pycomex_index.store import is_database_url, resolve_archive_root, resolve_index_location
+
+logger = logging.getLogger("pycomex_index.daemon")
+
+PID_FILE_NAME = "daemon.pid"
+LOG_FILE_NAME = "daemon.log"
+LOG_MAX_BYTES = 2_000_000
+LOG_BACKUP_COUNT = 3
+#: How long ``daemon start`` waits for the new process to take the pid file.
+START_TIMEOUT_SECONDS = 20.0
+#: How long ``daemon stop`` waits for the worker to finish its batch and exit.
+STOP_TIMEOUT_SECONDS = 60.0
+#: Exit status of a watcher process that found another watcher running.
+EXIT_ALREADY_RUNNING = 75
+
+
+class DaemonError(PycomexIndexError):
+    """The daemon could not be started or stopped."""
+
+
+class DaemonAlreadyRunningError(DaemonError):
+    """Another watcher already serves this archive and index."""
+
+    def __init__(self, root: str, pid: int | None) -> None:
+        super().__init__(f"a watcher is already running for {root} (pid {pid})")
+        self.pid = pid
+
+
+@dataclass(frozen=True)
+class DaemonFiles:
+    pid_path: str
+    log_path: str
+
+
+@dataclass
+class DaemonStatus:
+    """What ``daemon status`` reports; ``running`` is False when no process holds the pid file."""
+
+    archive: str
+    index: str
+    running: bool
+    pid: int | None
+    since: float | None
+    mode: str | None
+    note: str | None
+    last_change_at: float | None
+    backlog: int | None
+    heartbeat_at: float | None
+    fresh: bool
+    pid_file: str
+    log_file: str
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def daemon_files(root: str, location: str) -> DaemonFiles:
+    """Where the pid file and log of this archive's daemon live (see the module docstring)."""
+    archive_folder = os.path.join(root, INDEX_FOLDER_NAME)
+    if not is_database_url(location):
+        if os.path.dirname(location) == archive_folder:
+            return DaemonFiles(os.path.join(archive_folder, PID_FILE_NAME), os.path.join(archive_folder, LOG_FILE_NAME))
+        # Beside an index kept elsewhere; named per archive, as one index file may serve several.
+        stem = f"{location}.{_archive_tag(root)}"
+        return DaemonFiles(f"{stem}.{PID_FILE_NAME}", f"{stem}.{LOG_FILE_NAME}")
+    if os.path.isdir(archive_folder) and os.access(archive_folder, os.W_OK):
+        return DaemonFiles(os.path.join(archive_folder, PID_FILE_NAME), os.path.join(archive_folder, LOG_FILE_NAME))
+    from platformdirs import user_cache_dir
+
+    stem = os.path.join(user_cache_dir("pycomex-index"), f"{os.path.basename(root) or 'root'}-{_archive_tag(root)}")
+    return DaemonFiles(f"{stem}.{PID_FILE_NAME}", f"{stem}.{LOG_FILE_NAME}")
+
+
+def _archive_tag(root: str) -> str:
+    return hashlib.sha256(root.encode()).hexdigest()[:12]
+
+
+def _locate(path: str, index: str | None) -> tuple[str, str, DaemonFiles]:
+    root = resolve_archive_root(path)
+    location = resolve_index_location(root, index)
+    return root, location, daemon_files(root, location)
+
+
+# ------------------------------------------------------------------ pid file
+
+
+def pid_file_owner(pid_path: str) -> tuple[int | None, bool]:
+    """``(pid written in the file, whether a live process holds it)``; ``(None, False)`` without a file."""
+    import fcntl
+
+    try:
+        fd = os.open(pid_path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None, False
+    try:
+        pid = _read_pid(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return pid, True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return pid, False
+    finally:
+        os.close(fd)
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 64, 0).split()[0])
+    except (ValueError, IndexError, OSError):
+        return None
+
+
+def _remove_stale_pid_file(pid_path: str) -> bool:
+    """Remove a pid file no live process holds; False when its owner is alive after all."""
+    import fcntl
+
+    try:
+        fd = os.open(pid_path, os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        # Holding the dead file's lock, nobody else can replace it; unlink only that very file.
+        with contextlib.suppress(FileNotFoundError):
+            if _same_file(os.stat(pid_path), os.fstat(fd)):
+                os.unlink(pid_path)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+@contextlib.contextmanager
+def held_pid_file(pid_path: str, root: str) -> Iterator[None]:
+    """Be the archive's one watcher for the duration: take the pid file, replacing a stale one, or raise
+    :class:`DaemonAlreadyRunningError`. The file is removed on exit."""
+    os.makedirs(os.path.dirname(pid_path), exist_ok=True)
+    for _ in range(10):
+        fd = _create_pid_file(pid_path)
+        if fd is not None:
+            break
+        pid, alive = pid_file_owner(pid_path)
+        if alive:
+            raise DaemonAlreadyRunningError(root, pid)
+        if _remove_stale_pid_file(pid_path):
+            logger.info("replaced the stale pid file %s (pid %s is gone)", pid_path, pid)
+    else:
+        raise DaemonError(f"could not take the pid file {pid_path}: it keeps changing")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if _same_file(os.stat(pid_path), os.fstat(fd)):
+                os.unlink(pid_path)
+        os.close(fd)
+
+
+def _create_pid_file(pid_path: str) -> int | None:
+    """Create the pid file, locked and holding our pid, or None when it exists already."""
+    temporary = f"{pid_path}.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary)
+    fd = _new_locked_file(temporary)
+    try:
+        os.link(temporary, pid_path)
+    except FileExistsError:
+        os.close(fd)
+        return None
+    except OSError:
+        # No hard links on this filesystem: O_EXCL on the real name, locked at once.
+        os.close(fd)
+        try:
+            return _new_locked_file(pid_path)
+        except FileExistsError:
+            return None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+    return fd
+
+
+def _new_locked_file(path: str) -> int:
+    import fcntl
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    os.fsync(fd)
+    return fd
+
+
+# ------------------------------------------------------------- the watcher
+
+
+def run_watcher(
+    path: str,
+    index: str | None = None,
+    *,
+    polling: bool = False,
+    interval: float | None = None,
+    max_watches: int | None = None,
+    reconcile_interval: float | None = None,
+    on_ready: Any = None,
+) -> None:
+    """Run the archive's watcher in this process until SIGTERM/SIGINT (or Ctrl-C), holding the pid file.
+
+    Used by ``watch`` in the foreground and by the daemon process. On a stop
+    signal the worker finishes its batch, the heartbeat is cleared and the pid
+    file removed. Raises :class:`DaemonAlreadyRunningError` when another
+    watcher serves the archive.
+    """
+    from pycomex_index.watcher import (
+        DEFAULT_POLL_INTERVAL_SECONDS,
+        DEFAULT_RECONCILE_INTERVAL_SECONDS,
+        ArchiveWatcher,
+    )
+
+    root, location, files = _locate(path, index)
+    stop = threading.Event()
+    with held_pid_file(files.pid_path, root):
+        watcher = ArchiveWatcher(
+            root,
+            location,
+            polling=polling,
+            interval=interval or DEFAULT_POLL_INTERVAL_SECONDS,
+            max_watches=max_watches,
+            reconcile_interval=reconcile_interval or DEFAULT_RECONCILE_INTERVAL_SECONDS,
+        )
+        restore = _on_stop_signals(stop.set)
+        try:
+            watcher.start()
+            ready_reported = False
+            while not stop.wait(0.2):
+                if not watcher.is_alive():
+                    break
+                if not ready_reported and watcher.status().ready:
+                    ready_reported = True
+                    if on_ready is not None:
+                        on_ready(watcher.status())
+        finally:
+            watcher.stop()
+            restore()
+    if watcher.error is not None:
+        raise watcher.error
+
+
+def _on_stop_signals(callback: Any) -> Any:
+    """Route SIGTERM and SIGINT to ``callback``; returns a function restoring the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {}
+    for number in (signal.SIGTERM, signal.SIGINT):
+        previous[number] = signal.signal(number, lambda *_: callback())
+
+    def restore() -> None:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+    return restore
+
+
+def configure_logging(log_path: str | None) -> None:
+    """Where a watcher process logs: a rotating file for the daemon (which never writes to the
+    terminal that started it), else time-stamped lines on stderr (``watch`` in the foreground)."""
+    if log_path is None:
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    else:
+        from logging.handlers import RotatingFileHandler
+
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        handler = RotatingFileHandler(log_path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUP_COUNT, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [pid %(process)d] %(message)s"))
+    package_logger = logging.getLogger("pycomex_index")
+    for existing in list(package_logger.handlers):
+        package_logger.removeHandler(existing)
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+    package_logger.propagate = False
+    watchdog_logger = logging.getLogger("watchdog")
+    watchdog_logger.addHandler(handler)
+    watchdog_logger.setLevel(logging.WARNING)
+    watchdog_logger.propagate = False
+
+    def log_uncaught(args: threading.ExceptHookArgs) -> None:
+        package_logger.error(
+            "uncaught error in thread %s", args.thread.name if args.thread else "?",
+            exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+        )
+
+    threading.excepthook = log_uncaught
+
+
+# ------------------------------------------------------- start, stop, status
+
+
+def start_daemon(
+    path: str,
+    index: str | None = None,
+    *,
+    polling: bool = False,
+    interval: float | None = None,
+    max_watches: int | None = None,
+    reconcile_interval: float | None = None,
+    timeout: float = START_TIMEOUT_SECONDS,
+) -> DaemonStatus:
+    """Start the archive's watcher as a detached background process and return once it runs."""
+    from pycomex_index.store import open_archive_index
+
+    root, location, files = _locate(path, index)
+    pid, alive = pid_file_owner(files.pid_path)
+    if alive:
+        raise DaemonAlreadyRunningError(root, pid)
+    # Open (create, migrate) the index here, so a problem with it is reported in this terminal.
+    with open_archive_index(root, location):
+        pass
+    command = [sys.executable, "-m", "pycomex_index", "watch", "--path", root, "--index", location]
+    command += ["--log-file", files.log_path]
+    if polling:
+        command.append("--polling")
+    if interval is not None:
+        command += ["--interval", repr(float(interval))]
+    if max_watches is not None:
+        command += ["--max-watches", str(int(max_watches))]
+    if reconcile_interval is not None:
+        command += ["--reconcile-interval", repr(float(reconcile_interval))]
+    os.makedirs(os.path.dirname(files.log_path), exist_ok=True)
+    log_offset = os.path.getsize(files.log_path) if os.path.exists(files.log_path) else 0
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+        cwd="/",
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        owner, alive = pid_file_owner(files.pid_path)
+        if alive and owner == process.pid:
+            return daemon_status(root, location)
+        code = process.poll()
+        if code is not None:
+            if code == EXIT_ALREADY_RUNNING or alive:
+                raise DaemonAlreadyRunningError(root, owner)
+            reason = _last_log_error(files.log_path, log_offset)
+            because = f": {reason}" if reason else ""
+            raise DaemonError(f"the daemon exited at start (status {code}){because}; see {files.log_path}")
+        if time.monotonic() > deadline:
+            process.terminate()
+            raise DaemonError(f"the daemon did not start within {timeout:g} s; see {files.log_path}")
+        time.sleep(0.02)
+
+
+def _last_log_error(log_path: str, offset: int) -> str | None:
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as file:
+            file.seek(offset)
+            lines = file.read().splitlines()
+    except OSError:
+        return None
+    errors = [line for line in lines if " ERROR " in line or " CRITICAL " in line]
+    if not errors:
+        return None
+    return errors[-1].split("] ", 1)[-1]
+
+
+def stop_daemon(path: str, index: str | None = None, *, timeout: float = STOP_TIMEOUT_SECONDS) -> int | None:
+    """Ask the archive's daemon to stop (SIGTERM) and wait until it has; returns its pid, or None when
+    none was running (a stale pid file is removed)."""
+    root, _, files = _locate(path, index)
+    pid, alive = pid_file_owner(files.pid_path)
+    if not alive:
+        _remove_stale_pid_file(files.pid_path)
+        return None
+    if pid is None:
+        raise DaemonError(f"the pid file {files.pid_path} is held but names no process")
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout
+    while pid_file_owner(files.pid_path)[1]:
+        if time.monotonic() > deadline:
+            raise DaemonError(
+                f"the daemon (pid {pid}) has not stopped after {timeout:g} s; it may be finishing a long sync "
+                f"(see {files.log_path}); `kill -9 {pid}` stops it at once, the next command then syncs"
+            )
+        time.sleep(0.02)
+    return pid
+
+
+def daemon_status(path: str, index: str | None = None) -> DaemonStatus:
+    """Whether a watcher runs for the archive and what its heartbeat says."""
+    from pycomex_index.heartbeat import read_watcher_state
+
+    root, location, files = _locate(path, index)
+    pid, alive = pid_file_owner(files.pid_path)
+    status = DaemonStatus(
+        archive=root, index=location, running=alive, pid=pid if alive else None, since=None, mode=None, note=None,
+        last_change_at=None, backlog=None, heartbeat_at=None, fresh=False,
+        pid_file=files.pid_path, log_file=files.log_path,
+    )
+    if not alive:
+        return status
+    with contextlib.suppress(OSError):
+        status.since = os.stat(files.pid_path).st_mtime
+    from pycomex_index.store import open_archive_index
+
+    with open_archive_index(root, location) as opened:
+        state = read_watcher_state(opened)
+    if state is not None and state.pid == pid:
+        status.since = state.started_at
+        status.mode = state.mode
+        status.note = state.note
+        status.last_change_at = state.last_change_at
+        status.backlog = state.backlog
+        status.heartbeat_at = state.heartbeat_at
+        status.fresh = state.is_fresh()
+    else:
+        status.mode = "starting"
+        status.note = "opening the index"
+    return status

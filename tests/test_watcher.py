@@ -1,0 +1,256 @@
+"""The watcher in this process, with a real inotify observer on real folders.
+
+The index is read with plain ``sqlite3`` while the watcher runs: opening it
+through ``open_archive_index`` reads the file with ``open()``, and closing that
+descriptor would drop the watcher's SQLite locks in this same process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from pycomex_index.daemon import DaemonAlreadyRunningError, held_pid_file
+from pycomex_index.db import SqliteFileDatabase
+from pycomex_index.heartbeat import has_fresh_watcher, read_watcher_state
+from pycomex_index.store import ArchiveIndex
+from pycomex_index.watcher import ArchiveWatcher, filesystem_type, is_network_filesystem
+
+from .conftest import make_metadata
+
+RUNNING_FIXTURE = "neural_net/26_11_2026__14_03_50__p11237__wKXG"
+#: Root, neural_net, sweep, sweep/lr, debug_runs, and the fixture's one run still marked running.
+FIXTURE_WATCHES = 6
+
+
+def write_run(folder: Path, status: str = "running", **overrides: Any) -> None:
+    """Write experiment_meta.json the way pycomex does: the folder first, then the file in place, in pieces."""
+    folder.mkdir(parents=True, exist_ok=True)
+    metadata = make_metadata(status=status, **overrides)
+    if status == "running":
+        metadata.update(end_time=None, duration=0.0)
+    text = json.dumps(metadata, indent=4, sort_keys=True)
+    with open(folder / "experiment_meta.json", "w") as file:
+        for start in range(0, len(text), 400):
+            file.write(text[start : start + 400])
+            file.flush()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.02)
+
+
+class IndexReader:
+    """Reads the archive's index without disturbing the watcher's connections."""
+
+    def __init__(self, archive: Path) -> None:
+        self.path = archive / ".pycomex_index" / "index.sqlite3"
+
+    def outcomes(self) -> dict[str, str]:
+        connection = sqlite3.connect(self.path)
+        try:
+            return dict(connection.execute("SELECT rel_path, outcome FROM experiments"))
+        finally:
+            connection.close()
+
+    def row(self, rel_path: str) -> dict[str, Any] | None:
+        connection = sqlite3.connect(self.path)
+        connection.row_factory = sqlite3.Row
+        try:
+            row = connection.execute("SELECT * FROM experiments WHERE rel_path = ?", (rel_path,)).fetchone()
+            return dict(row) if row else None
+        finally:
+            connection.close()
+
+
+@pytest.fixture
+def start_watcher(archive: Path) -> Iterator[Callable[..., ArchiveWatcher]]:
+    watchers: list[ArchiveWatcher] = []
+
+    def start(**options: Any) -> ArchiveWatcher:
+        watcher = ArchiveWatcher(str(archive), **options)
+        watcher.start()
+        watchers.append(watcher)
+        assert watcher.wait_ready(20), watcher.error
+        return watcher
+
+    yield start
+    for watcher in watchers:
+        watcher.stop(30)
+
+
+@pytest.fixture
+def reader(archive: Path) -> IndexReader:
+    return IndexReader(archive)
+
+
+def test_watches_root_namespaces_and_running_runs_not_every_folder(archive, start_watcher, reader):
+    for number in range(40):
+        write_run(archive / "neural_net" / f"done_{number:02d}", status="done")
+    watcher = start_watcher()
+    status = watcher.status()
+    assert status.mode == "inotify"
+    assert status.watch_count == FIXTURE_WATCHES
+    assert len(reader.outcomes()) == 48
+
+
+def test_new_run_rewritten_done_is_indexed_with_its_final_status(archive, start_watcher, reader):
+    watcher = start_watcher()
+    run = archive / "neural_net" / "new_run"
+    write_run(run, status="running")
+    assert wait_until(lambda: reader.outcomes().get("neural_net/new_run") == "running")
+    assert watcher.status().watch_count == FIXTURE_WATCHES + 1  # a running run is watched...
+    write_run(run, status="done")
+    assert wait_until(lambda: reader.outcomes().get("neural_net/new_run") == "done")
+    assert wait_until(lambda: watcher.status().watch_count == FIXTURE_WATCHES)  # ...until it finishes
+
+
+def test_namespaces_made_with_mkdir_p_are_watched_for_later_runs(archive, start_watcher, reader):
+    watcher = start_watcher()
+    write_run(archive / "project" / "grid" / "lr_0.1" / "run_1", status="done")
+    assert wait_until(lambda: "project/grid/lr_0.1/run_1" in reader.outcomes())
+    write_run(archive / "project" / "grid" / "lr_0.1" / "run_2", status="done")
+    assert wait_until(lambda: "project/grid/lr_0.1/run_2" in reader.outcomes())
+    assert watcher.status().watch_count == FIXTURE_WATCHES + 3
+
+
+def test_half_written_metadata_is_retried_not_indexed_as_corrupt(archive, start_watcher, reader):
+    start_watcher()
+    run = archive / "neural_net" / "slow_writer"
+    run.mkdir()
+    text = json.dumps(make_metadata(status="done"), indent=4, sort_keys=True)
+    (run / "experiment_meta.json").write_text(text[: len(text) // 2])
+    time.sleep(1.0)  # well past the settle time: the watcher has looked at the half file
+    assert "neural_net/slow_writer" not in reader.outcomes()
+    (run / "experiment_meta.json").write_text(text)
+    assert wait_until(lambda: reader.outcomes().get("neural_net/slow_writer") == "done")
+
+
+def test_metadata_broken_for_good_is_indexed_as_a_metadata_error(archive, start_watcher, reader):
+    start_watcher()
+    run = archive / "neural_net" / "broken"
+    run.mkdir()
+    meta = run / "experiment_meta.json"
+    meta.write_text('{"status": "done", ')
+    long_ago = time.time() - 60
+    os.utime(meta, (long_ago, long_ago))
+    assert wait_until(lambda: reader.outcomes().get("neural_net/broken") == "error")
+
+
+def test_moves_and_renames_follow_folders_and_their_watches(archive, start_watcher, reader):
+    watcher = start_watcher()
+    source = "neural_net/26_11_2026__14_03_22__p10123__h5wO"
+    os.rename(archive / source, archive / "debug_runs" / "moved_run")
+    assert wait_until(lambda: "debug_runs/moved_run" in reader.outcomes() and source not in reader.outcomes())
+    before = {path for path in reader.outcomes() if path.startswith("sweep/")}
+    os.rename(archive / "sweep", archive / "sweep2")
+    expected = {"sweep2/" + path[len("sweep/") :] for path in before}
+    assert wait_until(lambda: {path for path in reader.outcomes() if path.startswith("sweep")} == expected)
+    write_run(archive / "sweep2" / "lr" / "after_rename", status="done")
+    assert wait_until(lambda: "sweep2/lr/after_rename" in reader.outcomes())
+    assert watcher.status().watch_count == FIXTURE_WATCHES
+
+
+def test_deleting_a_namespace_drops_its_runs_and_watches(archive, start_watcher, reader):
+    watcher = start_watcher()
+    write_run(archive / "sweep" / "lr" / "live", status="running")
+    assert wait_until(lambda: watcher.status().watch_count == FIXTURE_WATCHES + 1)
+    shutil.rmtree(archive / "sweep")
+    assert wait_until(lambda: not any(path.startswith("sweep/") for path in reader.outcomes()))
+    assert wait_until(lambda: watcher.status().watch_count == FIXTURE_WATCHES - 2)
+
+
+def test_assets_written_by_a_running_run_update_its_disk_usage(archive, start_watcher, reader):
+    start_watcher()
+    before = reader.row(RUNNING_FIXTURE)
+    (archive / RUNNING_FIXTURE / "checkpoint.bin").write_bytes(b"\0" * 50_000)
+    assert wait_until(lambda: reader.row(RUNNING_FIXTURE)["asset_count"] == before["asset_count"] + 1)
+    assert reader.row(RUNNING_FIXTURE)["disk_usage"] == before["disk_usage"] + 50_000
+
+
+def test_edits_to_finished_runs_are_caught_by_the_periodic_rewalk(archive, start_watcher, reader):
+    start_watcher(reconcile_interval=0.3)
+    finished = "debug_runs/debug"
+    metadata = json.loads((archive / finished / "experiment_meta.json").read_text())
+    metadata["has_error"], metadata["status"] = False, "done"
+    (archive / finished / "experiment_meta.json").write_text(json.dumps(metadata, indent=4, sort_keys=True))
+    assert wait_until(lambda: reader.outcomes()[finished] == "done")
+
+
+@pytest.mark.parametrize("polling", [False, True], ids=["inotify", "polling"])
+def test_heartbeat_vouches_while_running_and_is_cleared_on_stop(archive, start_watcher, polling):
+    watcher = start_watcher(polling=polling, interval=0.2)
+    index = ArchiveIndex(
+        db=SqliteFileDatabase(str(archive / ".pycomex_index" / "index.sqlite3")), root=str(archive), archive_id=1, location=""
+    )
+    try:
+        assert wait_until(lambda: has_fresh_watcher(index))
+        assert read_watcher_state(index).mode == ("polling" if polling else "inotify")
+        watcher.stop(30)
+        assert read_watcher_state(index) is None
+        assert not has_fresh_watcher(index)
+    finally:
+        index.close()
+
+
+def test_watch_limit_hit_while_running_switches_to_polling_and_misses_nothing(archive, start_watcher, reader):
+    watcher = start_watcher(max_watches=FIXTURE_WATCHES + 1, interval=0.2)
+    assert watcher.status().mode == "inotify"
+    for name in ("alpha", "beta", "gamma"):
+        write_run(archive / name / "run", status="done")
+    assert wait_until(lambda: {"alpha/run", "beta/run", "gamma/run"} <= reader.outcomes().keys())
+    status = watcher.status()
+    assert status.mode == "polling"
+    assert f"more than {FIXTURE_WATCHES + 1} inotify watches" in status.note
+    write_run(archive / "gamma" / "later", status="done")
+    shutil.rmtree(archive / "alpha")
+    assert wait_until(lambda: "gamma/later" in reader.outcomes() and "alpha/run" not in reader.outcomes())
+
+
+def test_one_watcher_per_archive_by_the_pid_file(tmp_path):
+    pid_path = str(tmp_path / "daemon.pid")
+    with held_pid_file(pid_path, "archive"):
+        assert Path(pid_path).read_text().strip() == str(os.getpid())
+        with pytest.raises(DaemonAlreadyRunningError, match=f"pid {os.getpid()}"):
+            with held_pid_file(pid_path, "archive"):
+                pass
+    assert not Path(pid_path).exists()
+
+
+def test_a_pid_file_nobody_holds_is_stale_and_replaced(tmp_path):
+    pid_path = tmp_path / "daemon.pid"
+    pid_path.write_text("999999\n")
+    with held_pid_file(str(pid_path), "archive"):
+        assert pid_path.read_text().strip() == str(os.getpid())
+
+
+def test_watch_once_catches_up_and_exits(archive, run_cli):
+    result = run_cli("watch", "--once", "--path", str(archive))
+    assert result.exit_code == 0, result.output
+    assert "8 added" in result.output
+    result = run_cli("watch", "--once", "--path", str(archive))
+    assert "0 added" in result.output and "8 unchanged" in result.output
+
+
+def test_local_disk_is_not_taken_for_a_network_filesystem(tmp_path):
+    assert filesystem_type(str(tmp_path))
+    assert not is_network_filesystem(str(tmp_path))
+
+
+def test_watcher_stops_when_its_index_is_deleted_under_it(archive, start_watcher):
+    watcher = start_watcher()
+    shutil.rmtree(archive / ".pycomex_index")
+    assert wait_until(lambda: not watcher.is_alive(), timeout=5)
+    assert watcher.error is None
