@@ -64,8 +64,16 @@ class ExperimentRecord:
     parameters_json: str | None
 
 
-def iter_experiment_folders(root: str) -> Iterator[FolderStat]:
+#: ``FolderStat.folder_mtime_ns`` when the walk was told not to stat experiment folders.
+UNKNOWN_MTIME = -1
+
+
+def iter_experiment_folders(root: str, *, folder_times: bool = True) -> Iterator[FolderStat]:
     """Yield every experiment below ``root`` the way pycomex finds them.
+
+    ``folder_times=False`` skips the stat of each experiment folder (its
+    mtime tells whether assets changed) and halves the system calls of a walk;
+    ``folder_mtime_ns`` is then :data:`UNKNOWN_MTIME`.
 
     Every folder below the root is visited; a folder holding
     experiment_meta.json is an experiment and is not descended into. Symlinks
@@ -89,10 +97,11 @@ def iter_experiment_folders(root: str) -> Iterator[FolderStat]:
             try:
                 if not entry.is_dir() or (not rel_dir and entry.name == INDEX_FOLDER_NAME):
                     continue
-                folder_stat = entry.stat()
+                is_link = entry.is_symlink()
+                folder_stat = entry.stat() if folder_times or is_link else None
             except OSError:
                 continue
-            if entry.is_symlink():
+            if is_link:
                 # A link to a folder inside the archive is an alias of something walked anyway;
                 # a link out of it is followed once per real folder, so cycles end.
                 target = os.path.realpath(entry.path)
@@ -107,7 +116,8 @@ def iter_experiment_folders(root: str) -> Iterator[FolderStat]:
                 pending.append(rel_path)
                 continue
             if is_regular_file(meta_stat.st_mode):
-                yield FolderStat(rel_path, meta_stat.st_mtime_ns, meta_stat.st_size, folder_stat.st_mtime_ns)
+                folder_mtime_ns = folder_stat.st_mtime_ns if folder_stat is not None else UNKNOWN_MTIME
+                yield FolderStat(rel_path, meta_stat.st_mtime_ns, meta_stat.st_size, folder_mtime_ns)
             else:
                 pending.append(rel_path)
 
@@ -234,6 +244,11 @@ def read_experiment(root: str, folder_stat: FolderStat) -> ExperimentRecord:
     import orjson
 
     folder = os.path.join(root, folder_stat.rel_path)
+    if folder_stat.folder_mtime_ns == UNKNOWN_MTIME:
+        try:
+            folder_stat = folder_stat._replace(folder_mtime_ns=os.stat(folder).st_mtime_ns)
+        except OSError:
+            pass
     asset_count, disk_usage = measure_assets(folder)
     record = ExperimentRecord(
         rel_path=folder_stat.rel_path,

@@ -61,17 +61,21 @@ class Experiment(Base):
             "outcome",
             "duration",
         ),
-        # Serves the overview aggregates.
+        # Serves the overview aggregates without touching the table.
         Index(
             "ix_experiments_outcome",
             "archive_id",
             "outcome",
             "error_type",
+            "start_time",
             "duration",
             "parameter_count",
             "asset_count",
             "disk_usage",
         ),
+        Index("ix_experiments_namespace", "archive_id", "namespace"),
+        # Serves the sync's comparison of every stored file stamp with the disk.
+        Index("ix_experiments_stamps", "archive_id", "rel_path", "meta_mtime_ns", "meta_size", "folder_mtime_ns"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -180,25 +180,29 @@ class _Translator:
         if not self.sqlite:
             return _UNKNOWN
         self.uses_fields = True
+        # json_extract gives NULL for a missing parameter (KeyError in Python) and for null, 1/0 for
+        # true/false (Python compares bools as 0/1), numbers as numbers, strings and lists as text.
+        # Each JSON function call parses the document again, so the conditions use as few as they can.
         path = self._bind('$."' + name.replace('"', '""') + '"')
         value = f"json_extract(f.parameters_json, {path})"
-        kind = f"COALESCE(json_type(f.parameters_json, {path}), 'missing')"
+        is_number = f"typeof({value}) IN ('integer', 'real')"
         if isinstance(constant, str):
             if operator_type is not ast.Eq:
                 return _UNKNOWN
-            # == never raises but for a missing parameter (KeyError): keep those for Python.
-            same = f"{kind} = 'text' AND {value} = {self._bind(constant)}"
-            return _Condition(keep=f"{kind} = 'missing' OR ({same})", certain=same)
+            text = self._bind(constant)
+            return _Condition(
+                keep=f"COALESCE({value} = {text}, 1) = 1",
+                certain=f"json_type(f.parameters_json, {path}) = 'text' AND {value} = {text}",
+            )
         if not isinstance(constant, (int, float)) or abs(constant) >= _EXACT_FLOAT_LIMIT:
             return _UNKNOWN
-        # Python compares bools as 0/1, as json_extract returns true/false; other kinds raise on < and >,
-        # and are merely unequal on ==.
-        numeric = f"{kind} IN ('integer', 'real', 'true', 'false') AND ABS({value}) < {_EXACT_FLOAT_LIMIT!r}"
         wider, narrower = self._number_tests(value, operator_type, float(constant))
-        may_raise = f"{kind} = 'missing'" if operator_type is ast.Eq else f"NOT ({numeric})"
-        if operator_type is ast.Eq:
-            may_raise += f" OR ({kind} IN ('integer', 'real') AND ABS({value}) >= {_EXACT_FLOAT_LIMIT!r})"
-        return _Condition(keep=f"{may_raise} OR ({numeric} AND {wider})", certain=f"{numeric} AND {narrower}")
+        # Anything but a number raises on < and > (keep it for Python), and is merely unequal on ==.
+        otherwise = f"{value} IS NULL" if operator_type is ast.Eq else "1"
+        return _Condition(
+            keep=f"CASE WHEN {is_number} THEN {wider} ELSE {otherwise} END",
+            certain=f"CASE WHEN {is_number} THEN {narrower} ELSE 0 END",
+        )
 
     def _number_tests(self, column: str, operator_type: type, constant: float) -> tuple[str, str]:
         """``column op constant`` widened by a hair (never drops a true row) and narrowed (never keeps a false one)."""

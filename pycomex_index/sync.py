@@ -46,14 +46,19 @@ def sync_archive(
     index: ArchiveIndex,
     *,
     rebuild: bool = False,
+    check_assets: bool = True,
     on_progress: ProgressCallback | None = None,
 ) -> SyncReport:
-    """Make the index equal to the disk; ``rebuild`` re-reads every experiment, changed or not."""
+    """Make the index equal to the disk; ``rebuild`` re-reads every experiment, changed or not.
+
+    ``check_assets=False`` trusts the asset figures of experiments whose
+    metadata did not change, which saves one stat per experiment (see
+    :func:`refresh_index`).
+    """
     started = time.perf_counter()
     db, archive_id, root = index.db, index.archive_id, index.root
     report = SyncReport()
-    # rel_path -> (rel_path, meta_mtime_ns, meta_size, folder_mtime_ns): the same shape as a FolderStat,
-    # so an unchanged experiment is one tuple comparison.
+    # rel_path -> (rel_path, meta_mtime_ns, meta_size, folder_mtime_ns): the same shape as a FolderStat.
     known = {
         row[0]: row
         for row in db.execute(
@@ -65,17 +70,15 @@ def sync_archive(
     to_read = []
     to_measure = []
     unchanged = 0
-    for folder in iter_experiment_folders(root):
+    for folder in iter_experiment_folders(root, folder_times=check_assets):
         stored = known.pop(folder.rel_path, None)
-        if rebuild:
-            # Re-read everything, but never empty the index first: a concurrent reader keeps seeing the archive.
+        # Re-read on rebuild too, but never empty the index first: a concurrent reader keeps seeing the archive.
+        if rebuild or stored is None or stored[1] != folder[1] or stored[2] != folder[2]:
             to_read.append((folder, stored is None))
-        elif stored == folder:
-            unchanged += 1
-        elif stored is None or stored[1:3] != folder[1:3]:
-            to_read.append((folder, stored is None))
-        else:
+        elif check_assets and stored[3] != folder[3]:
             to_measure.append(folder)
+        else:
+            unchanged += 1
     report.unchanged = unchanged
 
     report.removed = remove_experiments(db, archive_id, known)
@@ -123,11 +126,16 @@ def sync_archive(
 def refresh_index(index: ArchiveIndex, *, on_progress: ProgressCallback | None = None) -> SyncReport | None:
     """What every read command does first: make sure the index shows what is on disk.
 
-    With a live watcher keeping the index current there is nothing to do (None);
-    otherwise the archive is synced.
+    With a live watcher keeping the index current there is nothing to do (None).
+    Otherwise the archive is synced: every experiment_meta.json is checked
+    (one stat each), so what selections and listings see is exact; asset
+    figures are re-measured for experiments whose metadata changed, while the
+    folders of unchanged ones are checked by ``index sync`` and the watcher,
+    since that second stat per experiment would double the cost of every
+    command on a large archive.
     """
     from pycomex_index.heartbeat import has_fresh_watcher
 
     if has_fresh_watcher(index):
         return None
-    return sync_archive(index, on_progress=on_progress)
+    return sync_archive(index, check_assets=False, on_progress=on_progress)

@@ -258,6 +258,9 @@ class ArchiveWatcher:
         self._observer: Any = None
         self._recorder = _EventRecorder(self)
         self._watches: dict[str, _Watch] = {}
+        # Running experiments past the watch budget: rel_path -> (meta mtime, size, folder mtime) last seen.
+        self._polled_experiments: dict[str, tuple[int, int, int] | None] = {}
+        self._next_experiment_poll = 0.0
         self._watched_ids: dict[tuple[int, int], str] = {}
         self._overflow_listener: _OverflowListener | None = None
         self._worker: threading.Thread | None = None
@@ -456,6 +459,8 @@ class ArchiveWatcher:
                             self._deferred[rel] = retry_at
                     self._request_reconcile("a batch of changes failed")
             self._maybe_reconcile()
+            if self._mode == MODE_INOTIFY:
+                self._poll_unwatched_experiments()
             if time.monotonic() >= next_heartbeat:
                 self._heartbeat()
                 next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL_SECONDS
@@ -508,7 +513,7 @@ class ArchiveWatcher:
         mode = self._mode if self._ready.is_set() else MODE_STARTING
         with self._condition:
             backlog = self._backlog()
-        note = self._note
+        note = self._inotify_note() if self._mode == MODE_INOTIFY else self._note
         if self._mode == MODE_POLLING and self._last_reconcile_seconds is not None:
             note = f"{note}; a pass takes {self._last_reconcile_seconds:.2f} s"
         try:
@@ -634,7 +639,37 @@ class ArchiveWatcher:
         self._watched_ids[identity] = rel
         return True
 
+    def _watch_experiment(self, rel: str) -> bool:
+        """Watch a running experiment, or, past the watch budget, stat its metadata every ``interval``.
+
+        Killed runs stay ``running`` forever, so an archive can hold thousands;
+        namespaces keep inotify, and only the running runs that do not fit are
+        polled (one stat each, not a walk of the archive).
+        """
+        try:
+            return self._watch(rel, _EXPERIMENT)
+        except WatchLimitReached:
+            current = stat_experiment_folder(self.root, rel)
+            if current is None:
+                return False
+            if rel not in self._polled_experiments:
+                self._polled_experiments[rel] = (current.meta_mtime_ns, current.meta_size, current.folder_mtime_ns)
+            return True
+
+    def _poll_unwatched_experiments(self) -> None:
+        """Requeue the polled running experiments whose metadata or folder changed since the last look."""
+        if not self._polled_experiments or time.monotonic() < self._next_experiment_poll:
+            return
+        self._next_experiment_poll = time.monotonic() + self.interval
+        for rel, stamp in list(self._polled_experiments.items()):
+            current = stat_experiment_folder(self.root, rel)
+            now = None if current is None else (current.meta_mtime_ns, current.meta_size, current.folder_mtime_ns)
+            if now != stamp:
+                self._polled_experiments[rel] = now
+                self._requeue(rel)
+
     def _unwatch(self, rel: str) -> None:
+        self._polled_experiments.pop(rel, None)
         watch = self._watches.pop(rel, None)
         if watch is None:
             return
@@ -699,7 +734,7 @@ class ArchiveWatcher:
             )
         )
         for rel, meta_mtime_ns, meta_size in rows:
-            if not self._watch(rel, _EXPERIMENT):
+            if not self._watch_experiment(rel):
                 self._requeue(rel)
                 continue
             current = stat_experiment_folder(self.root, rel)
@@ -707,9 +742,14 @@ class ArchiveWatcher:
                 self._requeue(rel)
 
     def _inotify_note(self) -> str:
+        polled = (
+            f"; {len(self._polled_experiments)} more running experiments polled every {self.interval:g} s"
+            if self._polled_experiments
+            else ""
+        )
         return (
             f"inotify: {len(self._watches)} watches (root, namespaces, running experiments; "
-            f"limit {self.watch_limit})"
+            f"limit {self.watch_limit}){polled}"
         )
 
     def _fall_back_to_polling(self, reason: str, *, reconcile: bool = True) -> None:
@@ -849,8 +889,8 @@ class ArchiveWatcher:
         if outcome != "running":
             self._unwatch(rel)  # finished: only the periodic re-walk looks at it again
             return
-        already_watched = self._kind(rel) is not None
-        if self._watch(rel, _EXPERIMENT) and not already_watched:
+        already_watched = self._kind(rel) is not None or rel in self._polled_experiments
+        if self._watch_experiment(rel) and not already_watched:
             again = stat_experiment_folder(self.root, rel)
             if again is None or (again.meta_mtime_ns, again.meta_size) != (current.meta_mtime_ns, current.meta_size):
                 self._requeue(rel)  # rewritten before the watch was in place

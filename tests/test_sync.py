@@ -98,6 +98,16 @@ def test_assets_are_measured_again_when_the_folder_changes(archive: Path, run_cl
     assert after["disk_usage"] == before["disk_usage"] + 10_000
 
 
+def test_read_commands_check_every_metadata_file_but_leave_asset_checks_to_index_sync(archive: Path, run_cli) -> None:
+    rel = "debug_runs/debug"
+    figures = lambda: json.loads(run_cli("archive", "overview", "--path", str(archive), "--json").stdout)  # noqa: E731
+    before = figures()["disk_usage"]
+    (archive / rel / "late_plot.png").write_bytes(b"x" * 7000)
+    assert figures()["disk_usage"] == before  # one stat per experiment: folders of unchanged runs are trusted
+    run_cli("index", "sync", "--path", str(archive))
+    assert figures()["disk_usage"] == before + 7000
+
+
 def test_new_experiments_appear_without_an_explicit_sync(archive: Path, run_cli) -> None:
     assert len(_listed(run_cli, archive)) == 8
     write_meta(archive / "brand_new" / "run", make_metadata())
@@ -144,6 +154,7 @@ def test_a_temporary_file_left_by_a_killed_write_is_no_asset(archive: Path, run_
     rel = "debug_runs/debug"
     before = json.loads(run_cli("archive", "list", "--path", str(archive), "--json").stdout)
     (archive / rel / ".experiment_meta.json.12345.abcd1234.partial").write_bytes(b"x" * 5000)
+    assert json.loads(run_cli("index", "sync", "--path", str(archive), "--json").stdout)["assets_refreshed"] == 1
     after = json.loads(run_cli("archive", "list", "--path", str(archive), "--json").stdout)
     by_rel = lambda listing: {item["rel_path"]: item for item in listing}  # noqa: E731
     assert by_rel(after)[rel]["disk_usage"] == by_rel(before)[rel]["disk_usage"]

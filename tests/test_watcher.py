@@ -219,6 +219,25 @@ def test_watch_limit_hit_while_running_switches_to_polling_and_misses_nothing(ar
     assert wait_until(lambda: "gamma/later" in reader.outcomes() and "alpha/run" not in reader.outcomes())
 
 
+def test_running_runs_past_the_watch_budget_are_polled_not_missed(archive, start_watcher, reader):
+    # Killed runs stay "running" forever: many of them must not push the whole archive into polling.
+    for number in range(6):
+        write_run(archive / "neural_net" / f"killed_{number}", status="running")
+    watcher = start_watcher(max_watches=FIXTURE_WATCHES + 1, interval=0.2)
+    status = watcher.status()
+    assert status.mode == "inotify"
+    assert status.watch_count == FIXTURE_WATCHES + 1
+    assert "more running experiments polled every 0.2 s" in status.note
+    for number in range(6):
+        write_run(archive / "neural_net" / f"killed_{number}", status="done")
+    assert wait_until(
+        lambda: all(reader.outcomes().get(f"neural_net/killed_{number}") == "done" for number in range(6)), timeout=3
+    )
+    write_run(archive / "neural_net" / "new_run", status="done")  # namespaces are still watched by inotify
+    assert wait_until(lambda: reader.outcomes().get("neural_net/new_run") == "done", timeout=2)
+    assert watcher.status().mode == "inotify"
+
+
 def test_one_watcher_per_archive_by_the_pid_file(tmp_path):
     pid_path = str(tmp_path / "daemon.pid")
     with held_pid_file(pid_path, "archive"):

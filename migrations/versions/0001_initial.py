@@ -62,7 +62,13 @@ def upgrade() -> None:
     op.create_index(
         "ix_experiments_outcome",
         "experiments",
-        ["archive_id", "outcome", "error_type", "duration", "parameter_count", "asset_count", "disk_usage"],
+        ["archive_id", "outcome", "error_type", "start_time", "duration", "parameter_count", "asset_count", "disk_usage"],
+    )
+    op.create_index("ix_experiments_namespace", "experiments", ["archive_id", "namespace"])
+    op.create_index(
+        "ix_experiments_stamps",
+        "experiments",
+        ["archive_id", "rel_path", "meta_mtime_ns", "meta_size", "folder_mtime_ns"],
     )
     op.create_table(
         "experiment_fields",
@@ -81,6 +87,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("experiment_fields")
+    op.drop_index("ix_experiments_stamps", table_name="experiments")
+    op.drop_index("ix_experiments_namespace", table_name="experiments")
     op.drop_index("ix_experiments_outcome", table_name="experiments")
     op.drop_index("ix_experiments_listing", table_name="experiments")
     op.drop_table("experiments")
