@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import itertools
 
 import click
 
@@ -16,6 +16,7 @@ from pycomex_index.cli.common import (
     report_failures,
     select_option,
     write_json,
+    write_json_array,
     write_lines,
 )
 
@@ -51,23 +52,26 @@ def list_command(ctx, select, explain, archive_path, index_location, as_json) ->
     selection = compile_or_fail(select)
     failures = EvaluationFailures()
     with opened_index(ctx, archive_path, index_location) as index:
-        if as_json or selection is not None:
-            rows = [
-                (row.rel_path, row.outcome, row.duration, row)
-                for row in iter_experiments(
-                    index, selection, include_unreadable=False, with_parameters=as_json, failures=failures
-                )
-            ]
-        else:
-            rows = [(rel_path, outcome, duration, None) for rel_path, outcome, duration in iter_listing(index)]
-        if selection is None:
-            rows += [(row.rel_path, row.outcome, row.duration, row) for row in unreadable_experiments(index)]
         if as_json:
-            write_json([experiment_as_json(index, row) for *_, row in rows])
+            experiments = iter_experiments(
+                index, selection, include_unreadable=False, with_parameters=True, failures=failures
+            )
+            if selection is None:
+                experiments = itertools.chain(experiments, unreadable_experiments(index))
+            count = write_json_array(experiment_as_json(index, row) for row in experiments)
         else:
+            if selection is not None:
+                rows = [
+                    (row.rel_path, row.outcome, row.duration)
+                    for row in iter_experiments(index, selection, include_unreadable=False, failures=failures)
+                ]
+            else:
+                rows = list(iter_listing(index))
+                rows += [(row.rel_path, row.outcome, row.duration) for row in unreadable_experiments(index)]
             write_lines(_listing_lines(index, rows))
+            count = len(rows)
     report_failures(failures, explain=explain and selection is not None)
-    if not rows and not as_json:
+    if not count and not as_json:
         _nothing_found(select)
 
 
@@ -77,7 +81,7 @@ def _listing_lines(index, rows) -> list[str]:
 
     prefix = index.display_root + "/"
     lines = []
-    for rel_path, outcome, duration, _ in rows:
+    for rel_path, outcome, duration in rows:
         if outcome == "error":
             suffix = " (metadata error)"
         elif outcome == "running":

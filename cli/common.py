@@ -10,7 +10,7 @@ import contextlib
 import logging
 import os
 import sys
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import click
 
@@ -122,18 +122,41 @@ def write_lines(lines: list[str]) -> None:
     sys.stdout.flush()
 
 
-def write_json(document: Any) -> None:
+def _json_text(document: Any, pretty: bool) -> str:
     import orjson
 
-    option = orjson.OPT_INDENT_2 if sys.stdout.isatty() else 0
     try:
-        text = orjson.dumps(document, option=option).decode()
-    except TypeError:
+        return orjson.dumps(document, option=orjson.OPT_INDENT_2 if pretty else 0).decode()
+    except TypeError:  # integers beyond 64 bits, which orjson refuses
         import json
 
-        text = json.dumps(document, indent=2 if option else None, ensure_ascii=False, default=str)
-    sys.stdout.write(text + "\n")
+        return json.dumps(document, indent=2 if pretty else None, ensure_ascii=False, default=str)
+
+
+def write_json(document: Any) -> None:
+    """One JSON document on stdout (indented for a person at a terminal)."""
+    sys.stdout.write(_json_text(document, sys.stdout.isatty()) + "\n")
     sys.stdout.flush()
+
+
+def write_json_array(items: Iterable[Any], chunk_size: int = 2000) -> int:
+    """A JSON array written as it is produced, in chunks: memory stays flat however long the listing."""
+    pretty = sys.stdout.isatty()
+    out = sys.stdout
+    out.write("[")
+    count = 0
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(_json_text(item, pretty))
+        count += 1
+        if len(chunk) >= chunk_size:
+            out.write(("," if count > len(chunk) else "") + ",".join(chunk))
+            chunk = []
+    if chunk:
+        out.write(("," if count > len(chunk) else "") + ",".join(chunk))
+    out.write("]\n")
+    out.flush()
+    return count
 
 
 def warn(message: str) -> None:

@@ -137,7 +137,9 @@ def iter_experiments(
             except ValueError as error:
                 failures.record(error)
                 continue
-        row.parameters = parameters
+        # Only what the caller asked for stays on the row: a listing of many rows must not keep every m and p alive.
+        if with_parameters:
+            row.parameters = parameters
         if with_metadata:
             row.metadata = metadata
         if evaluates:
@@ -150,7 +152,8 @@ def iter_experiments(
                 except Exception as error:
                     failures.record(error)
                     continue
-            row.evaluation_namespace = namespace
+            if also_evaluates is not None:
+                row.evaluation_namespace = namespace
         yield row
         kept += 1
         if limit is not None and kept >= limit:
