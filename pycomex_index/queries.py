@@ -36,7 +36,7 @@ _ROW_COLUMNS = (
 
 @dataclass(slots=True)
 class ExperimentRow:
-    """One experiment as the index knows it; ``parameters``/``metadata`` are filled when asked for."""
+    """One experiment as the index knows it; ``parameters`` is filled when asked for."""
 
     id: int
     rel_path: str
@@ -53,7 +53,6 @@ class ExperimentRow:
     disk_usage: int
     read_error: str | None
     parameters: dict[str, Any] | None = None
-    metadata: dict[str, Any] | None = None
     evaluation_namespace: dict[str, Any] | None = None
 
     @classmethod
@@ -73,7 +72,6 @@ def iter_experiments(
     include_unreadable: bool = True,
     limit: int | None = None,
     with_parameters: bool = False,
-    with_metadata: bool = False,
     failures: EvaluationFailures | None = None,
 ) -> Iterator[ExperimentRow]:
     """Yield the experiments (ordered by start time) that ``selection`` keeps.
@@ -86,8 +84,6 @@ def iter_experiments(
 
     expressions = [expression for expression in (selection, also_evaluates) if expression is not None]
     needs = max((expression.needs for expression in expressions), default=NEEDS_NOTHING)
-    if with_metadata:
-        needs = NEEDS_DOCUMENT
     evaluates = bool(expressions)
     columns = [_ROW_COLUMNS]
     join = ""
@@ -140,8 +136,6 @@ def iter_experiments(
         # Only what the caller asked for stays on the row: a listing of many rows must not keep every m and p alive.
         if with_parameters:
             row.parameters = parameters
-        if with_metadata:
-            row.metadata = metadata
         if evaluates:
             namespace = evaluation_globals(metadata, parameters)
             if selection is not None:
