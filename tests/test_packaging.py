@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 import venv
 import zipfile
 from pathlib import Path
@@ -40,9 +41,15 @@ def test_wheel_maps_cli_and_migrations_into_the_package(wheel: Path) -> None:
 
 
 def _venv_with(tmp_path: Path, *pip_arguments: str) -> Path:
-    """A fresh venv that sees the test environment's dependencies but not its pycomex_index."""
+    """A fresh venv that sees this test environment's dependencies (not its pycomex_index) without a download."""
     environment = tmp_path / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(environment)
+    venv.EnvBuilder(with_pip=False).create(environment)
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    # A .pth line adds our site-packages to the new venv's path; .pth files inside it (our editable
+    # install of pycomex_index) are not processed, so the installed wheel is what gets imported.
+    (environment / "lib" / version / "site-packages" / "test_dependencies.pth").write_text(
+        sysconfig.get_paths()["purelib"] + "\n"
+    )
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(environment / "bin" / "python"), "install", "-q", "--no-deps", *pip_arguments],
         check=True,
