@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from pycomex_index.formatting import plural
 from pycomex_index.cli.common import (
     archive_options,
     compile_or_fail,
@@ -49,10 +50,6 @@ def _require_choice(select: str | None, select_all: bool, action: str) -> None:
         raise click.UsageError(f"choose the experiments to {action}: give --select EXPR, or --all for every experiment")
 
 
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
-
 def _preview_limit() -> int:
     """About a screenful of paths; longer previews end in a count."""
     return max(10, shutil.get_terminal_size((80, 24)).lines - 10)
@@ -67,6 +64,17 @@ def _path_preview(index, rel_paths: list[str], suffixes: list[str] | None = None
     if len(rel_paths) > limit:
         shown.append(f"  ... and {len(rel_paths) - limit} more")
     return shown
+
+
+def _selected_targets(index, selection, select: str | None, failures) -> list:
+    """The experiments a write command acts on; with none, says so (and the caller stops)."""
+    from pycomex_index.operations import select_experiments
+
+    targets = select_experiments(index, selection, failures)
+    report_failures(failures)
+    if not targets:
+        _nothing_selected(select)
+    return targets
 
 
 def _nothing_selected(select: str | None) -> None:
@@ -121,7 +129,7 @@ def delete_command(ctx, select, select_all, yes, include_running, verbose, archi
         plan = plan_delete(index, selection, include_running=include_running, failures=failures)
         report_failures(failures)
         held_back = (
-            f"Held back {_plural(len(plan.held_running), 'running experiment')}; "
+            f"Held back {plural(len(plan.held_running), 'running experiment')}; "
             f"add --include-running to delete {'it' if len(plan.held_running) == 1 else 'them'} too."
         )
         if not plan.targets:
@@ -129,7 +137,7 @@ def delete_command(ctx, select, select_all, yes, include_running, verbose, archi
                 write_lines([held_back])
             _nothing_selected(select)
             return
-        lines = [f"Selected {_plural(len(plan.targets), 'experiment')} for deletion."]
+        lines = [f"Selected {plural(len(plan.targets), 'experiment')} for deletion."]
         if plan.held_running:
             lines.append(held_back)
         if not yes:
@@ -156,7 +164,7 @@ def delete_command(ctx, select, select_all, yes, include_running, verbose, archi
                     click.echo(f"Failed: {shown}: {outcome.message}", err=True)
                 if on_progress:
                     on_progress(done, len(plan.targets))
-    summary = f"Deleted {_plural(counts[DELETED], 'experiment')}."
+    summary = f"Deleted {plural(counts[DELETED], 'experiment')}."
     extras = [f"{counts[SKIPPED]} skipped"] if counts[SKIPPED] else []
     extras += [f"{counts['failed']} could not be deleted"] if counts["failed"] else []
     click.echo(summary[:-1] + f" ({', '.join(extras)})." if extras else summary)
@@ -189,25 +197,22 @@ def compress_command(ctx, select, select_all, name, verbose, archive_path, index
     """
     from pycomex_index.compress import compress_experiments
     from pycomex_index.formatting import format_size
-    from pycomex_index.operations import select_experiments
     from pycomex_index.selection import EvaluationFailures
 
     _require_choice(select, select_all, "compress")
     selection = compile_or_fail(select)
     failures = EvaluationFailures()
     with opened_index(ctx, archive_path, index_location) as index:
-        targets = select_experiments(index, selection, failures)
-        report_failures(failures)
+        targets = _selected_targets(index, selection, select, failures)
         if not targets:
-            _nothing_selected(select)
             return
-        click.echo(f"Compressing {_plural(len(targets), 'experiment')}...")
+        click.echo(f"Compressing {plural(len(targets), 'experiment')}...")
         on_experiment = (lambda rel_path: click.echo(f"  {index.display_path(rel_path)}")) if verbose else None
         with progress_bar("Compressing experiments") as on_progress:
             result = compress_experiments(index, targets, name, on_experiment=on_experiment, on_progress=on_progress)
     click.echo(f"Created: {name} ({format_size(result.size)})")
     if result.skipped:
-        warn(f"{_plural(len(result.skipped), 'experiment')} vanished before being compressed and are not in the ZIP.")
+        warn(f"{plural(len(result.skipped), 'experiment')} vanished before being compressed and are not in the ZIP.")
 
 
 # ---------------------------------------------------------------------------------------------- modify
@@ -269,7 +274,6 @@ def modify_command(
       pycomex-index archive modify --all --modify-metadata "m['reviewed'] = True; m['version'] = '2.0'"
     """
     from pycomex_index.modify import FAILED, MODIFIED, UNCHANGED, ModifyCode, modify_experiments
-    from pycomex_index.operations import select_experiments
     from pycomex_index.selection import EvaluationFailures
 
     if not modify_parameters and not modify_metadata:
@@ -284,10 +288,8 @@ def modify_command(
     counts = {MODIFIED: 0, UNCHANGED: 0, FAILED: 0}
     run_id = None
     with opened_index(ctx, archive_path, index_location) as index:
-        targets = select_experiments(index, selection, failures)
-        report_failures(failures)
+        targets = _selected_targets(index, selection, select, failures)
         if not targets:
-            _nothing_selected(select)
             return
         if dry_run:
             write_lines(["DRY RUN - No changes will be saved"])
@@ -303,9 +305,9 @@ def modify_command(
                 if on_progress and not dry_run:
                     on_progress(done, len(targets))
     if dry_run:
-        write_lines(["", f"Would modify {_plural(counts[MODIFIED], 'experiment')}."])
+        write_lines(["", f"Would modify {plural(counts[MODIFIED], 'experiment')}."])
     else:
-        summary = f"Modified {_plural(counts[MODIFIED], 'experiment')}"
+        summary = f"Modified {plural(counts[MODIFIED], 'experiment')}"
         if counts[UNCHANGED]:
             summary += f" ({counts[UNCHANGED]} unchanged)"
         summary += "."
@@ -313,7 +315,7 @@ def modify_command(
             summary += f" Undo with: pycomex-index archive undo --id {run_id}"
         write_lines(([""] if verbose and counts[MODIFIED] else []) + [summary])
     if counts[FAILED]:
-        click.echo(f"Failed to modify {_plural(counts[FAILED], 'experiment')}; their files are untouched.", err=True)
+        click.echo(f"Failed to modify {plural(counts[FAILED], 'experiment')}; their files are untouched.", err=True)
         ctx.exit(1)
 
 
@@ -349,7 +351,7 @@ def undo_command(ctx, run_id, yes, verbose, archive_path, index_location) -> Non
         to_restore = plan.with_action(RESTORE)
         conflicts = plan.with_action(CONFLICT)
         already = plan.with_action(ALREADY_RESTORED)
-        lines = [f"Modify {run.id} of {format_time(run.started_at)} changed {_plural(run.file_count, 'file')}:"]
+        lines = [f"Modify {run.id} of {format_time(run.started_at)} changed {plural(run.file_count, 'file')}:"]
         if run.parameters_code:
             lines.append(f"  --modify-parameters: {run.parameters_code}")
         if run.metadata_code:
@@ -357,7 +359,7 @@ def undo_command(ctx, run_id, yes, verbose, archive_path, index_location) -> Non
         if to_restore:
             lines += ["", "Experiments to restore:", *_path_preview(index, [item.rel_path for item in to_restore])]
         if already:
-            lines += ["", f"{_plural(len(already), 'experiment')} already hold their previous content."]
+            lines += ["", f"{plural(len(already), 'experiment')} already hold their previous content."]
         if conflicts:
             lines += [
                 "",
@@ -376,10 +378,10 @@ def undo_command(ctx, run_id, yes, verbose, archive_path, index_location) -> Non
             else:
                 refused += 1
                 click.echo(f"Not restored: {index.display_path(outcome.rel_path)}: {outcome.reason}", err=True)
-    click.echo(f"Restored {_plural(restored, 'file')}.")
+    click.echo(f"Restored {plural(restored, 'file')}.")
     if refused:
         click.echo(
-            f"{_plural(refused, 'file')} could not be restored; modify {run.id} stays undoable once they are resolved.",
+            f"{plural(refused, 'file')} could not be restored; modify {run.id} stays undoable once they are resolved.",
             err=True,
         )
         ctx.exit(1)

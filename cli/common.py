@@ -187,8 +187,10 @@ def report_failures(failures, what: str = "--select", explain: bool = False) -> 
             note(f"{what} in SQL: nothing (no part of it translates exactly)")
         note(f"{what} in Python: the whole expression, on the {failures.evaluated} experiments left")
     if failures.count:
+        from pycomex_index.formatting import plural
+
         warn(
-            f"{what} raised on {failures.count} experiment{'s' if failures.count != 1 else ''}, "
+            f"{what} raised on {plural(failures.count, 'experiment')}, "
             f"which {'were' if failures.count != 1 else 'was'} not selected: {failures.summary()}"
         )
 

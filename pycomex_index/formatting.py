@@ -52,6 +52,11 @@ def format_age(seconds: float | None) -> str:
     return f"{hours:.1f} hours ago" if hours < 48 else f"{hours / 24:.1f} days ago"
 
 
+def plural(count: int, word: str) -> str:
+    """``1 experiment``, ``3 experiments``."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def format_percent(part: int, whole: int) -> str:
     return f"{100.0 * part / whole:.1f}%" if whole else "0.0%"
 

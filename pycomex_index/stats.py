@@ -91,23 +91,19 @@ def archive_statistics(
         assets_min,
         assets_max,
         assets_average,
-    ) = next(
-        iter(
-            db.execute(
-                "SELECT COUNT(*), "
-                "SUM(CASE WHEN outcome = 'done' THEN 1 ELSE 0 END), "
-                "SUM(CASE WHEN outcome = 'running' THEN 1 ELSE 0 END), "
-                "SUM(CASE WHEN outcome = 'error' THEN 1 ELSE 0 END), "
-                "SUM(disk_usage), MIN(start_time), MAX(start_time), "
-                "AVG(CASE WHEN duration > 0 THEN duration END), "
-                "MAX(CASE WHEN duration > 0 THEN duration END), "
-                "SUM(CASE WHEN duration > 0 THEN duration END), "
-                "MIN(parameter_count), MAX(parameter_count), AVG(parameter_count), "
-                "MIN(asset_count), MAX(asset_count), AVG(asset_count) "
-                f"FROM experiments WHERE {where}",
-                params,
-            )
-        )
+    ) = db.fetch_one(
+        "SELECT COUNT(*), "
+        "SUM(CASE WHEN outcome = 'done' THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN outcome = 'running' THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN outcome = 'error' THEN 1 ELSE 0 END), "
+        "SUM(disk_usage), MIN(start_time), MAX(start_time), "
+        "AVG(CASE WHEN duration > 0 THEN duration END), "
+        "MAX(CASE WHEN duration > 0 THEN duration END), "
+        "SUM(CASE WHEN duration > 0 THEN duration END), "
+        "MIN(parameter_count), MAX(parameter_count), AVG(parameter_count), "
+        "MIN(asset_count), MAX(asset_count), AVG(asset_count) "
+        f"FROM experiments WHERE {where}",
+        params,
     )
     statistics = ArchiveStatistics(
         total=total,

@@ -29,22 +29,14 @@ class IndexStatus:
 
 def index_status(index: ArchiveIndex) -> IndexStatus:
     db = index.db
-    experiments, unreadable = next(
-        iter(
-            db.execute(
-                "SELECT COUNT(*), SUM(CASE WHEN outcome = 'error' THEN 1 ELSE 0 END) FROM experiments "
-                "WHERE archive_id = :archive_id",
-                {"archive_id": index.archive_id},
-            )
-        )
+    experiments, unreadable = db.fetch_one(
+        "SELECT COUNT(*), SUM(CASE WHEN outcome = 'error' THEN 1 ELSE 0 END) FROM experiments "
+        "WHERE archive_id = :archive_id",
+        {"archive_id": index.archive_id},
     )
-    last_sync_at, last_sync_seconds = next(
-        iter(
-            db.execute(
-                "SELECT last_sync_at, last_sync_seconds FROM archives WHERE id = :archive_id",
-                {"archive_id": index.archive_id},
-            )
-        )
+    last_sync_at, last_sync_seconds = db.fetch_one(
+        "SELECT last_sync_at, last_sync_seconds FROM archives WHERE id = :archive_id",
+        {"archive_id": index.archive_id},
     )
     size = None
     if "://" not in index.location and os.path.exists(index.location):

@@ -146,7 +146,7 @@ def is_damage_error(error: BaseException) -> bool:
     message = str(error).lower()
     return any(
         phrase in message
-        for phrase in ("not a database", "malformed", "file is encrypted", "disk image", "no such table", "no such column")
+        for phrase in ("not a database", "malformed", "file is encrypted", "disk image")
     )
 
 
@@ -174,7 +174,7 @@ def stored_revision(db: IndexDatabase) -> str | None:
                 "the index database holds tables but no alembic_version: it was not made by pycomex-index"
             )
         return None
-    row = next(iter(db.execute("SELECT version_num FROM alembic_version")), None)
+    row = db.fetch_one("SELECT version_num FROM alembic_version")
     return row[0] if row else None
 
 
@@ -239,7 +239,7 @@ class _migration_lock:
 
 
 def _register_archive(db: IndexDatabase, root: str) -> int:
-    row = next(iter(db.execute("SELECT id FROM archives WHERE root = :root", {"root": root})), None)
+    row = db.fetch_one("SELECT id FROM archives WHERE root = :root", {"root": root})
     if row:
         return row[0]
     with db.transaction():
@@ -247,4 +247,4 @@ def _register_archive(db: IndexDatabase, root: str) -> int:
             "INSERT INTO archives (root, created_at) VALUES (:root, :now) ON CONFLICT (root) DO NOTHING",
             {"root": root, "now": time.time()},
         )
-    return next(iter(db.execute("SELECT id FROM archives WHERE root = :root", {"root": root})))[0]
+    return db.fetch_one("SELECT id FROM archives WHERE root = :root", {"root": root})[0]

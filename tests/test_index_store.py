@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from pycomex_index.store import HEAD_REVISION, open_archive_index, run_migrations
 from pycomex_index.db import SqliteFileDatabase
