@@ -115,6 +115,23 @@ class ExperimentFields(Base):
     parameters_json: Mapped[str] = mapped_column(Text)
 
 
+class FolderDigest(Base):
+    """A fingerprint of the experiments directly in one folder, as the last sync saw them on disk.
+
+    A read command's sync compares each folder's fingerprint with the one
+    stored here and loads and compares the rows of a folder only when they
+    differ, instead of every stored row. Every folder that holds indexed
+    experiments has a row; any write to its experiments clears the digest
+    (NULL: compare this folder), so a digest always describes the rows.
+    """
+
+    __tablename__ = "folder_digests"
+
+    archive_id: Mapped[int] = mapped_column(ForeignKey("archives.id", ondelete="CASCADE"), primary_key=True)
+    folder: Mapped[str] = mapped_column(Text, primary_key=True)
+    digest: Mapped[Optional[str]] = mapped_column(String(32))
+
+
 class Export(Base):
     """A ZIP written by ``archive compress``: where, when, how big, its checksum."""
 

@@ -1,11 +1,16 @@
-"""The one place that writes experiment rows: sync, the watcher and the write commands all use it."""
+"""The one place that writes experiment rows: sync, the watcher and the write commands all use it.
+
+Every write of an experiment's metadata stamps here also clears the digest of
+its folder (see :class:`pycomex_index.models.FolderDigest`), so a stored
+digest always describes the rows that are stored.
+"""
 
 from __future__ import annotations
 
 from typing import Iterable, Sequence
 
 from pycomex_index.db import IndexDatabase
-from pycomex_index.discovery import ExperimentRecord
+from pycomex_index.discovery import ExperimentRecord, namespace_of
 
 _EXPERIMENT_COLUMNS = (
     "rel_path",
@@ -49,6 +54,17 @@ _UPSERT_FIELDS_SQL = (
 _DELETE_UNREADABLE_SQL = f"DELETE FROM experiment_fields WHERE experiment_id IN ({_EXPERIMENT_ID})"
 
 
+_CLEAR_FOLDER_DIGEST_SQL = (
+    "INSERT INTO folder_digests (archive_id, folder, digest) VALUES (:archive_id, :folder, NULL) "
+    "ON CONFLICT (archive_id, folder) DO UPDATE SET digest = NULL"
+)
+
+
+def _clear_folder_digests(db: IndexDatabase, archive_id: int, rel_paths: Iterable[str]) -> None:
+    folders = {namespace_of(rel_path) for rel_path in rel_paths}
+    db.executemany(_CLEAR_FOLDER_DIGEST_SQL, [{"archive_id": archive_id, "folder": folder} for folder in folders])
+
+
 def store_records(db: IndexDatabase, archive_id: int, records: Iterable[ExperimentRecord]) -> int:
     """Insert or replace the rows of these experiments in one transaction; returns how many."""
     # Not dataclasses.asdict: it deep-copies every value, which was a third of a first build.
@@ -66,6 +82,7 @@ def store_records(db: IndexDatabase, archive_id: int, records: Iterable[Experime
         db.executemany(_UPSERT_EXPERIMENT_SQL, rows)
         db.executemany(_UPSERT_FIELDS_SQL, readable)
         db.executemany(_DELETE_UNREADABLE_SQL, unreadable)
+        _clear_folder_digests(db, archive_id, (row["rel_path"] for row in rows))
     return len(rows)
 
 
@@ -97,4 +114,5 @@ def remove_experiments(db: IndexDatabase, archive_id: int, rel_paths: Iterable[s
         return 0
     with db.transaction():
         db.executemany("DELETE FROM experiments WHERE archive_id = :archive_id AND rel_path = :rel_path", rows)
+        _clear_folder_digests(db, archive_id, (row["rel_path"] for row in rows))
     return len(rows)

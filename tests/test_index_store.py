@@ -10,6 +10,7 @@ from pathlib import Path
 
 
 from pycomex_index.store import HEAD_REVISION, open_archive_index, run_migrations
+from pycomex_index.sync import sync_archive
 from pycomex_index.db import SqliteFileDatabase
 from pycomex_index.sync import sync_archive
 
@@ -69,6 +70,11 @@ def test_an_index_at_the_first_revision_is_upgraded_keeping_its_rows(archive: Pa
             "SELECT e.namespace, f.parameters_json FROM experiments e "
             "JOIN experiment_fields f ON f.experiment_id = e.id WHERE e.rel_path = 'old/run'"
         ) == ("old", '{"A": 1}')
+        # Every folder with rows has a digest row, empty, so the first read sync compares its rows.
+        assert list(index.db.execute("SELECT folder, digest FROM folder_digests")) == [("old", None)]
+        report = sync_archive(index, check_assets=False)
+        assert (report.removed, report.added) == (1, 8)
+        assert index.db.fetch_one("SELECT COUNT(*) FROM experiments WHERE rel_path = 'old/run'")[0] == 0
     assert _schema_differences(path) == []
 
 

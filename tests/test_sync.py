@@ -159,3 +159,93 @@ def test_a_temporary_file_left_by_a_killed_write_is_no_asset(archive: Path, run_
     by_rel = lambda listing: {item["rel_path"]: item for item in listing}  # noqa: E731
     assert by_rel(after)[rel]["disk_usage"] == by_rel(before)[rel]["disk_usage"]
     assert by_rel(after)[rel]["asset_count"] == by_rel(before)[rel]["asset_count"]
+
+
+# Read commands sync without the asset check; they compare folder digests first and load only the
+# rows of folders whose digest changed. These tests run that path and check it against the disk.
+
+
+def _read_sync(archive: Path, statements: list[str] | None = None):
+    with open_archive_index(str(archive)) as index:
+        if statements is not None:
+            index.db.connection.set_trace_callback(statements.append)
+        return sync_archive(index, check_assets=False)
+
+
+def _folder_loads(statements: list[str]) -> list[str]:
+    """The folders whose stored rows a sync loaded (the traced SQL carries the bound values)."""
+    return [statement.split("rel_path > '")[1].split("/'")[0] for statement in statements if "rel_path > '" in statement]
+
+
+def test_a_read_sync_loads_the_rows_of_changed_folders_only(archive: Path, run_cli) -> None:
+    _read_sync(archive)
+    statements: list[str] = []
+    report = _read_sync(archive, statements)
+    assert (report.unchanged, report.updated) == (8, 0) and _folder_loads(statements) == []
+
+    rel = "neural_net/26_11_2026__14_03_50__p11237__wKXG"
+    meta = json.loads((archive / rel / "experiment_meta.json").read_text())
+    meta["name"] = "renamed"
+    write_meta(archive / rel, meta)
+    _bump_mtime(archive / rel / "experiment_meta.json")
+    statements.clear()
+    report = _read_sync(archive, statements)
+    assert (report.updated, report.unchanged) == (1, 7)
+    assert _folder_loads(statements) == ["neural_net"]
+    assert _listed(run_cli, archive)[rel]["name"] == "renamed"
+
+
+@pytest.mark.parametrize("how", ["folder removed", "folder emptied"])
+def test_a_read_sync_drops_the_experiments_of_a_vanished_folder(archive: Path, run_cli, how: str) -> None:
+    _read_sync(archive)
+    if how == "folder removed":
+        shutil.rmtree(archive / "neural_net")
+    else:
+        for run in (archive / "neural_net").iterdir():
+            shutil.rmtree(run)
+    assert _read_sync(archive).removed == 4
+    assert not any(rel.startswith("neural_net/") for rel in _listed(run_cli, archive))
+    assert _read_sync(archive).unchanged == 4
+
+
+def test_a_row_another_writer_changed_is_compared_again_even_if_the_disk_returns_to_its_old_stamps(
+    archive: Path, run_cli
+) -> None:
+    # A digest describes the rows, not only the disk: when the watcher (or a write command) stores a
+    # newer version, a file later restored with its old mtime (cp -p, rsync -t) must still be re-read.
+    from pycomex_index.operations import reindex_experiment
+
+    rel = "debug_runs/debug"
+    path = archive / rel / "experiment_meta.json"
+    _read_sync(archive)
+    original, original_stat = path.read_bytes(), path.stat()
+    meta = json.loads(original)
+    meta["name"] = "rewritten"
+    write_meta(archive / rel, meta)
+    _bump_mtime(path)
+    with open_archive_index(str(archive)) as index:
+        reindex_experiment(index, rel)
+    path.write_bytes(original)
+    os.utime(path, ns=(original_stat.st_atime_ns, original_stat.st_mtime_ns))
+
+    assert _read_sync(archive).updated == 1
+    assert _listed(run_cli, archive)[rel]["name"] == json.loads(original)["name"] != "rewritten"
+
+
+def test_experiments_directly_in_the_archive_root_are_synced_by_digest_too(archive: Path, run_cli) -> None:
+    write_meta(archive / "run_at_root", make_metadata())
+    _read_sync(archive)
+    assert "run_at_root" in _listed(run_cli, archive)
+    shutil.rmtree(archive / "run_at_root")
+    assert _read_sync(archive).removed == 1
+    assert "run_at_root" not in _listed(run_cli, archive)
+
+
+def test_a_sibling_folder_sharing_a_name_prefix_is_not_loaded_with_its_neighbour(archive: Path) -> None:
+    # "neural_net-2" and "neural_net.old" sort next to "neural_net/"; neither may count as its rows.
+    for sibling in ("neural_net-2", "neural_net.old", "neural_net0"):
+        write_meta(archive / sibling / "run", make_metadata())
+    _read_sync(archive)
+    shutil.rmtree(archive / "neural_net" / "26_11_2026__14_03_22__p10123__h5wO")
+    report = _read_sync(archive)
+    assert (report.removed, report.unchanged) == (1, 10)
