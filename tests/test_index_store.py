@@ -72,6 +72,8 @@ def test_an_index_at_the_first_revision_is_upgraded_keeping_its_rows(archive: Pa
         ) == ("old", '{"A": 1}')
         # Every folder with rows has a digest row, empty, so the first read sync compares its rows.
         assert list(index.db.execute("SELECT folder, digest FROM folder_digests")) == [("old", None)]
+        # The summary is filled from the rows already there, then kept by triggers.
+        assert index.db.fetch_one("SELECT namespace, experiments, disk_usage FROM experiment_summary") == ("old", 1, 10)
         report = sync_archive(index, check_assets=False)
         assert (report.removed, report.added) == (1, 8)
         assert index.db.fetch_one("SELECT COUNT(*) FROM experiments WHERE rel_path = 'old/run'")[0] == 0
