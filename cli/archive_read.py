@@ -60,13 +60,8 @@ def list_command(ctx, select, explain, archive_path, index_location, as_json) ->
                 experiments = itertools.chain(experiments, unreadable_experiments(index))
             count = write_json_array(experiment_as_json(index, row) for row in experiments)
         else:
-            if selection is not None:
-                rows = [
-                    (row.rel_path, row.outcome, row.duration)
-                    for row in iter_experiments(index, selection, include_unreadable=False, failures=failures)
-                ]
-            else:
-                rows = list(iter_listing(index))
+            rows = list(iter_listing(index, selection, failures))
+            if selection is None:
                 rows += [(row.rel_path, row.outcome, row.duration) for row in unreadable_experiments(index)]
             write_lines(_listing_lines(index, rows))
             count = len(rows)

@@ -181,11 +181,17 @@ def report_failures(failures, what: str = "--select", explain: bool = False) -> 
     """One line on stderr for experiments on which an expression raised (they were not selected)."""
     if explain:
         if failures.pushed_down:
-            note(f"{what} in SQL (a pre-filter that only drops rows Python would drop): {'; '.join(failures.pushed_down)}")
+            note(
+                f"{what} in SQL (it drops only rows Python would drop, and selects without Python only rows "
+                f"Python would select): {'; '.join(failures.pushed_down)}"
+            )
             note(f"  WHERE {failures.sql_condition}")
         else:
             note(f"{what} in SQL: nothing (no part of it translates exactly)")
-        note(f"{what} in Python: the whole expression, on the {failures.evaluated} experiments left")
+        note(
+            f"{what} in Python: the whole expression, on the {failures.evaluated} experiments left"
+            + (f"; SQL alone selected {failures.selected_in_sql} more" if failures.selected_in_sql else "")
+        )
     if failures.count:
         from pycomex_index.formatting import plural
 

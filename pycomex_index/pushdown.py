@@ -1,12 +1,13 @@
-"""Turning parts of a ``--select`` expression into a SQL pre-filter that can only drop rows Python would drop.
+"""Turning parts of a ``--select`` expression into SQL that decides, per experiment, what Python would find.
 
-The SQL condition made here drops only experiments on which the Python
-expression is false *without raising*. The index uses it to skip them, then
-still evaluates the Python expression on every row that is left, so both the
-selected experiments and the count of experiments on which the expression
-raised are exactly those of pure Python evaluation; the pre-filter only saves
-work. Anything that cannot be translated with that guarantee is left to
-Python.
+The SQL made here is a *verdict* per experiment: 1 where Python would find
+the expression true without raising, 0 where false without raising, NULL
+where SQL cannot tell. The index drops the rows whose verdict is 0, keeps the
+rows whose verdict is 1 without evaluating anything in Python, and evaluates
+the Python expression on the NULL rows only; so both the selected
+experiments and the count of experiments on which the expression raised are
+exactly those of pure Python evaluation. Anything that cannot be translated
+with that guarantee is NULL, left to Python.
 
 Translated, on either side of ``==, <, <=, >, >=`` with a constant:
 
@@ -16,7 +17,7 @@ Translated, on either side of ``==, <, <=, >, >=`` with a constant:
 - ``p['NAME']`` (numbers or strings; SQLite only, through its JSON functions),
 
 combined with ``and`` / ``or``. Number columns hold a value only when the
-file's value is a number; a row whose column is NULL is kept for Python.
+file's value is a number; a row whose column is NULL is left to Python.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from pycomex_index.selection import METADATA_NAMES, PARAMETER_NAMES, CompiledExp
 _TEXT_COLUMNS = {"status": "e.status", "error_type": "e.error_type"}
 _NUMBER_COLUMNS = {"start_time": "e.start_time", "end_time": "e.end_time", "duration": "e.duration"}
 _DATE_COMPARABLE = {"start_time", "end_time"}
-_SQL_OPERATORS = {ast.Eq: "=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
 _MIRRORED = {ast.Eq: ast.Eq, ast.Lt: ast.Gt, ast.LtE: ast.GtE, ast.Gt: ast.Lt, ast.GtE: ast.LtE}
 #: Floats read back from JSON by SQLite may differ from Python's by an ulp: compare with this much slack.
 _RELATIVE_SLACK = 1e-9
@@ -41,47 +41,51 @@ _EXACT_FLOAT_LIMIT = 2.0**53
 
 @dataclass
 class Prefilter:
-    """A SQL condition (over ``e`` = experiments, ``f`` = experiment_fields) and its parameters."""
+    """SQL (over ``e`` = experiments, ``f`` = experiment_fields) that decides the expression where it can.
 
-    condition: str
+    ``verdict`` is 1 (Python finds the expression true without raising), 0
+    (false without raising) or NULL (undecided: evaluate in Python);
+    ``condition`` keeps the rows whose verdict is not 0.
+    """
+
+    verdict: str
     params: dict[str, Any]
     pushed: list[str] = field(default_factory=list)
     uses_fields: bool = False
 
+    @property
+    def condition(self) -> str:
+        return f"COALESCE({self.verdict}, 1) = 1"
+
 
 def prefilter_for(expression: CompiledExpression, *, sqlite: bool) -> Prefilter | None:
-    """The SQL pre-filter for ``expression``, or None when nothing in it can be pushed down."""
+    """The SQL verdict for ``expression``, or None when it can never drop a row."""
     if not isinstance(expression.tree, ast.Expression):
         return None
     if any(isinstance(node, ast.NamedExpr) for node in ast.walk(expression.tree)):
         return None  # ``m`` or ``p`` could be rebound mid-expression: leave it all to Python
     translator = _Translator(sqlite=sqlite)
-    body = expression.tree.body
-    condition = translator.translate(body)
-    if condition is None:
+    verdict = translator.verdict(expression.tree.body)
+    if not verdict.can_be_false:
         return None
-    return Prefilter(condition, translator.params, translator.pushed, translator.uses_fields)
+    return Prefilter(verdict.sql, translator.params, translator.pushed, translator.uses_fields)
 
 
-@dataclass
-class _Condition:
-    """Two SQL conditions about one part of the expression, per experiment.
+@dataclass(frozen=True)
+class _Verdict:
+    """SQL giving 1 / 0 / NULL for one part of the expression (see :class:`Prefilter`).
 
-    ``keep`` is false only where Python would find the part false *without
-    raising*; ``certain`` is true only where Python would find it true without
-    raising. Neither is ever NULL. With both, ``a and b`` can be pruned
-    exactly: Python only reaches ``b`` where ``a`` was true, so a row may be
-    dropped for ``b`` only where ``a`` is certainly true. That keeps both the
-    selected experiments and the count of experiments on which the expression
-    raised exactly as pure Python evaluation has them.
+    ``can_be_false`` is False when the SQL is never 0, so it cannot drop a row.
+    Python evaluates ``a and b`` from the left and stops at the first part
+    that is false or raises, so ``a and b`` is b's verdict where a's is 1, 0
+    where a's is 0, and undecided where a's is; ``or`` likewise.
     """
 
-    keep: str
-    certain: str
+    sql: str
+    can_be_false: bool = True
 
 
-_ALWAYS = "1 = 1"
-_UNKNOWN = _Condition(keep=_ALWAYS, certain="1 = 0")
+_UNDECIDED = _Verdict("NULL", can_be_false=False)
 
 
 class _Translator:
@@ -91,128 +95,128 @@ class _Translator:
         self.pushed: list[str] = []
         self.uses_fields = False
 
-    def translate(self, node: ast.AST) -> str | None:
-        """A SQL condition that only drops rows on which Python finds ``node`` false without raising."""
-        keep = self._condition(node).keep
-        return None if keep == _ALWAYS else keep
-
-    def _condition(self, node: ast.AST) -> _Condition:
+    def verdict(self, node: ast.AST) -> _Verdict:
         if isinstance(node, ast.BoolOp):
-            parts = [self._condition(value) for value in node.values]
-            if all(part is _UNKNOWN for part in parts):
-                return _UNKNOWN
-            if isinstance(node.op, ast.And):
-                return self._conjunction(parts)
-            return self._disjunction(parts)
+            parts = [self.verdict(value) for value in node.values]
+            # Fold from the right: a and b and c is a and (b and c), which Python evaluates the same way.
+            result = parts[-1]
+            for part in reversed(parts[:-1]):
+                result = _and(part, result) if isinstance(node.op, ast.And) else _or(part, result)
+            return result
         if isinstance(node, ast.Compare) and len(node.ops) == 1:
             return self._comparison(node)
-        return _UNKNOWN
+        return _UNDECIDED
 
-    @staticmethod
-    def _conjunction(parts: list[_Condition]) -> _Condition:
-        # keep(a and b) = keep(a) and (not certain(a) or keep(b)); certain(a and b) = certain(a) and certain(b)
-        keep, certain = parts[-1].keep, parts[-1].certain
-        for part in reversed(parts[:-1]):
-            keep = f"({part.keep}) AND (NOT ({part.certain}) OR ({keep}))"
-            certain = f"({part.certain}) AND ({certain})"
-        return _Condition(keep, certain)
-
-    @staticmethod
-    def _disjunction(parts: list[_Condition]) -> _Condition:
-        # Python reaches a later part only where every earlier one was false without raising
-        # (NOT keep), so only there does the later part's certainty count.
-        keep = _ALWAYS if _UNKNOWN in parts else " OR ".join(f"({part.keep})" for part in parts)
-        certain = parts[0].certain
-        earlier_keeps = [parts[0].keep]
-        for part in parts[1:]:
-            certain = f"({certain}) OR (NOT ({' OR '.join(earlier_keeps)}) AND ({part.certain}))"
-            earlier_keeps.append(f"({part.keep})")
-        return _Condition(keep, certain)
-
-    def _comparison(self, node: ast.Compare) -> _Condition:
+    def _comparison(self, node: ast.Compare) -> _Verdict:
         operator_type = type(node.ops[0])
-        if operator_type not in _SQL_OPERATORS:
-            return _UNKNOWN
+        if operator_type not in _MIRRORED:
+            return _UNDECIDED
         left, right = node.left, node.comparators[0]
         if isinstance(left, ast.Constant) and not isinstance(right, ast.Constant):
             left, right, operator_type = right, left, _MIRRORED[operator_type]
         if not isinstance(right, ast.Constant) or isinstance(right.value, bool):
-            return _UNKNOWN
+            return _UNDECIDED
         subject = _subscript_of(left)
         if subject is None:
-            return _UNKNOWN
+            return _UNDECIDED
         variable, key = subject
         if variable in METADATA_NAMES:
-            condition = self._metadata_condition(key, operator_type, right.value)
+            verdict = self._metadata_verdict(key, operator_type, right.value)
         else:
-            condition = self._parameter_condition(key, operator_type, right.value)
-        if condition is not _UNKNOWN:
+            verdict = self._parameter_verdict(key, operator_type, right.value)
+        if verdict is not _UNDECIDED:
             self.pushed.append(ast.unparse(node))
-        return condition
+        return verdict
 
     def _bind(self, value: Any) -> str:
         name = f"pushdown_{len(self.params)}"
         self.params[name] = value
         return f":{name}"
 
-    def _metadata_condition(self, key: str, operator_type: type, constant: Any) -> _Condition:
+    def _metadata_verdict(self, key: str, operator_type: type, constant: Any) -> _Verdict:
         if key in _TEXT_COLUMNS and operator_type is ast.Eq and isinstance(constant, str):
             # The column holds the value whenever it is a string, the only kind that can equal one;
-            # NULL (missing, which raises, or another kind) is kept for Python.
+            # NULL (missing, which raises, or another kind) is left to Python.
             column, value = _TEXT_COLUMNS[key], self._bind(constant)
-            return _Condition(keep=f"{column} IS NULL OR {column} = {value}", certain=f"COALESCE({column} = {value}, 0) = 1")
+            return _Verdict(f"CASE WHEN {column} = {value} THEN 1 WHEN {column} IS NOT NULL THEN 0 END")
         if key not in _NUMBER_COLUMNS:
-            return _UNKNOWN
+            return _UNDECIDED
         if isinstance(constant, str) and key in _DATE_COMPARABLE:
             try:
                 constant = datetime.fromisoformat(constant.strip()).timestamp()
             except ValueError:
-                return _UNKNOWN
+                return _UNDECIDED
         if not isinstance(constant, (int, float)):
-            return _UNKNOWN
+            return _UNDECIDED
         column = _NUMBER_COLUMNS[key]
+        true_test, false_test = self._number_tests(column, operator_type, float(constant))
         # NULL: the file's value is no number (Python may compare, or raise); huge: the float column is inexact.
-        exact = f"{column} IS NOT NULL AND ABS({column}) < {_EXACT_FLOAT_LIMIT!r}"
-        wider, narrower = self._number_tests(column, operator_type, float(constant))
-        return _Condition(keep=f"NOT ({exact}) OR {wider}", certain=f"{exact} AND {narrower}")
+        inexact = f"ABS({column}) >= {_EXACT_FLOAT_LIMIT!r}"
+        return _Verdict(f"CASE WHEN {inexact} THEN NULL{_when(true_test, false_test)} END")
 
-    def _parameter_condition(self, name: str, operator_type: type, constant: Any) -> _Condition:
+    def _parameter_verdict(self, name: str, operator_type: type, constant: Any) -> _Verdict:
         if not self.sqlite:
-            return _UNKNOWN
+            return _UNDECIDED
         self.uses_fields = True
         # json_extract gives NULL for a missing parameter (KeyError in Python) and for null, 1/0 for
-        # true/false (Python compares bools as 0/1), numbers as numbers, strings and lists as text.
-        # Each JSON function call parses the document again, so the conditions use as few as they can.
+        # true/false (Python compares bools as 0/1), numbers as numbers, strings, lists and objects as text.
+        # Each JSON function call parses the document again, so the common outcomes take as few as they can.
         path = self._bind('$."' + name.replace('"', '""') + '"')
         value = f"json_extract(f.parameters_json, {path})"
-        is_number = f"typeof({value}) IN ('integer', 'real')"
         if isinstance(constant, str):
             if operator_type is not ast.Eq:
-                return _UNKNOWN
+                return _UNDECIDED
+            # Unequal as SQL values is unequal in Python; equal text is equal only if it was a JSON string.
             text = self._bind(constant)
-            return _Condition(
-                keep=f"COALESCE({value} = {text}, 1) = 1",
-                certain=f"json_type(f.parameters_json, {path}) = 'text' AND {value} = {text}",
+            return _Verdict(
+                f"CASE WHEN {value} <> {text} THEN 0 WHEN json_type(f.parameters_json, {path}) = 'text' THEN 1 END"
             )
         if not isinstance(constant, (int, float)) or abs(constant) >= _EXACT_FLOAT_LIMIT:
-            return _UNKNOWN
-        wider, narrower = self._number_tests(value, operator_type, float(constant))
-        # Anything but a number raises on < and > (keep it for Python), and is merely unequal on ==.
-        otherwise = f"{value} IS NULL" if operator_type is ast.Eq else "1"
-        return _Condition(
-            keep=f"CASE WHEN {is_number} THEN {wider} ELSE {otherwise} END",
-            certain=f"CASE WHEN {is_number} THEN {narrower} ELSE 0 END",
-        )
+            return _UNDECIDED
+        true_test, false_test = self._number_tests(value, operator_type, float(constant))
+        # SQLite sorts text above every number, so a "greater than" test is also true for text, on which
+        # Python's < and > raise: such a test must also see a number (below any text). On ==, text is
+        # merely unequal, and a "less than" test is only ever true for numbers.
+        is_number = f"{value} < ''"
+        if operator_type in (ast.Gt, ast.GtE):
+            true_test = f"{true_test} AND {is_number}"
+        elif operator_type in (ast.Lt, ast.LtE):
+            false_test = f"{false_test} AND {is_number}"
+        return _Verdict(f"CASE{_when(true_test, false_test)} END")
 
-    def _number_tests(self, column: str, operator_type: type, constant: float) -> tuple[str, str]:
-        """``column op constant`` widened by a hair (never drops a true row) and narrowed (never keeps a false one)."""
+    def _number_tests(self, column: str, operator_type: type, constant: float) -> tuple[str | None, str]:
+        """Tests that ``column op constant`` is certainly true (None: never certain) and certainly false.
+
+        Each allows a hair of slack, so neither is fooled by a float that SQLite read back an ulp away.
+        """
         slack = abs(constant) * _RELATIVE_SLACK + 1e-300
-        low_wide, high_wide = self._bind(constant - slack), self._bind(constant + slack)
+        low, high = self._bind(constant - slack), self._bind(constant + slack)
         if operator_type is ast.Eq:
-            return f"{column} BETWEEN {low_wide} AND {high_wide}", "1 = 0"
+            return None, f"NOT ({column} BETWEEN {low} AND {high})"
         if operator_type in (ast.Lt, ast.LtE):
-            return f"{column} <= {high_wide}", f"{column} < {low_wide}"
-        return f"{column} >= {low_wide}", f"{column} > {high_wide}"
+            return f"{column} < {low}", f"{column} > {high}"
+        return f"{column} > {high}", f"{column} < {low}"
+
+
+def _when(true_test: str | None, false_test: str) -> str:
+    """The WHEN branches of a verdict: 1 where ``true_test`` holds, 0 where ``false_test`` does."""
+    return (f" WHEN {true_test} THEN 1" if true_test else "") + f" WHEN {false_test} THEN 0"
+
+
+def _and(first: _Verdict, rest: _Verdict) -> _Verdict:
+    if first is _UNDECIDED:
+        return _UNDECIDED  # Python may raise on the first part before it reaches the rest
+    return _Verdict(
+        f"CASE {first.sql} WHEN 1 THEN {rest.sql} WHEN 0 THEN 0 END", first.can_be_false or rest.can_be_false
+    )
+
+
+def _or(first: _Verdict, rest: _Verdict) -> _Verdict:
+    if first is _UNDECIDED:
+        return _UNDECIDED
+    return _Verdict(
+        f"CASE {first.sql} WHEN 0 THEN {rest.sql} WHEN 1 THEN 1 END", first.can_be_false and rest.can_be_false
+    )
 
 
 def _subscript_of(node: ast.AST) -> tuple[str, str] | None:

@@ -28,8 +28,8 @@ PARAMETER_NAMES = frozenset({"p", "parameters", "params"})
 CONTEXT_NAMES = METADATA_NAMES | PARAMETER_NAMES
 TIME_KEYS = ("start_time", "end_time")
 
-#: What an expression reads of each experiment, from least to most.
-NEEDS_NOTHING, NEEDS_PARAMETERS, NEEDS_SUMMARY, NEEDS_DOCUMENT = range(4)
+#: How much of an experiment's metadata an expression reads, from least to most.
+READS_NO_METADATA, READS_SUMMARY, READS_DOCUMENT = range(3)
 
 
 class PosixTime(float):
@@ -66,17 +66,23 @@ class CompiledExpression:
 
     source: str
     code: Any
-    needs: int
     tree: ast.AST
+    reads_metadata: int  # READS_*
+    reads_parameters: bool
 
 
 @dataclass
 class EvaluationFailures:
-    """Experiments on which an expression raised (counted by error, reported in one line), and how many it ran on."""
+    """Experiments on which an expression raised (counted by error, reported in one line), and how many it ran on.
+
+    ``evaluated`` counts the experiments Python evaluated; ``selected_in_sql``
+    those SQL found it true on for certain, which Python did not evaluate again.
+    """
 
     count: int = 0
     reasons: Counter = field(default_factory=Counter)
     evaluated: int = 0
+    selected_in_sql: int = 0
     pushed_down: list[str] = field(default_factory=list)
     sql_condition: str | None = None
 
@@ -108,7 +114,10 @@ def compile_expression(source: str, *, mode: str = "eval", what: str = "--select
             f"{what} uses unknown name {names}: use m/metadata/meta (metadata) or p/parameters/params (parameters)"
         )
     code = compile(tree, f"<{what}>", mode)
-    return CompiledExpression(source=source, code=code, needs=_what_it_reads(tree), tree=tree)
+    reads_metadata, reads_parameters = _what_it_reads(tree)
+    return CompiledExpression(
+        source=source, code=code, tree=tree, reads_metadata=reads_metadata, reads_parameters=reads_parameters
+    )
 
 
 def _dedent_code(source: str) -> str:
@@ -137,25 +146,25 @@ def _unknown_names(tree: ast.AST) -> set[str]:
     return loaded - bound
 
 
-def _what_it_reads(tree: ast.AST) -> int:
-    """NEEDS_* for this expression: summary keys and parameters only, or the whole document."""
+def _what_it_reads(tree: ast.AST) -> tuple[int, bool]:
+    """How much of ``m`` the expression reads (READS_*: summary keys or the whole document), and whether it uses ``p``."""
     parents: dict[ast.AST, ast.AST] = {}
     for node in ast.walk(tree):
         for child in ast.iter_child_nodes(node):
             parents[child] = node
-    needs = NEEDS_NOTHING
+    reads_metadata, reads_parameters = READS_NO_METADATA, False
     for node in ast.walk(tree):
         if not isinstance(node, ast.Name):
             continue
         if node.id in PARAMETER_NAMES:
-            needs = max(needs, NEEDS_PARAMETERS)
-        elif node.id in METADATA_NAMES:
+            reads_parameters = True
+        elif node.id in METADATA_NAMES and reads_metadata < READS_DOCUMENT:
             key = _constant_key_read(node, parents)
             if isinstance(node.ctx, ast.Load) and key is not None and key not in DOCUMENT_ONLY_KEYS:
-                needs = max(needs, NEEDS_SUMMARY)
+                reads_metadata = READS_SUMMARY
             else:
-                return NEEDS_DOCUMENT
-    return needs
+                reads_metadata = READS_DOCUMENT
+    return reads_metadata, reads_parameters
 
 
 def _constant_key_read(node: ast.Name, parents: dict[ast.AST, ast.AST]) -> str | None:

@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pycomex_index.queries import iter_experiments
+from pycomex_index.queries import experiments_table, iter_experiments, iter_selected
 from pycomex_index.selection import CompiledExpression, EvaluationFailures, evaluate
 from pycomex_index.store import ArchiveIndex
 
@@ -59,7 +59,7 @@ def _restrict_to_selection(index: ArchiveIndex, selection: CompiledExpression | 
     db.execute(f"DELETE FROM {_SELECTED_TABLE}")
     db.executemany(
         f"INSERT INTO {_SELECTED_TABLE} (id) VALUES (:id)",
-        ({"id": row.id} for row in iter_experiments(index, selection, failures=failures)),
+        ({"id": values[0]} for values, _, _ in iter_selected(index, ("e.id",), selection, failures=failures)),
     )
     return where + f" AND id IN (SELECT id FROM {_SELECTED_TABLE})"
 
@@ -293,13 +293,17 @@ def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_
     import orjson
 
     where = _restrict_to_selection(index, selection, failures if failures is not None else EvaluationFailures())
+    # Grouping by an expression, SQLite computes it once for the sort and again for the result column:
+    # twice parsing every JSON document. A subquery with a LIMIT (-1: none) is not merged into the
+    # aggregate, so each value is extracted once.
     rows = index.db.execute(
-        f"SELECT {key_read.column} -> :path AS value, COUNT(*), "
+        "SELECT value, COUNT(*), "
         "SUM(CASE WHEN outcome = 'done' THEN 1 ELSE 0 END), MAX(end_time), "
         "SUM(CASE WHEN duration > 0 THEN duration END), SUM(CASE WHEN duration > 0 THEN 1 ELSE 0 END), "
         "SUM(disk_usage) "
-        f"FROM experiments JOIN experiment_fields f ON f.experiment_id = id WHERE {where} AND outcome <> 'error' "
-        "GROUP BY value",
+        f"FROM (SELECT {key_read.column} -> :path AS value, outcome, end_time, duration, disk_usage "
+        f"FROM {experiments_table(index)} JOIN experiment_fields f ON f.experiment_id = id "
+        f"WHERE {where} AND outcome <> 'error' LIMIT -1) GROUP BY value",
         {"archive_id": index.archive_id, "path": '$."' + key_read.key.replace('"', '""') + '"'},
     )
     for value, count, successful, last_end_time, duration_sum, duration_count, disk_usage in rows:

@@ -6,13 +6,20 @@ import itertools
 import json
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pycomex_index.discovery import parameter_values
 from pycomex_index.pushdown import prefilter_for
 from pycomex_index.queries import iter_experiments
-from pycomex_index.selection import EvaluationFailures, build_metadata, compile_expression, evaluation_globals
+from pycomex_index.selection import (
+    EvaluationFailures,
+    build_metadata,
+    compile_expression,
+    evaluate,
+    evaluation_globals,
+)
 from pycomex_index.store import open_archive_index
 from pycomex_index.sync import sync_archive
 
@@ -110,9 +117,8 @@ def _edge_archive(root: Path) -> None:
     _write_archive(root, experiments)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(source=expressions())
-def test_pushdown_is_exact_on_every_edge_value(tmp_path_factory, source: str) -> None:
+def _synced_edge_archive(tmp_path_factory) -> Path:
+    """The edge archive, built and indexed once per test session."""
     root = _EDGE_ARCHIVE.get("root")
     if root is None:
         root = tmp_path_factory.mktemp("edges") / "results"
@@ -120,13 +126,56 @@ def test_pushdown_is_exact_on_every_edge_value(tmp_path_factory, source: str) ->
         _EDGE_ARCHIVE["root"] = root
         with open_archive_index(str(root)) as index:
             sync_archive(index)
+    return root
+
+
+_EDGE_ARCHIVE: dict[str, Path] = {}
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(source=expressions())
+def test_pushdown_is_exact_on_every_edge_value(tmp_path_factory, source: str) -> None:
+    root = _synced_edge_archive(tmp_path_factory)
     with open_archive_index(str(root)) as index:
         stats = EvaluationFailures()
         selected = {row.rel_path for row in iter_experiments(index, compile_expression(source), failures=stats)}
     assert (selected, stats.count) == _pure_python(root, source), source
 
 
-_EDGE_ARCHIVE: dict[str, Path] = {}
+@pytest.mark.parametrize(
+    "source",
+    [
+        "m['status'] == 'done' and p['LEARNING_RATE'] < 0.01",
+        "p['MODEL'] == 'resnet' or m['duration'] > 3",
+        "m['start_time'] > '2023-01-10' and (p['LEARNING_RATE'] >= 0.001 or m['error_type'] == 'ValueError')",
+    ],
+)
+def test_rows_sql_finds_true_for_certain_are_not_evaluated_again(tmp_path_factory, source: str) -> None:
+    root = _synced_edge_archive(tmp_path_factory)
+    with open_archive_index(str(root)) as index:
+        stats = EvaluationFailures()
+        rows = list(iter_experiments(index, compile_expression(source), with_parameters=True, failures=stats))
+        readable = sum(1 for row in iter_experiments(index, include_unreadable=False))
+    assert ({row.rel_path for row in rows}, stats.count) == _pure_python(root, source)
+    assert stats.selected_in_sql > 0 and stats.evaluated + stats.selected_in_sql < readable
+    # What the caller asked for is still there on the rows SQL decided.
+    for row in rows:
+        folder_metadata = json.loads((root / row.rel_path / "experiment_meta.json").read_text())
+        assert row.parameters == parameter_values(folder_metadata)
+
+
+def test_rows_sql_decides_still_get_the_group_namespace(tmp_path_factory) -> None:
+    root = _synced_edge_archive(tmp_path_factory)
+    selection = compile_expression("m['status'] == 'done'")
+    group_by = compile_expression("m['status'] + str(p.get('MODEL'))")
+    with open_archive_index(str(root)) as index:
+        stats = EvaluationFailures()
+        rows = list(iter_experiments(index, selection, also_evaluates=group_by, failures=stats))
+    assert stats.selected_in_sql > 0
+    for row in rows:
+        folder_metadata = json.loads((root / row.rel_path / "experiment_meta.json").read_text())
+        expected = "done" + str(parameter_values(folder_metadata).get("MODEL"))
+        assert evaluate(group_by, row.evaluation_namespace) == expected
 
 
 def test_the_benchmark_select_is_pushed_down_entirely() -> None:
@@ -149,3 +198,9 @@ def test_explain_says_what_ran_where(archive: Path, run_cli) -> None:
     assert result.exit_code == 0, result.output
     assert "in SQL" in result.stderr and "m['status'] == 'done'" in result.stderr
     assert "in Python: the whole expression, on the 3 experiments left" in result.stderr
+
+
+def test_explain_counts_the_experiments_sql_selected_alone(archive: Path, run_cli) -> None:
+    result = run_cli("archive", "list", "--path", str(archive), "--select", "m['status'] == 'done'", "--explain")
+    assert result.exit_code == 0, result.output
+    assert "in Python: the whole expression, on the 0 experiments left; SQL alone selected 3 more" in result.stderr

@@ -8,10 +8,9 @@ import pytest
 
 from pycomex_index.errors import SelectionError
 from pycomex_index.selection import (
-    NEEDS_DOCUMENT,
-    NEEDS_NOTHING,
-    NEEDS_PARAMETERS,
-    NEEDS_SUMMARY,
+    READS_DOCUMENT,
+    READS_NO_METADATA,
+    READS_SUMMARY,
     PosixTime,
     build_metadata,
     compile_expression,
@@ -21,28 +20,31 @@ from pycomex_index.selection import (
 
 
 @pytest.mark.parametrize(
-    ("source", "needs"),
+    ("source", "reads_metadata", "reads_parameters"),
     [
-        ("True", NEEDS_NOTHING),
-        ("p['LEARNING_RATE'] < 0.01", NEEDS_PARAMETERS),
-        ("params.get('MODEL') == 'resnet'", NEEDS_PARAMETERS),
-        ("m['status'] == 'done' and p['X'] > 1", NEEDS_SUMMARY),
-        ("metadata.get('duration', 0) > 60", NEEDS_SUMMARY),
-        ("m['name'].startswith('debug')", NEEDS_SUMMARY),
-        ("m['description'] != ''", NEEDS_DOCUMENT),
-        ("'version' not in m", NEEDS_SUMMARY),
-        ("'description' in m", NEEDS_DOCUMENT),
-        ("len(meta) > 3", NEEDS_DOCUMENT),
-        ("any(m[key] for key in ['status'])", NEEDS_DOCUMENT),
-        ("p['X' > 1", None),
+        ("True", READS_NO_METADATA, False),
+        ("p['LEARNING_RATE'] < 0.01", READS_NO_METADATA, True),
+        ("params.get('MODEL') == 'resnet'", READS_NO_METADATA, True),
+        ("m['status'] == 'done' and p['X'] > 1", READS_SUMMARY, True),
+        ("m['status'] == 'done'", READS_SUMMARY, False),
+        ("metadata.get('duration', 0) > 60", READS_SUMMARY, False),
+        ("m['name'].startswith('debug')", READS_SUMMARY, False),
+        ("m['description'] != ''", READS_DOCUMENT, False),
+        ("'version' not in m", READS_SUMMARY, False),
+        ("'description' in m", READS_DOCUMENT, False),
+        ("len(meta) > 3", READS_DOCUMENT, False),
+        ("len(meta) > 3 and p['X'] > 1", READS_DOCUMENT, True),
+        ("any(m[key] for key in ['status'])", READS_DOCUMENT, False),
     ],
 )
-def test_expressions_read_only_what_they_need(source: str, needs: int | None) -> None:
-    if needs is None:
-        with pytest.raises(SelectionError):
-            compile_expression(source)
-        return
-    assert compile_expression(source).needs == needs
+def test_expressions_read_only_what_they_need(source: str, reads_metadata: int, reads_parameters: bool) -> None:
+    expression = compile_expression(source)
+    assert (expression.reads_metadata, expression.reads_parameters) == (reads_metadata, reads_parameters)
+
+
+def test_a_syntax_error_is_a_selection_error() -> None:
+    with pytest.raises(SelectionError):
+        compile_expression("p['X' > 1")
 
 
 @pytest.mark.parametrize(
@@ -60,7 +62,7 @@ def test_unknown_names_are_listed() -> None:
 
 def test_modify_code_may_assign_and_use_several_lines() -> None:
     code = compile_expression("if 'old' in p:\n    p['new'] = p.pop('old')\nx = 1; p['y'] = x", mode="exec")
-    assert code.needs == NEEDS_PARAMETERS
+    assert (code.reads_metadata, code.reads_parameters) == (READS_NO_METADATA, True)
 
 
 def test_comprehensions_see_m_and_p() -> None:
