@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Iterator
 
 import click
 
@@ -60,22 +61,21 @@ def list_command(ctx, select, explain, archive_path, index_location, as_json) ->
                 experiments = itertools.chain(experiments, unreadable_experiments(index))
             count = write_json_array(experiment_as_json(index, row) for row in experiments)
         else:
-            rows = list(iter_listing(index, selection, failures))
+            rows = iter_listing(index, selection, failures)
             if selection is None:
-                rows += [(row.rel_path, row.outcome, row.duration) for row in unreadable_experiments(index)]
-            write_lines(_listing_lines(index, rows))
-            count = len(rows)
+                unreadable = ((row.rel_path, row.outcome, row.duration) for row in unreadable_experiments(index))
+                rows = itertools.chain(rows, unreadable)
+            count = write_lines(_listing_lines(index, rows))
     report_failures(failures, explain=explain and selection is not None)
     if not count and not as_json:
         _nothing_found(select)
 
 
-def _listing_lines(index, rows) -> list[str]:
+def _listing_lines(index, rows) -> Iterator[str]:
     """``✅ results/neural_net/<run> (2m 15s)``: one line per experiment, as the spec shows."""
     from pycomex_index.formatting import STATUS_ICONS, format_duration
 
     prefix = index.display_root + "/"
-    lines = []
     for rel_path, outcome, duration in rows:
         if outcome == "error":
             suffix = " (metadata error)"
@@ -85,8 +85,7 @@ def _listing_lines(index, rows) -> list[str]:
             suffix = f" ({format_duration(duration)})"
         else:
             suffix = ""
-        lines.append(f"{STATUS_ICONS[outcome]} {prefix}{rel_path}{suffix}")
-    return lines
+        yield f"{STATUS_ICONS[outcome]} {prefix}{rel_path}{suffix}"
 
 
 @click.command("tail")

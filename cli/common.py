@@ -7,6 +7,7 @@ Only click and the standard library are imported at module level, so
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import sys
@@ -115,11 +116,24 @@ def progress_bar(label: str) -> Iterator[Callable[[int, int], None] | None]:
             progress.stop()
 
 
-def write_lines(lines: list[str]) -> None:
-    """All of stdout in one write: per-line printing is what makes long listings slow."""
-    if lines:
-        sys.stdout.write("\n".join(lines) + "\n")
+def write_lines(lines: Iterable[str], chunk_size: int = 5000) -> int:
+    """Lines on stdout, a few thousand per write, as they are produced; returns how many.
+
+    Per-line printing is what makes long listings slow; holding a million
+    lines to write them at once is what makes them big.
+    """
+    count = 0
+    for chunk in _chunks(lines, chunk_size):
+        sys.stdout.write("\n".join(chunk) + "\n")
+        count += len(chunk)
     sys.stdout.flush()
+    return count
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def _json_text(document: Any, pretty: bool) -> str:
@@ -145,15 +159,9 @@ def write_json_array(items: Iterable[Any], chunk_size: int = 2000) -> int:
     out = sys.stdout
     out.write("[")
     count = 0
-    chunk: list[str] = []
-    for item in items:
-        chunk.append(_json_text(item, pretty))
-        count += 1
-        if len(chunk) >= chunk_size:
-            out.write(("," if count > len(chunk) else "") + ",".join(chunk))
-            chunk = []
-    if chunk:
-        out.write(("," if count > len(chunk) else "") + ",".join(chunk))
+    for chunk in _chunks(items, chunk_size):
+        out.write(("," if count else "") + ",".join(_json_text(item, pretty) for item in chunk))
+        count += len(chunk)
     out.write("]\n")
     out.flush()
     return count
@@ -226,6 +234,11 @@ class CleanErrorsGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
+        except BrokenPipeError:
+            # The reader went away (`| head`): stop quietly, as cat does, and keep Python from
+            # complaining again when it flushes stdout at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(141)
         except Exception as error:  # noqa: BLE001 - the one place that keeps tracebacks from users
             message, exit_code = describe_error(error)
             if os.environ.get("PYCOMEX_INDEX_DEBUG"):

@@ -257,3 +257,19 @@ def test_every_command_has_help_with_an_example(run_cli) -> None:
         result = run_cli(*path, "--help")
         assert result.exit_code == 0, path
         assert "Example" in result.stdout, f"{' '.join(path)} --help has no example"
+
+
+def test_a_listing_whose_reader_went_away_stops_quietly(archive: Path) -> None:
+    # `pycomex-index archive list | head -1` on a big archive: head exits, the next write meets a closed pipe.
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pycomex_index", "archive", "list", "--path", str(archive)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYCOMEX_INDEX_NO_PROGRESS": "1"},
+    )
+    process.stdout.close()  # before the command writes anything
+    stderr = process.stderr.read().decode()
+    assert (process.wait(timeout=60), stderr) == (141, "")
