@@ -26,6 +26,7 @@ transaction, writes the heartbeat and logs errors without dying.
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import os
@@ -69,6 +70,9 @@ MAX_WATCHES_ENV_VARIABLE = "PYCOMEX_INDEX_MAX_WATCHES"
 WATCH_LIMIT_MARGIN = 1024
 #: watchdog runs one thread per watch (~25 KB and 0.5 ms to schedule each): above this, polling is cheaper.
 WATCH_THREAD_CAP = 4096
+#: Running experiments past the watch budget are stat-polled round-robin at most this fast (~3% of a core):
+#: killed runs stay "running" forever, and 46,000 of them polled every 2 s took a third of a core.
+POLLED_EXPERIMENTS_PER_SECOND = 2000
 
 #: Filesystems where inotify sees no writes made by other hosts.
 NETWORK_FILESYSTEMS = frozenset(
@@ -260,6 +264,7 @@ class ArchiveWatcher:
         self._watches: dict[str, _Watch] = {}
         # Running experiments past the watch budget: rel_path -> (meta mtime, size, folder mtime) last seen.
         self._polled_experiments: dict[str, tuple[int, int, int] | None] = {}
+        self._poll_queue: collections.deque[str] = collections.deque()  # round-robin order of the above
         self._next_experiment_poll = 0.0
         self._watched_ids: dict[tuple[int, int], str] = {}
         self._overflow_listener: _OverflowListener | None = None
@@ -654,14 +659,26 @@ class ArchiveWatcher:
                 return False
             if rel not in self._polled_experiments:
                 self._polled_experiments[rel] = (current.meta_mtime_ns, current.meta_size, current.folder_mtime_ns)
+                self._poll_queue.append(rel)
             return True
 
     def _poll_unwatched_experiments(self) -> None:
-        """Requeue the polled running experiments whose metadata or folder changed since the last look."""
+        """Requeue the polled running experiments whose metadata or folder changed since the last look.
+
+        Every ``interval`` the next slice of them is looked at, round-robin,
+        so each is seen every ``interval`` while few and every
+        ``count / POLLED_EXPERIMENTS_PER_SECOND`` seconds when many.
+        """
         if not self._polled_experiments or time.monotonic() < self._next_experiment_poll:
             return
         self._next_experiment_poll = time.monotonic() + self.interval
-        for rel, stamp in list(self._polled_experiments.items()):
+        queue = self._poll_queue
+        for _ in range(min(len(queue), max(1, int(POLLED_EXPERIMENTS_PER_SECOND * self.interval)))):
+            rel = queue.popleft()
+            if rel not in self._polled_experiments:
+                continue  # unwatched since: dropped from the round (a run watched again meanwhile is polled twice)
+            queue.append(rel)
+            stamp = self._polled_experiments[rel]
             current = stat_experiment_folder(self.root, rel)
             now = None if current is None else (current.meta_mtime_ns, current.meta_size, current.folder_mtime_ns)
             if now != stamp:
@@ -742,11 +759,9 @@ class ArchiveWatcher:
                 self._requeue(rel)
 
     def _inotify_note(self) -> str:
-        polled = (
-            f"; {len(self._polled_experiments)} more running experiments polled every {self.interval:g} s"
-            if self._polled_experiments
-            else ""
-        )
+        polled_count = len(self._polled_experiments)
+        round_seconds = max(self.interval, polled_count / POLLED_EXPERIMENTS_PER_SECOND)
+        polled = f"; {polled_count} more running experiments polled every {round_seconds:g} s" if polled_count else ""
         return (
             f"inotify: {len(self._watches)} watches (root, namespaces, running experiments; "
             f"limit {self.watch_limit}){polled}"

@@ -238,6 +238,25 @@ def test_running_runs_past_the_watch_budget_are_polled_not_missed(archive, start
     assert watcher.status().mode == "inotify"
 
 
+def test_many_polled_running_runs_are_polled_round_robin_at_a_bounded_rate(
+    archive, start_watcher, reader, monkeypatch
+):
+    # 46,000 killed runs polled every 2 s took a third of a core: the polling rate is capped instead,
+    # and every run is still seen, a slice per interval.
+    import pycomex_index.watcher as watcher_module
+
+    monkeypatch.setattr(watcher_module, "POLLED_EXPERIMENTS_PER_SECOND", 10)  # 2 per 0.2 s interval
+    for number in range(8):
+        write_run(archive / "neural_net" / f"killed_{number}", status="running")
+    watcher = start_watcher(max_watches=FIXTURE_WATCHES, interval=0.2)
+    assert "8 more running experiments polled every 0.8 s" in watcher.status().note
+    for number in range(8):
+        write_run(archive / "neural_net" / f"killed_{number}", status="done")
+    assert wait_until(
+        lambda: all(reader.outcomes().get(f"neural_net/killed_{number}") == "done" for number in range(8)), timeout=5
+    )
+
+
 def test_one_watcher_per_archive_by_the_pid_file(tmp_path):
     pid_path = str(tmp_path / "daemon.pid")
     with held_pid_file(pid_path, "archive"):
