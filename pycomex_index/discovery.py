@@ -151,14 +151,8 @@ def iter_folder_listings(root: str, *, folder_times: bool = True) -> Iterator[Fo
         yield FolderListing(rel_dir, experiments)
 
 
-def iter_experiment_folders(root: str, *, folder_times: bool = True) -> Iterator[FolderStat]:
-    """Every experiment below ``root``, as :func:`iter_folder_listings` finds them."""
-    for listing in iter_folder_listings(root, folder_times=folder_times):
-        yield from listing.experiments
-
-
 def listing_digest(experiments: list[FolderStat]) -> str:
-    """A fingerprint of which experiments a folder holds and their metadata files' mtime and size.
+    """A fingerprint of which experiments a folder holds (one at least) and their metadata files' mtime and size.
 
     Equal digests mean equal stamps: a 128-bit BLAKE2 of an exact encoding
     (paths joined by NUL, which no path contains, then the numbers as 64-bit

@@ -9,10 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from pycomex_index.discovery import iter_experiment_folders
+from pycomex_index.discovery import iter_folder_listings
 from pycomex_index.store import open_archive_index
 from pycomex_index.sync import sync_archive
 from tests.conftest import make_metadata, write_meta
+
+
+def _found(archive: Path) -> list[str]:
+    return [folder.rel_path for listing in iter_folder_listings(str(archive)) for folder in listing.experiments]
 
 
 def _sync(archive: Path, **options):
@@ -35,7 +39,7 @@ def test_discovery_finds_experiments_like_pycomex_and_does_not_descend_into_them
     (archive / "neural_net" / "26_11_2026__14_03_22__p10123__h5wO" / "nested").mkdir()
     write_meta(archive / "neural_net" / "26_11_2026__14_03_22__p10123__h5wO" / "nested", make_metadata())
     write_meta(archive / "deep" / "a" / "b" / "c" / "run", make_metadata())
-    found = {folder.rel_path for folder in iter_experiment_folders(str(archive))}
+    found = set(_found(archive))
     assert "deep/a/b/c/run" in found
     assert "neural_net/26_11_2026__14_03_22__p10123__h5wO/nested" not in found
     assert len(found) == 9
@@ -121,7 +125,7 @@ def test_a_symlinked_experiment_folder_is_indexed_once_and_link_cycles_end(archi
     (archive / "linked").mkdir()
     os.symlink(outside, archive / "linked" / "run")
     os.symlink(archive, archive / "linked" / "loop")  # a cycle back to the root
-    found = [folder.rel_path for folder in iter_experiment_folders(str(archive))]
+    found = _found(archive)
     assert "linked/run" in found
     assert len(found) == len(set(found)) == 9
 
@@ -129,7 +133,7 @@ def test_a_symlinked_experiment_folder_is_indexed_once_and_link_cycles_end(archi
 def test_the_index_folder_is_never_taken_for_an_experiment(archive: Path) -> None:
     _sync(archive)
     write_meta(archive / ".pycomex_index" / "odd", make_metadata())
-    assert not any(rel.startswith(".pycomex_index") for rel in (f.rel_path for f in iter_experiment_folders(str(archive))))
+    assert not any(rel.startswith(".pycomex_index") for rel in _found(archive))
 
 
 def test_sync_reports_progress_with_a_known_total(archive: Path) -> None:
