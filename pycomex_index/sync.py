@@ -28,7 +28,9 @@ from pycomex_index.store import ArchiveIndex
 ProgressCallback = Callable[[int, int], None]
 
 #: Records per transaction: large enough to amortise the commit, small enough to keep memory flat.
-BATCH_SIZE = 500
+#: A first build of 100,000 took 50 s with 500, 28 s with 5,000 (warm cache): each commit writes every
+#: index page its rows touched, so bigger batches write each page fewer times (1.8 GB -> 0.55 GB).
+BATCH_SIZE = 5000
 
 
 @dataclass

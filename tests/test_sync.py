@@ -144,12 +144,17 @@ def test_sync_reports_progress_with_a_known_total(archive: Path) -> None:
 
 
 @pytest.mark.parametrize("count", [1200])
-def test_sync_of_many_experiments_is_batched_and_complete(tmp_path: Path, count: int) -> None:
+def test_sync_of_many_experiments_is_batched_and_complete(tmp_path: Path, count: int, monkeypatch) -> None:
+    import pycomex_index.sync as sync_module
+
+    monkeypatch.setattr(sync_module, "BATCH_SIZE", 250)
     root = tmp_path / "results"
     for number in range(count):
         write_meta(root / f"ns{number % 7}" / f"run{number}", make_metadata(start_time=1700000000.0 + number))
-    report = _sync(root)
+    batches = []
+    report = _sync(root, on_progress=lambda done, total: batches.append(done))
     assert report.added == count
+    assert batches == [250, 500, 750, 1000, 1200]  # one transaction (and one progress step) per batch
     with open_archive_index(str(root)) as index:
         assert index.db.fetch_one("SELECT COUNT(*) FROM experiment_fields")[0] == count
 
