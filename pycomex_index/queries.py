@@ -65,28 +65,13 @@ class ExperimentRow:
 
 
 def iter_experiments(
-    index: ArchiveIndex,
-    selection: CompiledExpression | None = None,
-    *,
-    also_evaluates: CompiledExpression | None = None,
-    newest_first: bool = False,
-    include_unreadable: bool = True,
-    limit: int | None = None,
-    with_parameters: bool = False,
-    failures: EvaluationFailures | None = None,
+    index: ArchiveIndex, selection: CompiledExpression | None = None, **options: Any
 ) -> Iterator[ExperimentRow]:
-    """:func:`iter_selected` as :class:`ExperimentRow` objects, for commands that show or change whole experiments."""
-    for values, parameters, namespace in iter_selected(
-        index,
-        _ROW_COLUMNS,
-        selection,
-        also_evaluates=also_evaluates,
-        newest_first=newest_first,
-        include_unreadable=include_unreadable,
-        limit=limit,
-        with_parameters=with_parameters,
-        failures=failures,
-    ):
+    """:func:`iter_selected` (same options) as :class:`ExperimentRow` objects.
+
+    For commands that show or change whole experiments.
+    """
+    for values, parameters, namespace in iter_selected(index, _ROW_COLUMNS, selection, **options):
         row = ExperimentRow.from_columns(values)
         row.parameters, row.evaluation_namespace = parameters, namespace
         yield row

@@ -170,6 +170,24 @@ class ScanGroup:
     def average_runtime(self) -> float | None:
         return self.duration_sum / self.duration_count if self.duration_count else None
 
+    def add(
+        self,
+        count: int,
+        successful: int,
+        last_end_time: float | None,
+        duration_sum: float,
+        duration_count: int,
+        disk_usage: int,
+    ) -> None:
+        """Count in experiments: one (from Python grouping) or a whole SQL group's figures."""
+        self.count += count
+        self.successful += successful
+        if last_end_time is not None and (self.last_end_time is None or last_end_time > self.last_end_time):
+            self.last_end_time = last_end_time
+        self.duration_sum += duration_sum
+        self.duration_count += duration_count
+        self.disk_usage += disk_usage
+
     def as_json(self, now: float) -> dict[str, Any]:
         return {
             "group": self.key,
@@ -238,15 +256,10 @@ def _group_in_python(index, group_by, selection, failures, groups, group_failure
         except Exception as error:
             group_failures.record(error)
             key = "error"
-        group = _group(groups, key)
-        group.count += 1
-        group.successful += row.outcome == "done"
-        if row.end_time is not None and (group.last_end_time is None or row.end_time > group.last_end_time):
-            group.last_end_time = row.end_time
-        if row.duration is not None and row.duration > 0:
-            group.duration_sum += row.duration
-            group.duration_count += 1
-        group.disk_usage += row.disk_usage
+        ran = row.duration is not None and row.duration > 0
+        _group(groups, key).add(
+            1, int(row.outcome == "done"), row.end_time, row.duration if ran else 0.0, int(ran), row.disk_usage
+        )
 
 
 @dataclass(frozen=True)
@@ -318,11 +331,4 @@ def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_
                 key = str(orjson.loads(value))
             except orjson.JSONDecodeError:  # integers beyond 64 bits
                 key = str(json.loads(value))
-        group = _group(groups, key)
-        group.count += count
-        group.successful += successful
-        if last_end_time is not None and (group.last_end_time is None or last_end_time > group.last_end_time):
-            group.last_end_time = last_end_time
-        group.duration_sum += duration_sum or 0.0
-        group.duration_count += duration_count
-        group.disk_usage += disk_usage or 0
+        _group(groups, key).add(count, successful, last_end_time, duration_sum or 0.0, duration_count, disk_usage or 0)

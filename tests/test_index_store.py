@@ -8,10 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-
-from pycomex_index.store import HEAD_REVISION, open_archive_index, run_migrations
-from pycomex_index.sync import sync_archive
 from pycomex_index.db import SqliteFileDatabase
+from pycomex_index.store import HEAD_REVISION, open_archive_index, run_migrations
 from pycomex_index.sync import sync_archive
 
 
