@@ -26,6 +26,8 @@ SEPARATOR = "─" * 40
 #: Error types listed one by one in overview; the rest are summed up as "Other".
 MAX_ERROR_TYPES = 10
 DESCRIPTION_LIMIT = 100
+#: The largest count a SQL LIMIT takes (a 64-bit signed integer).
+SQL_INTEGER_MAX = 2**63 - 1
 
 
 def _nothing_found(select: str | None) -> None:
@@ -89,7 +91,9 @@ def _listing_lines(index, rows) -> Iterator[str]:
 
 
 @click.command("tail")
-@click.option("-n", "--num", default=5, show_default=True, type=click.IntRange(min=0), help="How many experiments.")
+@click.option(
+    "-n", "--num", default=5, show_default=True, type=click.IntRange(min=0, max=SQL_INTEGER_MAX), help="How many experiments."
+)
 @select_option
 @explain_option
 @archive_options
@@ -147,7 +151,7 @@ def tail_command(ctx, num, select, explain, archive_path, index_location, as_jso
             )
         write_lines([f"\n\n{SEPARATOR}\n\n".join(blocks)] if blocks else [])
     report_failures(failures, explain=explain and selection is not None)
-    if not rows and not as_json:
+    if not rows and num and not as_json:
         _nothing_found(select)
 
 
@@ -294,16 +298,28 @@ def scan_command(ctx, group_expression, select, explain, archive_path, index_loc
 
 
 def _print_scan_table(index, result, select, group_expression) -> None:
+    """The scan table, rendered whole, then written like every other command's output.
+
+    rich ends the process with status 1 when stdout closes under it (``scan | head -1``);
+    captured text goes through ``write_lines``, so a closed pipe ends scan as it ends list.
+    """
     import sys
 
-    from rich import box
     from rich.console import Console
+
+    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200, highlight=False)
+    with console.capture() as captured:
+        _render_scan_table(console, index, result, select, group_expression)
+    write_lines([captured.get().rstrip("\n")])
+
+
+def _render_scan_table(console, index, result, select, group_expression) -> None:
+    from rich import box
     from rich.table import Table
     from rich.text import Text
 
     from pycomex_index.formatting import format_age, format_duration, format_size
 
-    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200, highlight=False)
     console.print(f"Experiment Archive Scan @ {index.root}", markup=False)
     if select:
         console.print(f"Filtered by: {select}", markup=False)

@@ -217,6 +217,20 @@ def evaluation_globals(metadata: dict[str, Any] | None, parameters: dict[str, An
     return namespace
 
 
+class ExpressionExit(Exception):
+    """User code called ``exit()``/``sys.exit()``: a failed evaluation, never the command's own exit."""
+
+    def __init__(self, code: object) -> None:
+        super().__init__(f"the expression called exit({code!r})")
+
+
 def evaluate(expression: CompiledExpression, namespace: dict[str, Any]) -> Any:
-    """Run the compiled expression; exceptions propagate so the caller can count them."""
-    return eval(expression.code, namespace)
+    """Run the compiled expression; exceptions propagate so the caller can count them.
+
+    ``SystemExit`` is not an ``Exception``: left alone, ``--select "exit(3)"``
+    would end the whole command silently with status 3.
+    """
+    try:
+        return eval(expression.code, namespace)
+    except SystemExit as error:
+        raise ExpressionExit(error.code) from None

@@ -150,6 +150,34 @@ def test_a_bad_group_expression_is_a_usage_error(archive: Path, run_cli) -> None
     _assert_one_line_error(run_cli("archive", "scan", "--path", str(archive), "--group", "p[["), 2, "--group")
 
 
+@pytest.mark.parametrize("command", READ_COMMANDS)
+@pytest.mark.parametrize("code", ["exit(3)", "quit()", "__import__('sys').exit('bye')"])
+def test_an_expression_that_exits_is_a_failed_evaluation_not_the_commands_exit(
+    archive: Path, run_cli, command: list[str], code: str
+) -> None:
+    result = run_cli("archive", *command, "--path", str(archive), "--select", code)
+    assert result.exit_code == 0, result.output
+    assert "--select raised on 8 experiments" in result.stderr and "exit(" in result.stderr
+
+
+def test_a_group_expression_that_exits_is_a_failed_evaluation(archive: Path, run_cli) -> None:
+    result = run_cli("archive", "scan", "--path", str(archive), "--group", "exit(3)")
+    assert result.exit_code == 0, result.output
+    assert "--group raised on" in result.stderr
+
+
+@pytest.mark.parametrize("number", [str(2**63), "99999999999999999999999"])
+def test_a_count_beyond_what_sql_takes_is_a_usage_error(archive: Path, run_cli, number: str) -> None:
+    result = run_cli("archive", "tail", "-n", number, "--path", str(archive))
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "-n" in result.stderr
+
+
+def test_tail_of_zero_shows_nothing_and_does_not_call_the_archive_empty(archive: Path, run_cli) -> None:
+    result = run_cli("archive", "tail", "-n", "0", "--path", str(archive))
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "", "")
+
+
 def test_no_match_says_so_and_exits_zero(archive: Path, run_cli) -> None:
     result = run_cli("archive", "list", "--path", str(archive), "--select", "m['status'] == 'nope'")
     assert result.exit_code == 0

@@ -259,13 +259,15 @@ def test_every_command_has_help_with_an_example(run_cli) -> None:
         assert "Example" in result.stdout, f"{' '.join(path)} --help has no example"
 
 
-def test_a_listing_whose_reader_went_away_stops_quietly(archive: Path) -> None:
+@pytest.mark.parametrize("command", ["list", "tail", "overview", "info", "scan"])
+def test_a_command_whose_reader_went_away_stops_quietly(archive: Path, command: str) -> None:
     # `pycomex-index archive list | head -1` on a big archive: head exits, the next write meets a closed pipe.
+    # Every read command ends the same way (rich, left alone, made scan exit 1).
     import subprocess
     import sys
 
     process = subprocess.Popen(
-        [sys.executable, "-m", "pycomex_index", "archive", "list", "--path", str(archive)],
+        [sys.executable, "-m", "pycomex_index", "archive", command, "--path", str(archive)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "PYCOMEX_INDEX_NO_PROGRESS": "1"},
