@@ -16,7 +16,31 @@ from typing import Any, Callable
 import pytest
 from click.testing import CliRunner, Result
 
-from pycomex_index.cli import cli
+
+def _import_the_installed_package() -> None:
+    """Import pycomex_index as installed (editable or not), never the checkout's folder of that name.
+
+    ``python -m pytest`` puts the checkout first on ``sys.path``; its
+    ``pycomex_index/`` lacks ``cli`` and ``migrations``, which exist inside the
+    package only once installed. Importing it once with the checkout off the
+    path caches the installed package for every later import.
+    """
+    import sys
+
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    saved = sys.path[:]
+    sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or os.curdir) != checkout]
+    try:
+        import pycomex_index.cli  # noqa: F401 - cached in sys.modules for everything below
+    except ImportError as error:
+        raise pytest.UsageError(f"pycomex-index is not installed ({error}): pip install -e '.[test]'") from None
+    finally:
+        sys.path[:] = saved
+
+
+_import_the_installed_package()
+
+from pycomex_index.cli import cli  # noqa: E402 - after the installed package is in place
 
 FIXTURE_ARCHIVE = Path(__file__).parent / "fixtures" / "results"
 

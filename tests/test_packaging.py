@@ -81,3 +81,17 @@ def test_installed_wheel_runs_on_a_real_archive(wheel: Path, archive: Path, tmp_
         cwd=tmp_path,
     ).stdout
     assert str(environment) in located
+
+
+def test_the_suite_tests_a_non_editable_install_from_the_checkout(wheel: Path, tmp_path: Path) -> None:
+    # `pip install . && python -m pytest`: the checkout's pycomex_index/ folder (no cli/, no migrations/)
+    # comes first on sys.path and must not shadow the installed package.
+    environment = _venv_with(tmp_path, "--force-reinstall", str(wheel))
+    result = subprocess.run(
+        [str(environment / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_scan.py"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={key: value for key, value in os.environ.items() if key != "PYTHONPATH"},
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
