@@ -27,6 +27,8 @@ from pycomex_index.cli.common import (
 
 #: Longest a shown value gets in a before → after line.
 VALUE_WIDTH = 60
+#: Index ids are positive SQLite/PostgreSQL BIGINTs; anything outside is a usage error, not an OverflowError.
+ROW_ID = click.IntRange(min=1, max=2**63 - 1)
 
 
 def all_option(command):
@@ -323,7 +325,7 @@ def modify_command(
 
 
 @click.command("undo")
-@click.option("--id", "run_id", type=int, default=None, metavar="N", help="The modify to undo (default: the last one).")
+@click.option("--id", "run_id", type=ROW_ID, default=None, metavar="N", help="The modify to undo (default: the last one).")
 @yes_option
 @verbose_option
 @archive_options
