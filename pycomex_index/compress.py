@@ -15,6 +15,7 @@ which is how ``delete`` knows what was never exported.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -35,6 +36,8 @@ logger = logging.getLogger("pycomex_index")
 ZIP_ROOT = "results"
 DEFAULT_ZIP_NAME = "results.zip"
 _HASH_CHUNK = 1 << 20
+#: Errors of writing the ZIP that ``ZipFile.write`` raises mixed with those of reading a source file.
+_ZIP_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 @dataclass
@@ -138,6 +141,8 @@ def _add_experiment(archive, root: str, rel_path: str, not_to_pack: set[str], on
             else:
                 archive.write(source, name)
         except OSError as error:
+            if error.errno in _ZIP_FULL_ERRNOS:
+                raise  # the ZIP's disk is full: not this file's fault, and the CLI says so plainly
             raise ExportError(f"cannot read {source}: {error.strerror or error}") from None
     return meta_mtime_ns
 
