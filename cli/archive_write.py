@@ -83,13 +83,17 @@ def _nothing_selected(select: str | None) -> None:
     note("No experiments match the selection; nothing was changed." if select else "There are no experiments in the archive.")
 
 
-def _confirm(ctx: click.Context, question: str, yes: bool, what: str) -> None:
-    """Ask ``question [y/N]``; anything but y/yes stops the command. Never waits on a stdin that is no terminal."""
+def _confirm(ctx: click.Context, question: str, yes: bool, what: str, no_terminal: str | None = None) -> None:
+    """Ask ``question [y/N]``; anything but y/yes stops the command. Never waits on a stdin that is no terminal.
+
+    ``no_terminal`` is the error shown instead of asking when stdin is no terminal.
+    """
     if yes:
         return
     if not sys.stdin.isatty():
         raise click.ClickException(
-            f"stdin is not a terminal, so nobody can confirm: nothing was {what}. Add --yes to go ahead without asking."
+            no_terminal
+            or f"stdin is not a terminal, so nobody can confirm: nothing was {what}. Add --yes to go ahead without asking."
         )
     answer = click.prompt(f"{question} [y/N]", default="", show_default=False)
     if answer.strip().lower() not in ("y", "yes"):
@@ -183,21 +187,25 @@ def delete_command(ctx, select, select_all, yes, include_running, verbose, archi
 @click.option(
     "--name", default="results.zip", show_default=True, metavar="FILE", help="The ZIP to write (relative to the current folder)."
 )
+@click.option("--overwrite", is_flag=True, help="Replace FILE if it exists (otherwise: asked on a terminal, refused without one).")
 @verbose_option
 @archive_options
 @click.pass_context
-def compress_command(ctx, select, select_all, name, verbose, archive_path, index_location) -> None:
+def compress_command(ctx, select, select_all, name, overwrite, verbose, archive_path, index_location) -> None:
     """Compress experiments into a ZIP in pycomex's layout (results/<path>/...) and record the export.
 
     The ZIP is written under a temporary name and renamed when complete, so
-    NAME is never a partial file. Symlinks out of an experiment are skipped.
+    NAME is never a partial file. An existing NAME is replaced only with
+    --overwrite or after a yes on a terminal; a NAME inside the archive is
+    always refused. Symlinks out of an experiment are skipped.
 
     \b
     Examples:
       pycomex-index archive compress --all
       pycomex-index archive compress --select "m['status'] == 'done'" --name successful_runs.zip -v
+      pycomex-index archive compress --all --name backup.zip --overwrite
     """
-    from pycomex_index.compress import compress_experiments
+    from pycomex_index.compress import check_export_target, compress_experiments
     from pycomex_index.formatting import format_size
     from pycomex_index.selection import EvaluationFailures
 
@@ -208,10 +216,18 @@ def compress_command(ctx, select, select_all, name, verbose, archive_path, index
         targets = _selected_targets(index, selection, select, failures)
         if not targets:
             return
+        replace = check_export_target(index.root, name).exists
+        if replace:
+            _confirm(
+                ctx, f"{name} already exists. Replace it?", overwrite, "written",
+                no_terminal=f"{name} already exists; add --overwrite to replace it. Nothing was written.",
+            )
         click.echo(f"Compressing {plural(len(targets), 'experiment')}...")
         on_experiment = (lambda rel_path: click.echo(f"  {index.display_path(rel_path)}")) if verbose else None
         with progress_bar("Compressing experiments") as on_progress:
-            result = compress_experiments(index, targets, name, on_experiment=on_experiment, on_progress=on_progress)
+            result = compress_experiments(
+                index, targets, name, overwrite=replace, on_experiment=on_experiment, on_progress=on_progress
+            )
     click.echo(f"Created: {name} ({format_size(result.size)})")
     if result.skipped:
         warn(f"{plural(len(result.skipped), 'experiment')} vanished before being compressed and are not in the ZIP.")

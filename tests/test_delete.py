@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -17,12 +13,12 @@ from tests.conftest import make_metadata, write_meta
 from tests.helpers_write import (
     add_spec_experiments,
     assert_index_matches_disk,
-    cli_process,
     experiments,
     experiments_on_disk,
     freeze_index,
     index_paths,
     oracle_selection,
+    run_on_terminal,
     running_experiments,
     select_of,
     spec_args,
@@ -93,38 +89,13 @@ def test_spec_delete_examples_that_ask_refuse_without_a_terminal(spec_archive: P
     assert "Delete these experiments?" not in result.output
 
 
-def _run_on_terminal(args: list[str], answer: str | None, timeout: float = 20.0) -> tuple[int, str]:
-    """Run the CLI with a real pseudo-terminal as stdin, type ``answer`` at the prompt; (exit code, stdout)."""
-    controller, terminal = pty.openpty()
-    process = cli_process(*args, stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    os.close(terminal)
-    output = b""
-    deadline = time.monotonic() + timeout
-    os.set_blocking(process.stdout.fileno(), False)
-    while b"[y/N]: " not in output and process.poll() is None and time.monotonic() < deadline:
-        ready, _, _ = select.select([process.stdout], [], [], 0.1)
-        if ready:
-            output += process.stdout.read() or b""
-    if answer is not None and b"[y/N]: " in output:
-        os.write(controller, answer.encode() + b"\n")
-    try:
-        process.wait(timeout=max(deadline - time.monotonic(), 1))
-    finally:
-        if process.poll() is None:
-            process.kill()
-    os.set_blocking(process.stdout.fileno(), True)
-    output += process.stdout.read()
-    os.close(controller)
-    return process.returncode, output.decode()
-
-
 @pytest.mark.parametrize(("answer", "deletes"), [("y", True), ("YES", True), ("n", False), ("", False), ("sure", False)])
 def test_prompt_on_a_real_terminal_deletes_only_on_y_or_yes(spec_archive: Path, run_cli, answer, deletes) -> None:
     run_cli("index", "sync", "--path", str(spec_archive))  # the child then only opens the index
     failed = oracle_selection(spec_archive, "m['status'] == 'failed'")
     before = experiments_on_disk(spec_archive)
 
-    exit_code, output = _run_on_terminal(
+    exit_code, output = run_on_terminal(
         ["archive", "delete", "--path", str(spec_archive), "--select", "m['status'] == 'failed'"], answer
     )
 

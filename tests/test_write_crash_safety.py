@@ -105,7 +105,7 @@ def test_compress_killed_never_leaves_a_partial_zip_under_the_name(tmp_path: Pat
         return bool(partials) and partials[0].stat().st_size >= kill_at_size
 
     process = cli_process(
-        "archive", "compress", "--path", str(archive), "--all", "--name", str(target),
+        "archive", "compress", "--path", str(archive), "--all", "--name", str(target), "--overwrite",
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     _kill_when(process, partial_is_big_enough, 0)
@@ -116,7 +116,7 @@ def test_compress_killed_never_leaves_a_partial_zip_under_the_name(tmp_path: Pat
         assert not target.exists(), seed
     assert query(archive, "SELECT COUNT(*) FROM exports") == [(0,)]
 
-    again = run_cli("archive", "compress", "--path", str(archive), "--all", "--name", str(target))
+    again = run_cli("archive", "compress", "--path", str(archive), "--all", "--name", str(target), "--overwrite")
     assert again.exit_code == 0, again.output
     assert os.listdir(out) == ["backup.zip"]  # the dead run's temporary was cleared away
     with zipfile.ZipFile(target) as archive_zip:
