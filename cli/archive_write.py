@@ -125,30 +125,39 @@ def delete_command(ctx, select, select_all, yes, include_running, verbose, archi
       pycomex-index archive delete --select "m['duration'] < 5" --yes -v
       pycomex-index archive delete --all --yes
     """
-    from pycomex_index.delete import DELETED, SKIPPED, delete_experiments, plan_delete
+    from pycomex_index.delete import DELETED, SKIPPED, delete_experiments, plan_delete, remove_deletion_leftovers
     from pycomex_index.selection import EvaluationFailures
 
     _require_choice(select, select_all, "delete")
     selection = compile_or_fail(select)
     failures = EvaluationFailures()
     with opened_index(ctx, archive_path, index_location) as index:
+        leftovers = remove_deletion_leftovers(index)
+        if leftovers:
+            note(f"Finished removing {plural(leftovers, 'experiment')} an interrupted delete had already taken out of the archive.")
         plan = plan_delete(index, selection, include_running=include_running, failures=failures)
         report_failures(failures)
         held_back = (
             f"Held back {plural(len(plan.held_running), 'running experiment')}; "
             f"add --include-running to delete {'it' if len(plan.held_running) == 1 else 'them'} too."
         )
+        refused = [f"Refused: {index.display_path(experiment.rel_path)}: {reason}" for experiment, reason in plan.holding_others]
         if not plan.targets:
             if plan.held_running:
                 write_lines([held_back])
-            _nothing_selected(select)
-            return
+            for line in refused:
+                click.echo(line, err=True)
+            if not plan.holding_others:
+                _nothing_selected(select)
+            ctx.exit(1 if refused else 0)
         lines = [f"Selected {plural(len(plan.targets), 'experiment')} for deletion."]
         if plan.held_running:
             lines.append(held_back)
         if not yes:
             lines += ["", "Experiments to delete:", *_path_preview(index, [t.rel_path for t in plan.targets]), ""]
         write_lines(lines)
+        for line in refused:
+            click.echo(line, err=True)
         if plan.never_exported:
             warn(
                 f"{plan.never_exported} of the selected experiments "
@@ -173,8 +182,9 @@ def delete_command(ctx, select, select_all, yes, include_running, verbose, archi
     summary = f"Deleted {plural(counts[DELETED], 'experiment')}."
     extras = [f"{counts[SKIPPED]} skipped"] if counts[SKIPPED] else []
     extras += [f"{counts['failed']} could not be deleted"] if counts["failed"] else []
+    extras += [f"{len(refused)} refused: holding other experiments"] if refused else []
     click.echo(summary[:-1] + f" ({', '.join(extras)})." if extras else summary)
-    if counts["failed"]:
+    if counts["failed"] or refused:
         ctx.exit(1)
 
 
