@@ -152,8 +152,9 @@ def delete_experiment(index: ArchiveIndex, rel_path: str) -> DeleteOutcome:
     except OSError as error:
         return DeleteOutcome(rel_path, FAILED, f"cannot move the folder out of the archive: {error.strerror}")
     if removed is None:
-        # Another filesystem than the root's: no rename can take the folder away whole, so the file
-        # that makes it an experiment goes first, and a crash leaves no half run that lists as one.
+        # No trash on the run's filesystem (a mount below the root, a read-only root): no rename takes
+        # the folder away whole, so the file that makes it an experiment goes first, and a crash
+        # leaves no half run that lists as one.
         removed = folder
         try:
             os.unlink(metadata_path)
