@@ -27,6 +27,8 @@ from pycomex_index.cli.common import (
 
 #: Longest a shown value gets in a before → after line.
 VALUE_WIDTH = 60
+#: Index ids are positive SQLite/PostgreSQL BIGINTs; anything outside is a usage error, not an OverflowError.
+ROW_ID = click.IntRange(min=1, max=2**63 - 1)
 
 
 def all_option(command):
@@ -81,13 +83,17 @@ def _nothing_selected(select: str | None) -> None:
     note("No experiments match the selection; nothing was changed." if select else "There are no experiments in the archive.")
 
 
-def _confirm(ctx: click.Context, question: str, yes: bool, what: str) -> None:
-    """Ask ``question [y/N]``; anything but y/yes stops the command. Never waits on a stdin that is no terminal."""
+def _confirm(ctx: click.Context, question: str, yes: bool, what: str, no_terminal: str | None = None) -> None:
+    """Ask ``question [y/N]``; anything but y/yes stops the command. Never waits on a stdin that is no terminal.
+
+    ``no_terminal`` is the error shown instead of asking when stdin is no terminal.
+    """
     if yes:
         return
     if not sys.stdin.isatty():
         raise click.ClickException(
-            f"stdin is not a terminal, so nobody can confirm: nothing was {what}. Add --yes to go ahead without asking."
+            no_terminal
+            or f"stdin is not a terminal, so nobody can confirm: nothing was {what}. Add --yes to go ahead without asking."
         )
     answer = click.prompt(f"{question} [y/N]", default="", show_default=False)
     if answer.strip().lower() not in ("y", "yes"):
@@ -119,30 +125,39 @@ def delete_command(ctx, select, select_all, yes, include_running, verbose, archi
       pycomex-index archive delete --select "m['duration'] < 5" --yes -v
       pycomex-index archive delete --all --yes
     """
-    from pycomex_index.delete import DELETED, SKIPPED, delete_experiments, plan_delete
+    from pycomex_index.delete import DELETED, SKIPPED, delete_experiments, plan_delete, remove_deletion_leftovers
     from pycomex_index.selection import EvaluationFailures
 
     _require_choice(select, select_all, "delete")
     selection = compile_or_fail(select)
     failures = EvaluationFailures()
     with opened_index(ctx, archive_path, index_location) as index:
+        leftovers = remove_deletion_leftovers(index)
+        if leftovers:
+            note(f"Finished removing {plural(leftovers, 'experiment')} an interrupted delete had already taken out of the archive.")
         plan = plan_delete(index, selection, include_running=include_running, failures=failures)
         report_failures(failures)
         held_back = (
             f"Held back {plural(len(plan.held_running), 'running experiment')}; "
             f"add --include-running to delete {'it' if len(plan.held_running) == 1 else 'them'} too."
         )
+        refused = [f"Refused: {index.display_path(experiment.rel_path)}: {reason}" for experiment, reason in plan.holding_others]
         if not plan.targets:
             if plan.held_running:
                 write_lines([held_back])
-            _nothing_selected(select)
-            return
+            for line in refused:
+                click.echo(line, err=True)
+            if not plan.holding_others:
+                _nothing_selected(select)
+            ctx.exit(1 if refused else 0)
         lines = [f"Selected {plural(len(plan.targets), 'experiment')} for deletion."]
         if plan.held_running:
             lines.append(held_back)
         if not yes:
             lines += ["", "Experiments to delete:", *_path_preview(index, [t.rel_path for t in plan.targets]), ""]
         write_lines(lines)
+        for line in refused:
+            click.echo(line, err=True)
         if plan.never_exported:
             warn(
                 f"{plan.never_exported} of the selected experiments "
@@ -167,8 +182,9 @@ def delete_command(ctx, select, select_all, yes, include_running, verbose, archi
     summary = f"Deleted {plural(counts[DELETED], 'experiment')}."
     extras = [f"{counts[SKIPPED]} skipped"] if counts[SKIPPED] else []
     extras += [f"{counts['failed']} could not be deleted"] if counts["failed"] else []
+    extras += [f"{len(refused)} refused: holding other experiments"] if refused else []
     click.echo(summary[:-1] + f" ({', '.join(extras)})." if extras else summary)
-    if counts["failed"]:
+    if counts["failed"] or refused:
         ctx.exit(1)
 
 
@@ -181,21 +197,25 @@ def delete_command(ctx, select, select_all, yes, include_running, verbose, archi
 @click.option(
     "--name", default="results.zip", show_default=True, metavar="FILE", help="The ZIP to write (relative to the current folder)."
 )
+@click.option("--overwrite", is_flag=True, help="Replace FILE if it exists (otherwise: asked on a terminal, refused without one).")
 @verbose_option
 @archive_options
 @click.pass_context
-def compress_command(ctx, select, select_all, name, verbose, archive_path, index_location) -> None:
+def compress_command(ctx, select, select_all, name, overwrite, verbose, archive_path, index_location) -> None:
     """Compress experiments into a ZIP in pycomex's layout (results/<path>/...) and record the export.
 
     The ZIP is written under a temporary name and renamed when complete, so
-    NAME is never a partial file. Symlinks out of an experiment are skipped.
+    NAME is never a partial file. An existing NAME is replaced only with
+    --overwrite or after a yes on a terminal; a NAME inside the archive is
+    always refused. Symlinks out of an experiment are skipped.
 
     \b
     Examples:
       pycomex-index archive compress --all
       pycomex-index archive compress --select "m['status'] == 'done'" --name successful_runs.zip -v
+      pycomex-index archive compress --all --name backup.zip --overwrite
     """
-    from pycomex_index.compress import compress_experiments
+    from pycomex_index.compress import check_export_target, compress_experiments
     from pycomex_index.formatting import format_size
     from pycomex_index.selection import EvaluationFailures
 
@@ -206,10 +226,18 @@ def compress_command(ctx, select, select_all, name, verbose, archive_path, index
         targets = _selected_targets(index, selection, select, failures)
         if not targets:
             return
+        replace = check_export_target(index.root, name).exists
+        if replace:
+            _confirm(
+                ctx, f"{name} already exists. Replace it?", overwrite, "written",
+                no_terminal=f"{name} already exists; add --overwrite to replace it. Nothing was written.",
+            )
         click.echo(f"Compressing {plural(len(targets), 'experiment')}...")
         on_experiment = (lambda rel_path: click.echo(f"  {index.display_path(rel_path)}")) if verbose else None
         with progress_bar("Compressing experiments") as on_progress:
-            result = compress_experiments(index, targets, name, on_experiment=on_experiment, on_progress=on_progress)
+            result = compress_experiments(
+                index, targets, name, overwrite=replace, on_experiment=on_experiment, on_progress=on_progress
+            )
     click.echo(f"Created: {name} ({format_size(result.size)})")
     if result.skipped:
         warn(f"{plural(len(result.skipped), 'experiment')} vanished before being compressed and are not in the ZIP.")
@@ -323,7 +351,7 @@ def modify_command(
 
 
 @click.command("undo")
-@click.option("--id", "run_id", type=int, default=None, metavar="N", help="The modify to undo (default: the last one).")
+@click.option("--id", "run_id", type=ROW_ID, default=None, metavar="N", help="The modify to undo (default: the last one).")
 @yes_option
 @verbose_option
 @archive_options

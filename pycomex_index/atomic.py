@@ -53,7 +53,10 @@ def atomic_writer(path: str) -> Iterator[BinaryIO]:
         file.close()
         os.replace(temporary, path)
     except BaseException:
-        file.close()
+        # On a full disk close() raises too (it flushes what is buffered): the temporary must go
+        # all the same, or it keeps the disk full. The original error is the one to report.
+        with contextlib.suppress(OSError):
+            file.close()
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise

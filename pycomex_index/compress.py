@@ -8,13 +8,15 @@ reproduce`` and a plain unzip give back the same tree.
 It is written through :func:`pycomex_index.atomic.atomic_writer`: a hidden
 temporary file beside the target, renamed over it only when complete, so an
 error, Ctrl-C or a kill never leaves a partial ZIP under the requested name
-and an existing file of that name stays untouched until the new one is whole.
+and an existing file of that name stays untouched until the new one is whole
+(and is replaced at all only when the caller says so; never inside the archive).
 The export (path, time, size, SHA-256, member experiments) is then recorded,
 which is how ``delete`` knows what was never exported.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -35,6 +37,8 @@ logger = logging.getLogger("pycomex_index")
 ZIP_ROOT = "results"
 DEFAULT_ZIP_NAME = "results.zip"
 _HASH_CHUNK = 1 << 20
+#: Errors of writing the ZIP that ``ZipFile.write`` raises mixed with those of reading a source file.
+_ZIP_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 @dataclass
@@ -70,11 +74,14 @@ def compress_experiments(
     targets: Sequence[SelectedExperiment],
     zip_path: str,
     *,
+    overwrite: bool = False,
     on_experiment: Callable[[str], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> ExportResult:
     """Write ``targets`` into the ZIP at ``zip_path`` (atomically) and record the export in the index.
 
+    An existing file at ``zip_path`` is replaced only with ``overwrite``; a
+    path inside the archive never is (see :func:`check_export_target`).
     ``on_experiment(rel_path)`` is called as each experiment is added,
     ``on_progress(done, total)`` after it. Problems with one file (a symlink
     out of the experiment, a socket) are warnings; a file that cannot be read
@@ -83,9 +90,11 @@ def compress_experiments(
     """
     import zipfile
 
-    zip_path = os.path.abspath(os.path.expanduser(zip_path))
-    _check_target(zip_path)
     root = index.root
+    target = check_export_target(root, zip_path)
+    zip_path = target.path
+    if target.exists and not overwrite:
+        raise ExportError(f"{zip_path} already exists; nothing was written")
     members: list[tuple[str, int]] = []
     skipped: list[str] = []
     with atomic_writer(zip_path) as file:
@@ -106,14 +115,32 @@ def compress_experiments(
     return ExportResult(export_id, zip_path, size, sha256, [rel_path for rel_path, _ in members], skipped)
 
 
-def _check_target(zip_path: str) -> None:
+@dataclass(frozen=True, slots=True)
+class ExportTarget:
+    """Where a ZIP may be written (absolute path), and whether a file of that name is there already."""
+
+    path: str
+    exists: bool
+
+
+def check_export_target(root: str, zip_path: str) -> ExportTarget:
+    """Check that a ZIP may be written at ``zip_path``; raise :class:`ExportError` with the reason if not.
+
+    A path inside the archive is refused, however it is spelled (``..``, a
+    symlinked folder or file leading in): replacing a file there would destroy
+    an experiment's own file (its experiment_meta.json, say) or the index.
+    """
+    zip_path = os.path.abspath(os.path.expanduser(zip_path))
     folder = os.path.dirname(zip_path)
+    if is_within(zip_path, os.path.abspath(root)) or is_within(os.path.realpath(zip_path), os.path.realpath(root)):
+        raise ExportError(f"cannot write {zip_path}: it lies inside the archive {root}; write the ZIP outside it")
     if not os.path.isdir(folder):
         raise ExportError(f"cannot write {zip_path}: the folder {folder} does not exist")
     if os.path.isdir(zip_path):
         raise ExportError(f"cannot write {zip_path}: it is a folder")
     if not os.access(folder, os.W_OK):
         raise ExportError(f"cannot write {zip_path}: the folder {folder} is not writable")
+    return ExportTarget(zip_path, os.path.lexists(zip_path))
 
 
 def _add_experiment(archive, root: str, rel_path: str, not_to_pack: set[str], on_experiment) -> int | None:
@@ -138,6 +165,8 @@ def _add_experiment(archive, root: str, rel_path: str, not_to_pack: set[str], on
             else:
                 archive.write(source, name)
         except OSError as error:
+            if error.errno in _ZIP_FULL_ERRNOS:
+                raise  # the ZIP's disk is full: not this file's fault, and the CLI says so plainly
             raise ExportError(f"cannot read {source}: {error.strerror or error}") from None
     return meta_mtime_ns
 

@@ -1,19 +1,28 @@
 """``archive delete``: remove experiment folders from the disk and their rows from the index.
 
 :func:`plan_delete` decides what would go (running experiments held back,
-experiments never exported counted) without touching anything; the CLI shows
-that plan and asks. :func:`delete_experiments` then removes exactly the
-planned experiments, one at a time, disk first, then the index row.
+folders that hold other experiments refused, experiments never exported
+counted) without touching anything; the CLI shows that plan and asks.
+:func:`delete_experiments` then removes exactly the planned experiments, one
+at a time, disk first, then the index row.
 
-Removing one experiment starts by unlinking its experiment_meta.json, so from
-that instant the folder is no longer an experiment: a crash in the middle of
-removing its files leaves a leftover folder that no sync will list, never an
-index row (or a listing) of a half-deleted experiment.
+Removing one experiment starts with one atomic rename of its whole folder
+into ``<archive>/.pycomex_index/deleting/``, which no walk of ours lists: up
+to that instant the run is fully there (and listed), from it on it is gone.
+Then the index row goes, then the moved tree is removed. A kill while the
+tree is removed leaves it in that folder, where the next ``delete`` finishes
+the job (:func:`remove_deletion_leftovers`), never a half run in the archive.
+Where the move is impossible (the run lies on another filesystem than the
+archive root), experiment_meta.json is unlinked first instead, so a crash
+leaves files that no listing counts as an experiment.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import secrets
 import shutil
 import stat
 import sys
@@ -21,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 from pycomex_index.atomic import fsync_folder
-from pycomex_index.discovery import METADATA_FILE_NAME
+from pycomex_index.discovery import INDEX_FOLDER_NAME, METADATA_FILE_NAME
+from pycomex_index.formatting import plural
 from pycomex_index.operations import (
     SelectedExperiment,
     UnsafePathError,
@@ -34,6 +44,8 @@ from pycomex_index.selection import CompiledExpression, EvaluationFailures
 from pycomex_index.store import ArchiveIndex
 
 DELETED, SKIPPED, FAILED = "deleted", "skipped", "failed"
+#: Where a run's folder is moved, in one rename, before its files are removed (below the archive root).
+TRASH_FOLDER = os.path.join(INDEX_FOLDER_NAME, "deleting")
 
 
 @dataclass
@@ -42,6 +54,8 @@ class DeletePlan:
 
     targets: list[SelectedExperiment]
     held_running: list[SelectedExperiment] = field(default_factory=list)
+    #: Experiments whose folder holds other experiments (below a stray experiment_meta.json): never deleted.
+    holding_others: list[tuple[SelectedExperiment, str]] = field(default_factory=list)
     #: How many of the targets no ``compress`` of this archive ever put into a ZIP.
     never_exported: int = 0
 
@@ -70,6 +84,8 @@ def plan_delete(
     for experiment in selected:
         if experiment.outcome == "running" and not include_running:
             plan.held_running.append(experiment)
+        elif reason := _holds_other_experiments(index.root, experiment.rel_path):
+            plan.holding_others.append((experiment, reason))
         else:
             plan.targets.append(experiment)
     if plan.targets:
@@ -129,22 +145,123 @@ def delete_experiment(index: ArchiveIndex, rel_path: str) -> DeleteOutcome:
         metadata_stat = None
     if metadata_stat is None or not stat.S_ISREG(metadata_stat.st_mode):
         return _skipped(index, rel_path, f"is no longer an experiment (no {METADATA_FILE_NAME})")
+    if reason := _holds_other_experiments(root, rel_path):
+        return DeleteOutcome(rel_path, FAILED, reason)
     try:
-        os.unlink(metadata_path)
+        removed = _move_to_trash(root, folder)
     except OSError as error:
-        return DeleteOutcome(rel_path, FAILED, f"cannot remove {METADATA_FILE_NAME}: {error.strerror}")
-    fsync_folder(folder)
-    problems: list[str] = []
-    _remove_tree(folder, problems)
+        return DeleteOutcome(rel_path, FAILED, f"cannot move the folder out of the archive: {error.strerror}")
+    if removed is None:
+        # No trash on the run's filesystem (a mount below the root, a read-only root): no rename takes
+        # the folder away whole, so the file that makes it an experiment goes first, and a crash
+        # leaves no half run that lists as one.
+        removed = folder
+        try:
+            os.unlink(metadata_path)
+        except OSError as error:
+            return DeleteOutcome(rel_path, FAILED, f"cannot remove {METADATA_FILE_NAME}: {error.strerror}")
     fsync_folder(parent)
-    # From the unlink on, the folder is no longer an experiment, whatever rmtree managed.
+    # From here on the run is gone from the archive, whatever removing its files manages.
     remove_experiments(index.db, index.archive_id, [rel_path])
+    problems: list[str] = []
+    _remove_tree(removed, problems)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         return DeleteOutcome(
             rel_path, FAILED, f"no longer an experiment, but some files could not be removed: {problems[0]}{more}"
         )
     return DeleteOutcome(rel_path, DELETED)
+
+
+def _holds_other_experiments(root: str, rel_path: str) -> str | None:
+    """Why the folder of ``rel_path`` must not be deleted (experiments below it), or None.
+
+    A stray experiment_meta.json in a namespace folder makes pycomex (and the
+    index) see one experiment there and never look below it, so the runs below
+    are listed nowhere; deleting "that experiment" would delete them unseen.
+    Symlinked subfolders are not looked into: removing the tree only unlinks them.
+    """
+    try:
+        folder = experiment_folder(root, rel_path)
+        folder_stat = os.lstat(folder)
+    except (UnsafePathError, OSError):
+        return None
+    # A folder's link count is 2 + its subfolders where the filesystem counts them (not btrfs: 1),
+    # so the common run without subfolders costs one stat, not a walk.
+    if not stat.S_ISDIR(folder_stat.st_mode) or folder_stat.st_nlink == 2:
+        return None
+    found: list[str] = []
+    pending = [folder]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            if os.path.isfile(os.path.join(entry.path, METADATA_FILE_NAME)):
+                found.append(os.path.relpath(entry.path, folder))
+            else:
+                pending.append(entry.path)
+    if not found:
+        return None
+    found.sort()
+    return (
+        f"holds {plural(len(found), 'other experiment')} below it ({found[0]}{', ...' if len(found) > 1 else ''}), "
+        f"hidden from listings by its own {METADATA_FILE_NAME}; not deleted"
+    )
+
+
+def _move_to_trash(root: str, folder: str) -> str | None:
+    """Rename ``folder`` into the archive's trash (one atomic step); its new path, or None where no rename can.
+
+    None means: the trash cannot be made (a read-only root) or lies on
+    another filesystem. The new name starts with this process's id, so
+    :func:`remove_deletion_leftovers` knows which moved trees belong to a
+    delete that is no longer running.
+    """
+    trash = os.path.join(root, TRASH_FOLDER)
+    try:
+        os.makedirs(trash, exist_ok=True)
+    except OSError:
+        return None
+    moved = os.path.join(trash, f"{os.getpid()}.{secrets.token_hex(4)}.{os.path.basename(folder)[:200]}")
+    try:
+        os.rename(folder, moved)
+    except OSError as error:
+        if error.errno == errno.EXDEV:
+            return None
+        raise
+    fsync_folder(trash)
+    with contextlib.suppress(OSError):
+        # So that pycomex's own walk, which looks everywhere, does not list it either.
+        os.unlink(os.path.join(moved, METADATA_FILE_NAME))
+    return moved
+
+
+def remove_deletion_leftovers(index: ArchiveIndex) -> int:
+    """Finish removing the folders a killed delete had already taken out of the archive; returns how many."""
+    from pycomex_index.heartbeat import process_is_alive
+
+    trash = os.path.join(index.root, TRASH_FOLDER)
+    try:
+        entries = list(os.scandir(trash))
+    except OSError:
+        return 0
+    removed = 0
+    for entry in entries:
+        pid_text = entry.name.split(".", 1)[0]
+        if pid_text.isdigit() and (int(pid_text) == os.getpid() or process_is_alive(int(pid_text))):
+            continue  # a delete still at work
+        problems: list[str] = []
+        if entry.is_dir(follow_symlinks=False):
+            _remove_tree(entry.path, problems)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+        removed += not problems
+    return removed
 
 
 def _skipped(index: ArchiveIndex, rel_path: str, reason: str) -> DeleteOutcome:

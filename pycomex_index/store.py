@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -136,9 +137,22 @@ def _open_sqlite_file(path: str, via_sqlalchemy: bool = False) -> IndexDatabase:
             return db
         except Exception as error:
             if attempt == 2 or not is_damage_error(error):
-                raise IndexUnavailableError(f"cannot open index {path}: {error}") from None
+                raise IndexUnavailableError(f"cannot open index {path}: {_open_failure_reason(path, error)}") from None
             set_aside_damaged_index(path, str(error))
     raise AssertionError("unreachable")
+
+
+def _open_failure_reason(path: str, error: BaseException) -> str:
+    """SQLite says "disk I/O error" when a full disk leaves no room for its -shm file: name the real cause."""
+    message = str(error)
+    if "disk I/O error" in message or "disk is full" in message:
+        try:
+            nearly_full = shutil.disk_usage(os.path.dirname(path)).free < 1 << 20
+        except OSError:
+            nearly_full = False
+        if nearly_full or "disk is full" in message:
+            return "no space left on the device; nothing was lost, free some space and run the command again"
+    return message
 
 
 def is_damage_error(error: BaseException) -> bool:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import shlex
 import sqlite3
 import subprocess
@@ -242,3 +244,28 @@ def cli_process(*args: str, **popen: Any) -> subprocess.Popen:
     env = {**os.environ, "PYCOMEX_INDEX_NO_PROGRESS": "1"}
     env.pop("PYCOMEX_INDEX", None)
     return subprocess.Popen([sys.executable, "-m", "pycomex_index", *args], env=env, **popen)
+
+
+def run_on_terminal(args: list[str], answer: str | None, timeout: float = 20.0) -> tuple[int, str]:
+    """Run the CLI with a real pseudo-terminal as stdin, type ``answer`` at the prompt; (exit code, stdout)."""
+    controller, terminal = pty.openpty()
+    process = cli_process(*args, stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    os.close(terminal)
+    output = b""
+    deadline = time.monotonic() + timeout
+    os.set_blocking(process.stdout.fileno(), False)
+    while b"[y/N]: " not in output and process.poll() is None and time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 0.1)
+        if ready:
+            output += process.stdout.read() or b""
+    if answer is not None and b"[y/N]: " in output:
+        os.write(controller, answer.encode() + b"\n")
+    try:
+        process.wait(timeout=max(deadline - time.monotonic(), 1))
+    finally:
+        if process.poll() is None:
+            process.kill()
+    os.set_blocking(process.stdout.fileno(), True)
+    output += process.stdout.read()
+    os.close(controller)
+    return process.returncode, output.decode()

@@ -22,6 +22,7 @@ from tests.helpers_write import (
     freeze_index,
     oracle_selection,
     query,
+    run_on_terminal,
     select_of,
     spec_args,
 )
@@ -198,7 +199,9 @@ def test_interrupted_compress_leaves_no_partial_zip_and_keeps_the_old_one(spec_a
     with open_archive_index(str(spec_archive)) as index:
         sync_archive(index)
         with pytest.raises(KeyboardInterrupt):
-            compress_experiments(index, select_experiments(index, None), str(target), on_experiment=interrupt_after_first)
+            compress_experiments(
+                index, select_experiments(index, None), str(target), overwrite=True, on_experiment=interrupt_after_first
+            )
         assert recent_exports(index) == []
     assert target.read_bytes() == b"the previous backup"
     assert sorted(os.listdir(tmp_path)) == sorted(["backup.zip", "results"])
@@ -244,21 +247,102 @@ def test_all_includes_experiments_with_unreadable_metadata(spec_archive: Path, t
         assert archive_zip.read("results/broken/run/experiment_meta.json") == b"\xff\xfe not json"
 
 
-def test_zip_written_inside_an_experiment_does_not_pack_itself(tmp_path: Path, run_cli) -> None:
+def _tree(folder: Path) -> dict[str, bytes]:
+    """Every file of the archive with its content; the index (which commands write) by name only."""
+    return {
+        path.relative_to(folder).as_posix(): b"" if ".pycomex_index" in path.parts else path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]], ids=["", "overwrite"])
+@pytest.mark.parametrize(
+    ("name", "cwd"),
+    [
+        ("results/model/2024-01-15_10-30-45/experiment_meta.json", "."),
+        ("self.zip", "results/model/2024-01-15_10-30-45"),
+        ("results/new.zip", "."),
+        ("elsewhere/../results/model/new.zip", "."),
+        ("into_archive/new.zip", "."),  # a symlinked folder leading into the archive
+        ("linked.zip", "."),  # a symlink (dangling) leading into the archive
+        ("results/.pycomex_index/index.sqlite3", "."),
+    ],
+    ids=["own-metadata", "inside-an-experiment", "archive-root", "dot-dot", "symlinked-folder", "symlinked-file", "index"],
+)
+def test_target_inside_the_archive_is_always_refused(
+    spec_archive: Path, tmp_path: Path, run_cli, name: str, cwd: str, overwrite: list[str]
+) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(spec_archive / "model", tmp_path / "into_archive")
+    os.symlink(spec_archive / "model" / "linked.zip", tmp_path / "linked.zip")
+    assert run_cli("index", "sync", "--path", str(spec_archive)).exit_code == 0
+    before = _tree(spec_archive)
+
+    result = run_cli("archive", "compress", "--path", str(spec_archive), "--all", "--name", name, *overwrite, cwd=tmp_path / cwd)
+
+    assert result.exit_code == 1, result.output
+    target = os.path.abspath(tmp_path / cwd / name)
+    assert result.stderr == f"Error: cannot write {target}: it lies inside the archive {spec_archive}; write the ZIP outside it\n"
+    assert _tree(spec_archive) == before  # byte for byte, and no temporary either
+    assert query(spec_archive, "SELECT COUNT(*) FROM exports") == [(0,)]  # the index is whole, too
+
+
+def test_existing_file_is_not_replaced_without_overwrite_when_nobody_can_confirm(
+    spec_archive: Path, tmp_path: Path, run_cli
+) -> None:
+    (tmp_path / "backup.zip").write_bytes(b"the previous backup")
+    result = run_cli("archive", "compress", "--path", str(spec_archive), "--all", "--name", "backup.zip", cwd=tmp_path)
+    assert result.exit_code == 1, result.output
+    assert result.stderr == "Error: backup.zip already exists; add --overwrite to replace it. Nothing was written.\n"
+    assert result.stdout == ""
+    assert (tmp_path / "backup.zip").read_bytes() == b"the previous backup"
+    assert sorted(os.listdir(tmp_path)) == ["backup.zip", "results"]
+    assert query(spec_archive, "SELECT COUNT(*) FROM exports") == [(0,)]
+
+
+@pytest.mark.parametrize(("answer", "replaces"), [("y", True), ("yes", True), ("n", False), ("", False)])
+def test_existing_file_is_replaced_on_a_terminal_only_after_yes(
+    spec_archive: Path, tmp_path: Path, run_cli, answer: str, replaces: bool
+) -> None:
+    run_cli("index", "sync", "--path", str(spec_archive))
+    target = tmp_path / "backup.zip"
+    target.write_bytes(b"the previous backup")
+
+    exit_code, output = run_on_terminal(
+        ["archive", "compress", "--path", str(spec_archive), "--all", "--name", str(target)], answer
+    )
+
+    assert f"{target} already exists. Replace it? [y/N]: " in output
+    if replaces:
+        assert exit_code == 0, output
+        assert zipfile.is_zipfile(target)
+        assert query(spec_archive, "SELECT COUNT(*) FROM exports") == [(1,)]
+    else:
+        assert exit_code == 1, output
+        assert "Nothing was written." in output
+        assert target.read_bytes() == b"the previous backup"
+        assert query(spec_archive, "SELECT COUNT(*) FROM exports") == [(0,)]
+    assert sorted(os.listdir(tmp_path)) == ["backup.zip", "results"]
+
+
+def test_zip_written_inside_a_symlinked_experiment_does_not_pack_itself(tmp_path: Path, run_cli) -> None:
     archive = tmp_path / "results"
-    run = archive / "ns" / "run"
-    write_meta(run, make_metadata())
-    result = run_cli("archive", "compress", "--path", str(archive), "--all", "--name", "self.zip", cwd=run)
+    elsewhere = tmp_path / "elsewhere" / "run"
+    write_meta(elsewhere, make_metadata())
+    (archive / "ns").mkdir(parents=True)
+    os.symlink(elsewhere, archive / "ns" / "run")
+    result = run_cli("archive", "compress", "--path", str(archive), "--all", "--name", "self.zip", cwd=elsewhere)
     assert result.exit_code == 0, result.output
-    with zipfile.ZipFile(run / "self.zip") as archive_zip:
+    with zipfile.ZipFile(elsewhere / "self.zip") as archive_zip:
         assert archive_zip.namelist() == ["results/ns/run/experiment_meta.json"]
 
 
-def test_existing_zip_is_replaced_whole_and_keeps_its_permissions(spec_archive: Path, tmp_path: Path, run_cli) -> None:
+def test_existing_zip_is_replaced_with_overwrite_whole_and_keeping_its_permissions(spec_archive: Path, tmp_path: Path, run_cli) -> None:
     target = tmp_path / "out.zip"
     target.write_bytes(b"old")
     os.chmod(target, 0o640)
-    result = run_cli("archive", "compress", "--path", str(spec_archive), "--all", "--name", str(target))
+    result = run_cli("archive", "compress", "--path", str(spec_archive), "--all", "--name", str(target), "--overwrite")
     assert result.exit_code == 0, result.output
     assert zipfile.is_zipfile(target)
     assert target.stat().st_mode & 0o777 == 0o640

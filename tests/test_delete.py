@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -17,12 +14,12 @@ from tests.conftest import make_metadata, write_meta
 from tests.helpers_write import (
     add_spec_experiments,
     assert_index_matches_disk,
-    cli_process,
     experiments,
     experiments_on_disk,
     freeze_index,
     index_paths,
     oracle_selection,
+    run_on_terminal,
     running_experiments,
     select_of,
     spec_args,
@@ -93,38 +90,13 @@ def test_spec_delete_examples_that_ask_refuse_without_a_terminal(spec_archive: P
     assert "Delete these experiments?" not in result.output
 
 
-def _run_on_terminal(args: list[str], answer: str | None, timeout: float = 20.0) -> tuple[int, str]:
-    """Run the CLI with a real pseudo-terminal as stdin, type ``answer`` at the prompt; (exit code, stdout)."""
-    controller, terminal = pty.openpty()
-    process = cli_process(*args, stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    os.close(terminal)
-    output = b""
-    deadline = time.monotonic() + timeout
-    os.set_blocking(process.stdout.fileno(), False)
-    while b"[y/N]: " not in output and process.poll() is None and time.monotonic() < deadline:
-        ready, _, _ = select.select([process.stdout], [], [], 0.1)
-        if ready:
-            output += process.stdout.read() or b""
-    if answer is not None and b"[y/N]: " in output:
-        os.write(controller, answer.encode() + b"\n")
-    try:
-        process.wait(timeout=max(deadline - time.monotonic(), 1))
-    finally:
-        if process.poll() is None:
-            process.kill()
-    os.set_blocking(process.stdout.fileno(), True)
-    output += process.stdout.read()
-    os.close(controller)
-    return process.returncode, output.decode()
-
-
 @pytest.mark.parametrize(("answer", "deletes"), [("y", True), ("YES", True), ("n", False), ("", False), ("sure", False)])
 def test_prompt_on_a_real_terminal_deletes_only_on_y_or_yes(spec_archive: Path, run_cli, answer, deletes) -> None:
     run_cli("index", "sync", "--path", str(spec_archive))  # the child then only opens the index
     failed = oracle_selection(spec_archive, "m['status'] == 'failed'")
     before = experiments_on_disk(spec_archive)
 
-    exit_code, output = _run_on_terminal(
+    exit_code, output = run_on_terminal(
         ["archive", "delete", "--path", str(spec_archive), "--select", "m['status'] == 'failed'"], answer
     )
 
@@ -305,3 +277,81 @@ def test_selection_errors_on_some_experiments_are_reported_not_fatal(spec_archiv
     assert "Warning: --select raised on" in result.stderr
     assert not (spec_archive / "model/2024-01-15_11-20-10").exists()
     assert json.loads((spec_archive / "model/2024-01-15_10-30-45/experiment_meta.json").read_text())["name"] == "best_model"
+
+
+@pytest.mark.parametrize("yes", [True, False], ids=["deleting", "preview"])
+def test_folder_holding_other_experiments_is_refused_and_the_rest_deleted(tmp_path: Path, run_cli, yes: bool) -> None:
+    archive = tmp_path / "results"
+    write_meta(archive / "ns", make_metadata(status="failed", has_error=True))  # stray: hides the runs below
+    for hidden in ("ns/run_a", "ns/run_b", "ns/sub/run_c"):
+        write_meta(archive / hidden, make_metadata())
+        (archive / hidden / "weights.npy").write_bytes(b"keep me")
+    write_meta(archive / "other" / "run", make_metadata(status="failed", has_error=True))
+    assert experiments_on_disk(archive) == {"ns", "other/run"}
+
+    result = run_cli("archive", "delete", "--path", str(archive), "--select", "m['status'] == 'failed'", *(["--yes"] if yes else []))
+
+    assert result.exit_code == 1, result.output
+    assert (
+        "Refused: results/ns: holds 3 other experiments below it (run_a, ...), "
+        "hidden from listings by its own experiment_meta.json; not deleted\n"
+    ) in result.stderr
+    assert "Selected 1 experiment for deletion." in result.stdout
+    for hidden in ("ns/run_a", "ns/run_b", "ns/sub/run_c"):
+        assert (archive / hidden / "weights.npy").read_bytes() == b"keep me"
+    assert (archive / "ns" / "experiment_meta.json").exists()
+    if yes:
+        assert "Deleted 1 experiment (1 refused: holding other experiments).\n" in result.stdout
+        assert experiments_on_disk(archive) == {"ns"} == index_paths(archive)
+    else:
+        assert "  results/ns\n" not in result.stdout and "  results/other/run\n" in result.stdout
+        assert experiments_on_disk(archive) == {"ns", "other/run"} == index_paths(archive)
+
+
+def test_folder_that_came_to_hold_other_experiments_after_the_preview_is_not_deleted(tmp_path: Path) -> None:
+    from pycomex_index.delete import FAILED, delete_experiments, plan_delete
+    from pycomex_index.store import open_archive_index
+    from pycomex_index.sync import sync_archive
+
+    archive = tmp_path / "results"
+    write_meta(archive / "ns", make_metadata())
+    with open_archive_index(str(archive)) as index:
+        sync_archive(index)
+        plan = plan_delete(index, None)
+        write_meta(archive / "ns" / "late" / "run", make_metadata())
+        (outcome,) = delete_experiments(index, plan.targets)
+    assert outcome.status == FAILED and outcome.message.startswith("holds 1 other experiment below it (late/run)")
+    assert (archive / "ns" / "late" / "run" / "experiment_meta.json").exists()
+
+
+def test_next_delete_finishes_removing_what_a_killed_delete_left_out_of_the_archive(spec_archive: Path, run_cli) -> None:
+    from pycomex_index.delete import TRASH_FOLDER
+
+    trash = spec_archive / TRASH_FOLDER
+    trash.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    alive = subprocess.Popen(["sleep", "30"])
+    try:
+        for pid in (dead.pid, alive.pid):
+            (trash / f"{pid}.abcd1234.run" / "sub").mkdir(parents=True)
+            (trash / f"{pid}.abcd1234.run" / "sub" / "data.bin").write_bytes(b"x" * 100)
+        before = experiments_on_disk(spec_archive)
+
+        result = run_cli("archive", "delete", "--path", str(spec_archive), "--select", "m['status'] == 'nope'", "--yes")
+
+        assert result.exit_code == 0, result.output
+        assert "Finished removing 1 experiment an interrupted delete had already taken out of the archive." in result.stderr
+        assert os.listdir(trash) == [f"{alive.pid}.abcd1234.run"]  # a delete still at work keeps its own
+        assert experiments_on_disk(spec_archive) == before == index_paths(spec_archive)
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_deleted_run_never_shows_up_in_the_trash_as_an_experiment(spec_archive: Path, run_cli) -> None:
+    result = run_cli("archive", "delete", "--path", str(spec_archive), "--select", "m['status'] == 'failed'", "--yes")
+    assert result.exit_code == 0, result.output
+    listed = run_cli("archive", "list", "--path", str(spec_archive))
+    assert ".pycomex_index" not in listed.stdout
+    assert_index_matches_disk(spec_archive)

@@ -546,6 +546,17 @@ def test_undo_walks_back_one_modify_at_a_time_and_by_id(modify_archive: Path, ru
     assert missing.exit_code == 1 and missing.stderr == "Error: there is no modify with id 7 in this archive\n"
 
 
+@pytest.mark.parametrize("run_id", ["99999999999999999999999", "9223372036854775808", "0", "-1"])
+def test_undo_id_out_of_range_is_a_one_line_usage_error(modify_archive: Path, run_cli, run_id: str) -> None:
+    before = _files(modify_archive)
+    result = run_cli("archive", "undo", "--path", str(modify_archive), "--id", run_id, "--yes")
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert error.startswith("Error: Invalid value for '--id'") and run_id in error
+    assert _files(modify_archive) == before
+
+
 def test_undo_refuses_files_changed_since_and_restores_the_rest(modify_archive: Path, run_cli) -> None:
     before = _files(modify_archive)
     assert run_cli("archive", "modify", "--path", str(modify_archive), "--all", "--modify-metadata", "m['x'] = 1").exit_code == 0

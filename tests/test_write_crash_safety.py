@@ -21,6 +21,7 @@ from typing import Callable
 import pytest
 
 from pycomex_index.atomic import TEMPORARY_SUFFIX, remove_stale_temporaries, write_atomic
+from pycomex_index.delete import TRASH_FOLDER
 from tests.helpers_write import (
     assert_index_matches_disk,
     cli_process,
@@ -105,7 +106,7 @@ def test_compress_killed_never_leaves_a_partial_zip_under_the_name(tmp_path: Pat
         return bool(partials) and partials[0].stat().st_size >= kill_at_size
 
     process = cli_process(
-        "archive", "compress", "--path", str(archive), "--all", "--name", str(target),
+        "archive", "compress", "--path", str(archive), "--all", "--name", str(target), "--overwrite",
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     _kill_when(process, partial_is_big_enough, 0)
@@ -116,7 +117,7 @@ def test_compress_killed_never_leaves_a_partial_zip_under_the_name(tmp_path: Pat
         assert not target.exists(), seed
     assert query(archive, "SELECT COUNT(*) FROM exports") == [(0,)]
 
-    again = run_cli("archive", "compress", "--path", str(archive), "--all", "--name", str(target))
+    again = run_cli("archive", "compress", "--path", str(archive), "--all", "--name", str(target), "--overwrite")
     assert again.exit_code == 0, again.output
     assert os.listdir(out) == ["backup.zip"]  # the dead run's temporary was cleared away
     with zipfile.ZipFile(target) as archive_zip:
@@ -124,7 +125,7 @@ def test_compress_killed_never_leaves_a_partial_zip_under_the_name(tmp_path: Pat
         assert len(archive_zip.namelist()) == 600
 
 
-def test_delete_killed_never_leaves_a_vanished_folder_in_the_index(tmp_path: Path, run_cli, seed: int) -> None:
+def test_delete_killed_leaves_each_run_whole_or_gone_and_the_next_delete_clears_the_rest(tmp_path: Path, run_cli, seed: int) -> None:
     chance = random.Random(seed)
     archive = tmp_path / "results"
     generate_archive(archive, EXPERIMENTS, payload=16)
@@ -141,6 +142,18 @@ def test_delete_killed_never_leaves_a_vanished_folder_in_the_index(tmp_path: Pat
     on_disk = experiments_on_disk(archive)
     assert 0 < len(on_disk) < EXPERIMENTS, seed
     assert len(index_paths(archive) - on_disk) <= 1 and on_disk <= index_paths(archive), seed  # at most one out of step
+    # Every run still in the archive is whole; one being deleted was taken out in one step.
+    run_folders = {f"{namespace.name}/{run.name}" for namespace in archive.glob("ns*") for run in namespace.iterdir()}
+    assert run_folders == on_disk, seed
+    assert all((archive / rel_path / "data.bin").exists() for rel_path in on_disk), seed
+    trash = archive / TRASH_FOLDER
+    leftovers = len(os.listdir(trash)) if trash.exists() else 0
+    assert leftovers <= 1, seed
+
+    nothing = run_cli("archive", "delete", "--path", str(archive), "--select", "False", "--yes")  # the next delete
+    assert nothing.exit_code == 0, (seed, nothing.output)
+    assert ("Finished removing 1 experiment" in nothing.stderr) == bool(leftovers), seed
+    assert not trash.exists() or os.listdir(trash) == [], seed
     listed = run_cli("archive", "list", "--path", str(archive))
     assert listed.exit_code == 0
     shown = {line.split(" ")[1].removeprefix("results/") for line in listed.stdout.splitlines()}
