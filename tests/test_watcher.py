@@ -17,7 +17,6 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from pycomex_index.daemon import DaemonAlreadyRunningError, held_pid_file
 from pycomex_index.db import SqliteFileDatabase
 from pycomex_index.heartbeat import has_fresh_watcher, read_watcher_state
 from pycomex_index.store import ArchiveIndex
@@ -255,23 +254,6 @@ def test_many_polled_running_runs_are_polled_round_robin_at_a_bounded_rate(
     assert wait_until(
         lambda: all(reader.outcomes().get(f"neural_net/killed_{number}") == "done" for number in range(8)), timeout=5
     )
-
-
-def test_one_watcher_per_archive_by_the_pid_file(tmp_path):
-    pid_path = str(tmp_path / "daemon.pid")
-    with held_pid_file(pid_path, "archive"):
-        assert Path(pid_path).read_text().strip() == str(os.getpid())
-        with pytest.raises(DaemonAlreadyRunningError, match=f"pid {os.getpid()}"):
-            with held_pid_file(pid_path, "archive"):
-                pass
-    assert not Path(pid_path).exists()
-
-
-def test_a_pid_file_nobody_holds_is_stale_and_replaced(tmp_path):
-    pid_path = tmp_path / "daemon.pid"
-    pid_path.write_text("999999\n")
-    with held_pid_file(str(pid_path), "archive"):
-        assert pid_path.read_text().strip() == str(os.getpid())
 
 
 def test_watch_once_catches_up_and_exits(archive, run_cli):
