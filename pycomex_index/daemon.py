@@ -9,7 +9,9 @@ so a foreground ``watch`` counts as the archive's one watcher too.
 The pid file is ``<archive>/.pycomex_index/daemon.pid`` (beside the index
 file instead when the index lives elsewhere, or in the user cache for a
 database URL on a read-only archive); how it is held is
-:mod:`pycomex_index.pidfile`'s business.
+:mod:`pycomex_index.pidfile`'s business. The watcher's settings travel as one
+:class:`~pycomex_index.watcher.WatchSettings`, on the command line of the
+watcher process as :meth:`~pycomex_index.watcher.WatchSettings.to_argv`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from pycomex_index.discovery import INDEX_FOLDER_NAME
 from pycomex_index.pidfile import (  # noqa: F401 - DaemonError and the pid-file functions are this module's API too
@@ -35,6 +37,9 @@ from pycomex_index.pidfile import (  # noqa: F401 - DaemonError and the pid-file
     remove_stale_pid_file,
 )
 from pycomex_index.store import is_database_url, resolve_archive_root, resolve_index_location
+
+if TYPE_CHECKING:
+    from pycomex_index.watcher import WatchSettings, WatcherStatus
 
 logger = logging.getLogger("pycomex_index.daemon")
 
@@ -111,12 +116,9 @@ def _locate(path: str, index: str | None) -> tuple[str, str, DaemonFiles]:
 def run_watcher(
     path: str,
     index: str | None = None,
+    settings: WatchSettings | None = None,
     *,
-    polling: bool = False,
-    interval: float | None = None,
-    max_watches: int | None = None,
-    reconcile_interval: float | None = None,
-    on_ready: Any = None,
+    on_ready: Callable[[WatcherStatus], None] | None = None,
 ) -> None:
     """Run the archive's watcher in this process until SIGTERM/SIGINT (or Ctrl-C), holding the pid file.
 
@@ -125,23 +127,12 @@ def run_watcher(
     file removed. Raises :class:`DaemonAlreadyRunningError` when another
     watcher serves the archive.
     """
-    from pycomex_index.watcher import (
-        DEFAULT_POLL_INTERVAL_SECONDS,
-        DEFAULT_RECONCILE_INTERVAL_SECONDS,
-        ArchiveWatcher,
-    )
+    from pycomex_index.watcher import ArchiveWatcher
 
     root, location, files = _locate(path, index)
     stop = threading.Event()
     with held_pid_file(files.pid_path, root):
-        watcher = ArchiveWatcher(
-            root,
-            location,
-            polling=polling,
-            interval=interval or DEFAULT_POLL_INTERVAL_SECONDS,
-            max_watches=max_watches,
-            reconcile_interval=reconcile_interval or DEFAULT_RECONCILE_INTERVAL_SECONDS,
-        )
+        watcher = ArchiveWatcher(root, location, settings)
         restore = _on_stop_signals(stop.set)
         try:
             watcher.start()
@@ -213,11 +204,8 @@ def configure_logging(log_path: str | None) -> None:
 def start_daemon(
     path: str,
     index: str | None = None,
+    settings: WatchSettings | None = None,
     *,
-    polling: bool = False,
-    interval: float | None = None,
-    max_watches: int | None = None,
-    reconcile_interval: float | None = None,
     timeout: float = START_TIMEOUT_SECONDS,
 ) -> DaemonStatus:
     """Start the archive's watcher as a detached background process and return once it runs."""
@@ -230,16 +218,7 @@ def start_daemon(
     # Open (create, migrate) the index here, so a problem with it is reported in this terminal.
     with open_archive_index(root, location):
         pass
-    command = [sys.executable, "-m", "pycomex_index", "watch", "--path", root, "--index", location]
-    command += ["--log-file", files.log_path]
-    if polling:
-        command.append("--polling")
-    if interval is not None:
-        command += ["--interval", repr(float(interval))]
-    if max_watches is not None:
-        command += ["--max-watches", str(int(max_watches))]
-    if reconcile_interval is not None:
-        command += ["--reconcile-interval", repr(float(reconcile_interval))]
+    command = watcher_command(root, location, files.log_path, settings)
     os.makedirs(os.path.dirname(files.log_path), exist_ok=True)
     log_offset = os.path.getsize(files.log_path) if os.path.exists(files.log_path) else 0
     process = subprocess.Popen(
@@ -267,6 +246,15 @@ def start_daemon(
             process.terminate()
             raise DaemonError(f"the daemon did not start within {timeout:g} s; see {files.log_path}")
         time.sleep(0.02)
+
+
+def watcher_command(root: str, location: str, log_path: str, settings: WatchSettings | None = None) -> list[str]:
+    """The command line of a daemon's watcher process: ``watch`` with these settings, logging to ``log_path``."""
+    from pycomex_index.watcher import WatchSettings
+
+    settings = settings if settings is not None else WatchSettings()
+    command = [sys.executable, "-m", "pycomex_index", "watch", "--path", root, "--index", location]
+    return command + ["--log-file", log_path, *settings.to_argv()]
 
 
 def _last_log_error(log_path: str, offset: int) -> str | None:
