@@ -18,21 +18,32 @@ from pycomex_index.cli.common import (
 EXIT_NOT_RUNNING = 3
 
 
+#: The option of ``watch`` and ``daemon start`` that sets each :class:`~pycomex_index.watcher.WatchSettings` field.
+SETTING_OPTIONS = {
+    "polling": "--polling",
+    "poll_interval": "--interval",
+    "max_watches": "--max-watches",
+    "reconcile_interval": "--reconcile-interval",
+}
+
+
 def watcher_options(command):
-    """``--polling``, ``--interval`` and the hidden tuning knobs shared by ``watch`` and ``daemon start``."""
-    command = click.option(
-        "--reconcile-interval", type=click.FloatRange(min=0, min_open=True), default=None, hidden=True
-    )(command)
+    """``--polling``, ``--interval`` and the hidden tuning knobs shared by ``watch`` and ``daemon start``.
+
+    Their values are checked by :class:`~pycomex_index.watcher.WatchSettings` (see :func:`watch_settings`),
+    not here, so the library and the command line keep one rule.
+    """
+    command = click.option("--reconcile-interval", type=float, default=None, hidden=True)(command)
     command = click.option(
         "--max-watches",
-        type=click.IntRange(min=0),
+        type=int,
         default=None,
         hidden=True,
         help="Most inotify watches to use before polling (env PYCOMEX_INDEX_MAX_WATCHES).",
     )(command)
     command = click.option(
         "--interval",
-        type=click.FloatRange(min=0, min_open=True),
+        type=float,
         default=None,
         metavar="SECONDS",
         help="Seconds between two polls when polling (fractions allowed; default 2).",
@@ -43,6 +54,18 @@ def watcher_options(command):
         help="Poll instead of using inotify: for network filesystems, where inotify sees no writes from other hosts.",
     )(command)
     return command
+
+
+def watch_settings(polling: bool, interval: float | None, max_watches: int | None, reconcile_interval: float | None):
+    """The :class:`~pycomex_index.watcher.WatchSettings` these options ask for; a usage error when invalid."""
+    from pycomex_index.watcher import InvalidWatchSettingsError, WatchSettings
+
+    try:
+        return WatchSettings.from_options(
+            polling=polling, poll_interval=interval, max_watches=max_watches, reconcile_interval=reconcile_interval
+        )
+    except InvalidWatchSettingsError as error:
+        raise click.BadParameter(error.reason, param_hint=f"'{SETTING_OPTIONS[error.field]}'") from None
 
 
 @click.command("watch")
@@ -68,6 +91,7 @@ def watch_command(
       pycomex-index watch --once
     """
     path, location = archive_location(ctx, archive_path, index_location)
+    settings = watch_settings(polling, interval, max_watches, reconcile_interval)
     if once:
         from pycomex_index.watcher import watch_once
 
@@ -90,15 +114,7 @@ def watch_command(
             note(f"Watching ({status.note}). Ctrl-C stops.")
 
     try:
-        run_watcher(
-            path,
-            location,
-            polling=polling,
-            interval=interval,
-            max_watches=max_watches,
-            reconcile_interval=reconcile_interval,
-            on_ready=on_ready,
-        )
+        run_watcher(path, location, settings, on_ready=on_ready)
     except DaemonAlreadyRunningError as error:
         if log_file:
             logger.error("%s", error)
@@ -143,14 +159,7 @@ def start_command(ctx, archive_path, index_location, polling, interval, max_watc
     from pycomex_index.daemon import start_daemon
 
     path, location = archive_location(ctx, archive_path, index_location)
-    status = start_daemon(
-        path,
-        location,
-        polling=polling,
-        interval=interval,
-        max_watches=max_watches,
-        reconcile_interval=reconcile_interval,
-    )
+    status = start_daemon(path, location, watch_settings(polling, interval, max_watches, reconcile_interval))
     write_lines([f"Started the daemon for {status.archive} (pid {status.pid}); log: {status.log_file}"])
 
 

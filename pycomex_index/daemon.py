@@ -8,13 +8,10 @@ so a foreground ``watch`` counts as the archive's one watcher too.
 
 The pid file is ``<archive>/.pycomex_index/daemon.pid`` (beside the index
 file instead when the index lives elsewhere, or in the user cache for a
-database URL on a read-only archive). Its owner holds an exclusive ``flock``
-on it for as long as it runs: the kernel drops the lock when the process
-dies, even by SIGKILL, so "is a daemon running" never depends on guessing
-whether a pid was reused. The file is written under a temporary name
-(``O_EXCL``), locked, then hard-linked into place, which is an atomic
-exclusive create (like ``O_EXCL`` on the real name) in which the file is
-never visible empty or unlocked.
+database URL on a read-only archive); how it is held is
+:mod:`pycomex_index.pidfile`'s business. The watcher's settings travel as one
+:class:`~pycomex_index.watcher.WatchSettings`, on the command line of the
+watcher process as :meth:`~pycomex_index.watcher.WatchSettings.to_argv`.
 """
 
 from __future__ import annotations
@@ -29,11 +26,20 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 from pycomex_index.discovery import INDEX_FOLDER_NAME
-from pycomex_index.errors import PycomexIndexError
+from pycomex_index.pidfile import (  # noqa: F401 - DaemonError and the pid-file functions are this module's API too
+    DaemonAlreadyRunningError,
+    DaemonError,
+    held_pid_file,
+    pid_file_owner,
+    remove_stale_pid_file,
+)
 from pycomex_index.store import is_database_url, resolve_archive_root, resolve_index_location
+
+if TYPE_CHECKING:
+    from pycomex_index.watcher import WatchSettings, WatcherStatus
 
 logger = logging.getLogger("pycomex_index.daemon")
 
@@ -47,18 +53,6 @@ START_TIMEOUT_SECONDS = 20.0
 STOP_TIMEOUT_SECONDS = 60.0
 #: Exit status of a watcher process that found another watcher running.
 EXIT_ALREADY_RUNNING = 75
-
-
-class DaemonError(PycomexIndexError):
-    """The daemon could not be started or stopped."""
-
-
-class DaemonAlreadyRunningError(DaemonError):
-    """Another watcher already serves this archive and index."""
-
-    def __init__(self, root: str, pid: int | None) -> None:
-        super().__init__(f"a watcher is already running for {root} (pid {pid})")
-        self.pid = pid
 
 
 @dataclass(frozen=True)
@@ -116,133 +110,15 @@ def _locate(path: str, index: str | None) -> tuple[str, str, DaemonFiles]:
     return root, location, daemon_files(root, location)
 
 
-# ------------------------------------------------------------------ pid file
-
-
-def pid_file_owner(pid_path: str) -> tuple[int | None, bool]:
-    """``(pid written in the file, whether a live process holds it)``; ``(None, False)`` without a file."""
-    import fcntl
-
-    try:
-        fd = os.open(pid_path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None, False
-    try:
-        pid = _read_pid(fd)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return pid, True
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return pid, False
-    finally:
-        os.close(fd)
-
-
-def _read_pid(fd: int) -> int | None:
-    try:
-        return int(os.pread(fd, 64, 0).split()[0])
-    except (ValueError, IndexError, OSError):
-        return None
-
-
-def _remove_stale_pid_file(pid_path: str) -> bool:
-    """Remove a pid file no live process holds; False when its owner is alive after all."""
-    import fcntl
-
-    try:
-        fd = os.open(pid_path, os.O_RDONLY)
-    except FileNotFoundError:
-        return True
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        # Holding the dead file's lock, nobody else can replace it; unlink only that very file.
-        with contextlib.suppress(FileNotFoundError):
-            if _same_file(os.stat(pid_path), os.fstat(fd)):
-                os.unlink(pid_path)
-        return True
-    finally:
-        os.close(fd)
-
-
-def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
-@contextlib.contextmanager
-def held_pid_file(pid_path: str, root: str) -> Iterator[None]:
-    """Be the archive's one watcher for the duration: take the pid file, replacing a stale one, or raise
-    :class:`DaemonAlreadyRunningError`. The file is removed on exit."""
-    os.makedirs(os.path.dirname(pid_path), exist_ok=True)
-    for _ in range(10):
-        fd = _create_pid_file(pid_path)
-        if fd is not None:
-            break
-        pid, alive = pid_file_owner(pid_path)
-        if alive:
-            raise DaemonAlreadyRunningError(root, pid)
-        if _remove_stale_pid_file(pid_path):
-            logger.info("replaced the stale pid file %s (pid %s is gone)", pid_path, pid)
-    else:
-        raise DaemonError(f"could not take the pid file {pid_path}: it keeps changing")
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            if _same_file(os.stat(pid_path), os.fstat(fd)):
-                os.unlink(pid_path)
-        os.close(fd)
-
-
-def _create_pid_file(pid_path: str) -> int | None:
-    """Create the pid file, locked and holding our pid, or None when it exists already."""
-    temporary = f"{pid_path}.{os.getpid()}.tmp"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(temporary)
-    fd = _new_locked_file(temporary)
-    try:
-        os.link(temporary, pid_path)
-    except FileExistsError:
-        os.close(fd)
-        return None
-    except OSError:
-        # No hard links on this filesystem: O_EXCL on the real name, locked at once.
-        os.close(fd)
-        try:
-            return _new_locked_file(pid_path)
-        except FileExistsError:
-            return None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-    return fd
-
-
-def _new_locked_file(path: str) -> int:
-    import fcntl
-
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    os.fsync(fd)
-    return fd
-
-
 # ------------------------------------------------------------- the watcher
 
 
 def run_watcher(
     path: str,
     index: str | None = None,
+    settings: WatchSettings | None = None,
     *,
-    polling: bool = False,
-    interval: float | None = None,
-    max_watches: int | None = None,
-    reconcile_interval: float | None = None,
-    on_ready: Any = None,
+    on_ready: Callable[[WatcherStatus], None] | None = None,
 ) -> None:
     """Run the archive's watcher in this process until SIGTERM/SIGINT (or Ctrl-C), holding the pid file.
 
@@ -251,23 +127,12 @@ def run_watcher(
     file removed. Raises :class:`DaemonAlreadyRunningError` when another
     watcher serves the archive.
     """
-    from pycomex_index.watcher import (
-        DEFAULT_POLL_INTERVAL_SECONDS,
-        DEFAULT_RECONCILE_INTERVAL_SECONDS,
-        ArchiveWatcher,
-    )
+    from pycomex_index.watcher import ArchiveWatcher
 
     root, location, files = _locate(path, index)
     stop = threading.Event()
     with held_pid_file(files.pid_path, root):
-        watcher = ArchiveWatcher(
-            root,
-            location,
-            polling=polling,
-            interval=interval or DEFAULT_POLL_INTERVAL_SECONDS,
-            max_watches=max_watches,
-            reconcile_interval=reconcile_interval or DEFAULT_RECONCILE_INTERVAL_SECONDS,
-        )
+        watcher = ArchiveWatcher(root, location, settings)
         restore = _on_stop_signals(stop.set)
         try:
             watcher.start()
@@ -339,11 +204,8 @@ def configure_logging(log_path: str | None) -> None:
 def start_daemon(
     path: str,
     index: str | None = None,
+    settings: WatchSettings | None = None,
     *,
-    polling: bool = False,
-    interval: float | None = None,
-    max_watches: int | None = None,
-    reconcile_interval: float | None = None,
     timeout: float = START_TIMEOUT_SECONDS,
 ) -> DaemonStatus:
     """Start the archive's watcher as a detached background process and return once it runs."""
@@ -356,16 +218,7 @@ def start_daemon(
     # Open (create, migrate) the index here, so a problem with it is reported in this terminal.
     with open_archive_index(root, location):
         pass
-    command = [sys.executable, "-m", "pycomex_index", "watch", "--path", root, "--index", location]
-    command += ["--log-file", files.log_path]
-    if polling:
-        command.append("--polling")
-    if interval is not None:
-        command += ["--interval", repr(float(interval))]
-    if max_watches is not None:
-        command += ["--max-watches", str(int(max_watches))]
-    if reconcile_interval is not None:
-        command += ["--reconcile-interval", repr(float(reconcile_interval))]
+    command = watcher_command(root, location, files.log_path, settings)
     os.makedirs(os.path.dirname(files.log_path), exist_ok=True)
     log_offset = os.path.getsize(files.log_path) if os.path.exists(files.log_path) else 0
     process = subprocess.Popen(
@@ -395,6 +248,15 @@ def start_daemon(
         time.sleep(0.02)
 
 
+def watcher_command(root: str, location: str, log_path: str, settings: WatchSettings | None = None) -> list[str]:
+    """The command line of a daemon's watcher process: ``watch`` with these settings, logging to ``log_path``."""
+    from pycomex_index.watcher import WatchSettings
+
+    settings = settings if settings is not None else WatchSettings()
+    command = [sys.executable, "-m", "pycomex_index", "watch", "--path", root, "--index", location]
+    return command + ["--log-file", log_path, *settings.to_argv()]
+
+
 def _last_log_error(log_path: str, offset: int) -> str | None:
     try:
         with open(log_path, encoding="utf-8", errors="replace") as file:
@@ -414,7 +276,7 @@ def stop_daemon(path: str, index: str | None = None, *, timeout: float = STOP_TI
     root, _, files = _locate(path, index)
     pid, alive = pid_file_owner(files.pid_path)
     if not alive:
-        _remove_stale_pid_file(files.pid_path)
+        remove_stale_pid_file(files.pid_path)
         return None
     if pid is None:
         raise DaemonError(f"the pid file {files.pid_path} is held but names no process")

@@ -277,3 +277,26 @@ def test_pid_file_and_log_go_beside_an_index_kept_elsewhere(archive, tmp_path):
     finally:
         pycomex_index("daemon", "stop", "--path", str(archive), "--index", str(index))
     assert not pid_files[0].exists()
+
+
+def test_changes_lost_to_a_kernel_queue_overflow_are_found_by_a_rewalk(archive, daemon):
+    # A real IN_Q_OVERFLOW: the daemon is stopped (SIGSTOP) while more events than the kernel queues
+    # happen in a watched folder; the run written after them raises no event that arrives. Only the
+    # re-walk the overflow triggers can find it: the periodic one is 300 s away.
+    queue_limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    if queue_limit > 200_000:
+        pytest.skip(f"fs.inotify.max_queued_events is {queue_limit}: too many events to flood the queue quickly")
+    pid = daemon()["pid"]
+    flood = str(archive / "neural_net" / "flood")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert wait_until(lambda: Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()[0] == b"T")
+        for _ in range(queue_limit // 2 + 100):  # a create and a delete each: more events than the queue holds
+            os.close(os.open(flood, os.O_CREAT | os.O_WRONLY, 0o644))
+            os.unlink(flood)
+        write_run(archive / "neural_net" / "after_the_overflow", status="done")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert wait_until(lambda: index_outcomes(archive).get("neural_net/after_the_overflow") == "done", timeout=20)
+    log = (archive / ".pycomex_index" / "daemon.log").read_text()
+    assert "re-walking the archive: the kernel's inotify queue overflowed" in log

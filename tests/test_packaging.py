@@ -31,6 +31,7 @@ def test_wheel_maps_cli_and_migrations_into_the_package(wheel: Path) -> None:
     for required in (
         "pycomex_index/__init__.py",
         "pycomex_index/cli/__init__.py",
+        "pycomex_index/watcher/__init__.py",  # a subpackage: pyproject's package list must name it
         "pycomex_index/migrations/env.py",
         "pycomex_index/migrations/script.py.mako",
         "pycomex_index/migrations/versions/0001_initial.py",

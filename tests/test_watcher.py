@@ -17,11 +17,10 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from pycomex_index.daemon import DaemonAlreadyRunningError, held_pid_file
 from pycomex_index.db import SqliteFileDatabase
 from pycomex_index.heartbeat import has_fresh_watcher, read_watcher_state
 from pycomex_index.store import ArchiveIndex
-from pycomex_index.watcher import ArchiveWatcher, filesystem_type, is_network_filesystem
+from pycomex_index.watcher import ArchiveWatcher, WatchSettings, filesystem_type, is_network_filesystem
 
 from .conftest import make_metadata
 
@@ -79,8 +78,8 @@ class IndexReader:
 def start_watcher(archive: Path) -> Iterator[Callable[..., ArchiveWatcher]]:
     watchers: list[ArchiveWatcher] = []
 
-    def start(**options: Any) -> ArchiveWatcher:
-        watcher = ArchiveWatcher(str(archive), **options)
+    def start(**settings: Any) -> ArchiveWatcher:
+        watcher = ArchiveWatcher(str(archive), settings=WatchSettings(**settings))
         watcher.start()
         watchers.append(watcher)
         assert watcher.wait_ready(20), watcher.error
@@ -191,7 +190,7 @@ def test_edits_to_finished_runs_are_caught_by_the_periodic_rewalk(archive, start
 
 @pytest.mark.parametrize("polling", [False, True], ids=["inotify", "polling"])
 def test_heartbeat_vouches_while_running_and_is_cleared_on_stop(archive, start_watcher, polling):
-    watcher = start_watcher(polling=polling, interval=0.2)
+    watcher = start_watcher(polling=polling, poll_interval=0.2)
     index = ArchiveIndex(
         db=SqliteFileDatabase(str(archive / ".pycomex_index" / "index.sqlite3")), root=str(archive), archive_id=1, location=""
     )
@@ -206,7 +205,7 @@ def test_heartbeat_vouches_while_running_and_is_cleared_on_stop(archive, start_w
 
 
 def test_watch_limit_hit_while_running_switches_to_polling_and_misses_nothing(archive, start_watcher, reader):
-    watcher = start_watcher(max_watches=FIXTURE_WATCHES + 1, interval=0.2)
+    watcher = start_watcher(max_watches=FIXTURE_WATCHES + 1, poll_interval=0.2)
     assert watcher.status().mode == "inotify"
     for name in ("alpha", "beta", "gamma"):
         write_run(archive / name / "run", status="done")
@@ -223,7 +222,7 @@ def test_running_runs_past_the_watch_budget_are_polled_not_missed(archive, start
     # Killed runs stay "running" forever: many of them must not push the whole archive into polling.
     for number in range(6):
         write_run(archive / "neural_net" / f"killed_{number}", status="running")
-    watcher = start_watcher(max_watches=FIXTURE_WATCHES + 1, interval=0.2)
+    watcher = start_watcher(max_watches=FIXTURE_WATCHES + 1, poll_interval=0.2)
     status = watcher.status()
     assert status.mode == "inotify"
     assert status.watch_count == FIXTURE_WATCHES + 1
@@ -243,35 +242,18 @@ def test_many_polled_running_runs_are_polled_round_robin_at_a_bounded_rate(
 ):
     # 46,000 killed runs polled every 2 s took a third of a core: the polling rate is capped instead,
     # and every run is still seen, a slice per interval.
-    import pycomex_index.watcher as watcher_module
+    import pycomex_index.watcher.watches as watches_module
 
-    monkeypatch.setattr(watcher_module, "POLLED_EXPERIMENTS_PER_SECOND", 10)  # 2 per 0.2 s interval
+    monkeypatch.setattr(watches_module, "POLLED_EXPERIMENTS_PER_SECOND", 10)  # 2 per 0.2 s interval
     for number in range(8):
         write_run(archive / "neural_net" / f"killed_{number}", status="running")
-    watcher = start_watcher(max_watches=FIXTURE_WATCHES, interval=0.2)
+    watcher = start_watcher(max_watches=FIXTURE_WATCHES, poll_interval=0.2)
     assert "8 more running experiments polled every 0.8 s" in watcher.status().note
     for number in range(8):
         write_run(archive / "neural_net" / f"killed_{number}", status="done")
     assert wait_until(
         lambda: all(reader.outcomes().get(f"neural_net/killed_{number}") == "done" for number in range(8)), timeout=5
     )
-
-
-def test_one_watcher_per_archive_by_the_pid_file(tmp_path):
-    pid_path = str(tmp_path / "daemon.pid")
-    with held_pid_file(pid_path, "archive"):
-        assert Path(pid_path).read_text().strip() == str(os.getpid())
-        with pytest.raises(DaemonAlreadyRunningError, match=f"pid {os.getpid()}"):
-            with held_pid_file(pid_path, "archive"):
-                pass
-    assert not Path(pid_path).exists()
-
-
-def test_a_pid_file_nobody_holds_is_stale_and_replaced(tmp_path):
-    pid_path = tmp_path / "daemon.pid"
-    pid_path.write_text("999999\n")
-    with held_pid_file(str(pid_path), "archive"):
-        assert pid_path.read_text().strip() == str(os.getpid())
 
 
 def test_watch_once_catches_up_and_exits(archive, run_cli):
