@@ -67,18 +67,65 @@ def archive_location(ctx: click.Context, archive_path: str | None, index_locatio
     )
 
 
+#: Commands that only read the index: they may use an index that cannot be written (saying so once).
+READ_COMMAND_NAMES = frozenset({"list", "tail", "overview", "info", "scan", "status"})
+
+
 @contextlib.contextmanager
 def opened_index(ctx: click.Context, archive_path: str | None, index_location: str | None, *, refresh: bool = True):
-    """Open the archive's index and (unless told not to) bring it up to date first, with a progress bar."""
-    from pycomex_index.store import open_archive_index
+    """Open the archive's index and (unless told not to) bring it up to date first, with a progress bar.
+
+    Damage the database reports while opening or refreshing is mended and the
+    command goes on (nothing has been shown yet). Damage reported later, while
+    the command works, is mended too, but the command fails: it may have shown
+    half a result or changed files, so only the user may run it again. A read
+    command on an index that cannot be written reads it as it is, with a warning.
+    """
+    from pycomex_index.errors import IndexDamagedError, IndexReadOnlyError
+    from pycomex_index.store import open_archive_index, recover_damaged_index
     from pycomex_index.sync import refresh_index
 
     path, location = archive_location(ctx, archive_path, index_location)
-    with open_archive_index(path, location) as index:
-        if refresh:
+    reads_only = ctx.command.name in READ_COMMAND_NAMES
+
+    for attempt in (1, 2):
+        index = open_archive_index(path, location, allow_read_only=reads_only)
+        if index.read_only:
+            warn(f"the index {index.location} cannot be written, so it could not be updated; results may be stale")
+            break
+        if not refresh:
+            break
+        try:
             with progress_bar("Indexing experiments") as on_progress:
                 refresh_index(index, on_progress=on_progress)
+            break
+        except IndexReadOnlyError as error:
+            if not reads_only:
+                index.close()
+                raise
+            warn(f"the index could not be updated ({error}); results may be stale")
+            break
+        except IndexDamagedError as error:
+            if attempt == 2:
+                index.close()
+                raise
+            recover_damaged_index(index, error)  # closes it; the next round opens the fresh index
+        except BaseException:
+            index.close()
+            raise
+    try:
         yield index
+    except IndexDamagedError as error:
+        if error.recovered:
+            raise
+        recover_damaged_index(index, error)
+        raise IndexDamagedError(
+            f"{error}; it was set aside and a fresh index was made (see the warning above): run the command again",
+            error.location,
+            recovered=True,
+        ) from None
+    finally:
+        index.close()
 
 
 @contextlib.contextmanager
@@ -251,13 +298,11 @@ def describe_error(error: BaseException) -> tuple[str, int]:
     """A one-line message and exit code for any error that reaches the CLI."""
     import errno
 
-    from pycomex_index.errors import PycomexIndexError
+    from pycomex_index.db import FULL_MESSAGE
+    from pycomex_index.errors import IndexFullError, PycomexIndexError
 
     if isinstance(error, PycomexIndexError):
         return str(error), error.exit_code
-    text = str(error)
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC or "disk is full" in text or "database or disk is full" in text:
-        return "no space left on the device; nothing was lost, free some space and run the command again", 1
-    if "database is locked" in text:
-        return "the index is busy (another pycomex-index process is writing); try again", 1
-    return f"{type(error).__name__}: {text} (set PYCOMEX_INDEX_DEBUG=1 for a traceback)", 1
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:  # a full disk met outside the index (a ZIP, a file)
+        return FULL_MESSAGE, IndexFullError.exit_code
+    return f"{type(error).__name__}: {error} (set PYCOMEX_INDEX_DEBUG=1 for a traceback)", 1

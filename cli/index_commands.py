@@ -22,11 +22,19 @@ def sync_command(ctx: click.Context, archive_path, index_location, rebuild: bool
     """
     from dataclasses import asdict
 
+    from pycomex_index.errors import IndexDamagedError
     from pycomex_index.sync import sync_archive
 
-    with opened_index(ctx, archive_path, index_location, refresh=False) as index:
-        with progress_bar("Indexing experiments") as on_progress:
-            report = sync_archive(index, rebuild=rebuild, on_progress=on_progress)
+    for attempt in (1, 2):
+        try:
+            with opened_index(ctx, archive_path, index_location, refresh=False) as index:
+                with progress_bar("Indexing experiments") as on_progress:
+                    report = sync_archive(index, rebuild=rebuild, on_progress=on_progress)
+            break
+        except IndexDamagedError as error:
+            # Damage met mid-sync was mended (set aside, salvaged) and nothing was shown: sync the fresh index.
+            if attempt == 2 or not error.recovered:
+                raise
     if as_json:
         write_json({**asdict(report), "index": index.location, "archive": index.root})
         return

@@ -1,4 +1,10 @@
-"""The library's exception types; the CLI turns each into a one-line error."""
+"""The library's exception types; the CLI turns each into a one-line error.
+
+Exit codes: 1 for a failure the user acts on, 2 for bad input (a usage
+error), and for the index database the codes of BSD's ``sysexits.h``, so a
+script can tell "try again later" (75) from "free some space" (74), "the
+index was damaged" (65) and "the index cannot be written" (77).
+"""
 
 from __future__ import annotations
 
@@ -23,6 +29,49 @@ class SelectionError(PycomexIndexError):
 
 class IndexUnavailableError(PycomexIndexError):
     """The index cannot be opened or written (permissions, disk full, unsupported URL)."""
+
+
+class NotAnIndexError(IndexUnavailableError):
+    """``--index`` names something that is not a pycomex-index index (a device, a folder, a user's own file).
+
+    Such a file is never renamed or written; the user named the wrong thing.
+    """
+
+    exit_code = 2
+
+
+class IndexBusyError(IndexUnavailableError):
+    """Another connection held the index's write lock for longer than the busy timeout (EX_TEMPFAIL)."""
+
+    exit_code = 75
+
+
+class IndexFullError(IndexUnavailableError):
+    """The disk (or database quota) is full; the transaction was rolled back (EX_IOERR)."""
+
+    exit_code = 74
+
+
+class IndexDamagedError(IndexUnavailableError):
+    """The database reports damaged pages or a file that is not a database (EX_DATAERR).
+
+    ``location`` is the file (or URL) that reported it, so the caller can set
+    a file aside and rebuild it (``store.recover_damaged_index``).
+    """
+
+    exit_code = 65
+
+    def __init__(self, message: str, location: str | None = None, *, recovered: bool = False) -> None:
+        super().__init__(message)
+        self.location = location
+        #: The damaged file was already set aside and replaced; nothing is left to mend.
+        self.recovered = recovered
+
+
+class IndexReadOnlyError(IndexUnavailableError):
+    """The index file cannot be written (immutable, no write permission, read-only mount) (EX_NOPERM)."""
+
+    exit_code = 77
 
 
 class ExportError(PycomexIndexError):

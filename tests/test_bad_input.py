@@ -210,3 +210,115 @@ def test_an_index_with_a_valid_header_but_damaged_pages_is_rebuilt(archive: Path
     assert result.exit_code == 0, result.output
     assert len(result.stdout.splitlines()) == 8
     assert "unusable" in result.stderr
+
+
+# ------------------------------------------------------------------ the index database: locked, full, foreign
+# (helper-c: issue 9 items 2-3, issue 10 item 5)
+
+import os  # noqa: E402
+import sqlite3  # noqa: E402
+import subprocess  # noqa: E402
+
+
+def test_a_locked_index_is_a_one_line_busy_error(archive: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert run_cli("archive", "list", "--path", str(archive)).exit_code == 0
+    holder = sqlite3.connect(archive / ".pycomex_index" / "index.sqlite3", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setenv("PYCOMEX_INDEX_BUSY_TIMEOUT", "0.2")
+    try:
+        result = run_cli("index", "sync", "--path", str(archive))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    _assert_one_line_error(result, 75, "the index is busy (another pycomex-index process is writing); try again")
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path: Path):
+    """A 1 MiB tmpfs (needs root), unmounted afterwards."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tiny tmpfs here: {mounted.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], capture_output=True)
+
+
+def test_a_full_disk_under_the_index_is_a_one_line_error(archive: Path, tiny_filesystem: Path, run_cli) -> None:
+    index_file = tiny_filesystem / "index.sqlite3"
+    assert run_cli("archive", "list", "--path", str(archive), "--index", str(index_file)).exit_code == 0
+    filler = tiny_filesystem / "filler"
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(descriptor, b"\0" * 4096):
+            pass
+    except OSError:  # ENOSPC: the filesystem is full
+        pass
+    finally:
+        os.close(descriptor)
+    for number in range(40):  # something new to write into the index
+        write_meta(archive / "more" / f"run_{number}", make_metadata(description="x" * 2000))
+    result = run_cli("index", "sync", "--path", str(archive), "--index", str(index_file))
+    _assert_one_line_error(result, 74, "no space left on the device; nothing was lost")
+    filler.unlink()
+    assert run_cli("index", "sync", "--path", str(archive), "--index", str(index_file)).exit_code == 0
+
+
+FOREIGN_FILES = {
+    "notes.txt": b"my notes, not an index\n" * 50,
+    "paper.pdf": b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog >>\nendobj\n" + bytes(range(256)) * 20,
+}
+
+
+@pytest.mark.parametrize("name", sorted(FOREIGN_FILES))
+def test_index_option_naming_a_users_file_refuses_and_leaves_it_untouched(archive: Path, tmp_path: Path, run_cli, name: str) -> None:
+    folder = tmp_path / "documents"
+    folder.mkdir()
+    (folder / name).write_bytes(FOREIGN_FILES[name])
+    result = run_cli("archive", "list", "--path", str(archive), "--index", str(folder / name))
+    _assert_one_line_error(result, 2, "is not a pycomex-index index")
+    assert os.listdir(folder) == [name]
+    assert (folder / name).read_bytes() == FOREIGN_FILES[name]
+
+
+def test_index_option_naming_another_applications_damaged_database_refuses(archive: Path, tmp_path: Path, run_cli) -> None:
+    database = tmp_path / "accounts.sqlite3"
+    connection = sqlite3.connect(database)
+    connection.execute("CREATE TABLE ledger (id INTEGER PRIMARY KEY, note TEXT)")
+    connection.executemany("INSERT INTO ledger (note) VALUES (?)", [("entry %d " % n * 40,) for n in range(2000)])
+    connection.commit()
+    connection.close()
+    data = bytearray(database.read_bytes())
+    middle = len(data) // 2 // 4096 * 4096
+    data[middle : middle + 8192] = b"\xa5" * 8192  # header and page 1 intact, pages in the middle wrecked
+    database.write_bytes(bytes(data))
+    result = run_cli("archive", "list", "--path", str(archive), "--index", str(database))
+    _assert_one_line_error(result, 2, "not made by pycomex-index")
+    assert database.read_bytes() == bytes(data)
+    assert not [name for name in os.listdir(tmp_path) if name.startswith("accounts.sqlite3") and name != "accounts.sqlite3"]
+
+
+@pytest.mark.parametrize("target", ["/dev/null", "folder"])
+def test_index_option_naming_a_device_or_folder_is_refused_without_litter(archive: Path, tmp_path: Path, run_cli, target: str) -> None:
+    if target == "folder":
+        (tmp_path / "folder").mkdir()
+        target = str(tmp_path / "folder")
+    had_lock = os.path.lexists(target + ".lock")
+    result = run_cli("archive", "list", "--path", str(archive), "--index", target)
+    _assert_one_line_error(result, 2, "not a regular file" if target == "/dev/null" else "is a folder")
+    assert os.path.lexists(target + ".lock") == had_lock
+    assert not any(os.path.lexists(target + suffix) for suffix in ("-wal", "-shm", "-journal"))
+
+
+def test_a_users_file_that_is_a_damaged_pycomex_index_is_set_aside(archive: Path, tmp_path: Path, run_cli) -> None:
+    """Named with --index, outside our folders: our mark in its header makes it ours to rebuild."""
+    index_file = tmp_path / "indexes" / "results.sqlite3"
+    assert run_cli("archive", "list", "--path", str(archive), "--index", str(index_file)).exit_code == 0
+    data = bytearray(index_file.read_bytes())
+    data[100:4096] = b"\xff" * (4096 - 100)  # the schema page wrecked: only the header's mark says whose it is
+    index_file.write_bytes(bytes(data))
+    result = run_cli("archive", "list", "--path", str(archive), "--index", str(index_file))
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 8 and "unusable" in result.stderr
+    assert len([path for path in index_file.parent.glob("results.sqlite3.damaged-*") if not path.name.endswith(("-wal", "-shm"))]) == 1

@@ -20,6 +20,7 @@ from typing import Iterator
 import pytest
 
 from pycomex_index.atomic import TEMPORARY_SUFFIX, write_atomic
+from pycomex_index.errors import IndexFullError
 from tests.conftest import make_metadata, write_meta
 from tests.helpers_write import assert_index_matches_disk, generate_archive, query
 
@@ -92,7 +93,7 @@ def test_compress_on_a_full_disk_leaves_no_temporary_and_no_zip(tmp_path: Path, 
 
     result = run_cli("archive", "compress", "--path", str(archive), "--all", "--name", str(target))
 
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == IndexFullError.exit_code, result.output
     assert _one_error_line(result) == f"Error: {NO_SPACE}, free some space and run the command again"
     assert os.listdir(tiny_filesystem.path) == []  # neither the ZIP nor its temporary
     assert _files(archive) == before
@@ -168,7 +169,7 @@ def test_index_on_a_full_disk_is_a_clear_error_and_loses_nothing(
     else:
         result = run_cli("archive", *index, "modify", "--all", "--modify-metadata", "m['note'] = 'x' * 20000")
 
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == IndexFullError.exit_code, result.output
     assert NO_SPACE in _one_error_line(result)
     for name, content in _files(archive).items():
         if content != original[name]:  # a modify may have written some files before the index filled up

@@ -177,3 +177,231 @@ def test_the_index_database_is_a_plain_sqlite_file_other_tools_can_read(archive:
     assert connection.execute("SELECT COUNT(*) FROM experiments").fetchone()[0] == 8
     assert connection.execute("SELECT COUNT(*) FROM experiment_fields").fetchone()[0] == 8
     connection.close()
+
+
+# ------------------------------------------------------------------------- a damaged or unwritable index heals
+
+import os  # noqa: E402
+import random  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+import pytest  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+from pycomex_index.cli import cli  # noqa: E402
+from tests.conftest import make_metadata, write_meta  # noqa: E402
+
+DAMAGE_EXPERIMENTS = 300
+#: Which b-tree to damage, and a query that reads all of it (so the test can prove SQLite reports SQLITE_CORRUPT).
+DAMAGE_TARGETS = {
+    "experiments": "SELECT * FROM experiments NOT INDEXED",
+    "experiment_fields": "SELECT * FROM experiment_fields",
+    "ix_experiments_stamps": "SELECT archive_id, rel_path, meta_mtime_ns FROM experiments INDEXED BY ix_experiments_stamps WHERE archive_id > 0",
+    "ix_experiments_listing": "SELECT archive_id, start_time, rel_path FROM experiments INDEXED BY ix_experiments_listing WHERE archive_id > 0",
+    "modify_journal": "SELECT * FROM modify_journal",
+}
+
+
+def _invoke(*args: str, env: dict[str, str]):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False, env=env)
+
+
+@pytest.fixture(scope="module")
+def damage_site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A pristine archive of 300 runs whose index holds a modify journal (300 entries) and an export (300 members).
+
+    Built once; ``damaged_archive`` copies it back into the same place for each
+    test, since the index stores the archive's absolute path.
+    """
+    base = tmp_path_factory.mktemp("damage")
+    env = {"PYCOMEX_INDEX_NO_PROGRESS": "1", "XDG_CACHE_HOME": str(base / "cache"), "PYCOMEX_INDEX": ""}
+    pristine = base / "pristine"
+    for number in range(DAMAGE_EXPERIMENTS):
+        write_meta(
+            pristine / f"sweep_{number % 7}" / f"run_{number:04d}",
+            make_metadata(start_time=1700000000.0 + number, parameters={"LEARNING_RATE": number / 1000, "BATCH_SIZE": 32}),
+        )
+    for args in (
+        ("archive", "list"),
+        ("archive", "modify", "--all", "--modify-parameters", "p['BATCH_SIZE'] = 64"),
+        ("archive", "compress", "--all", "--name", str(base / "backup.zip")),
+    ):
+        result = _invoke(*args, "--path", str(pristine), env=env)
+        assert result.exit_code == 0, result.output
+    index_file = pristine / ".pycomex_index" / "index.sqlite3"
+    assert not Path(f"{index_file}-wal").exists()  # checkpointed on close: every page is in the main file
+    return {"base": base, "pristine": pristine, "live": base / "results"}
+
+
+@pytest.fixture
+def damaged_archive(damage_site: dict[str, Path]) -> Path:
+    live = damage_site["live"]
+    shutil.rmtree(live, ignore_errors=True)
+    # The archive keeps its absolute path (the index records it); the pristine copy's root is rewritten.
+    shutil.copytree(damage_site["pristine"], live)
+    connection = sqlite3.connect(live / ".pycomex_index" / "index.sqlite3")
+    connection.execute("UPDATE archives SET root = ?", (str(live),))
+    connection.commit()
+    connection.close()
+    return live
+
+
+def _leaf_pages(database: Path, btree: str) -> list[int]:
+    connection = sqlite3.connect(database)
+    pages = [row[0] for row in connection.execute("SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY pageno", (btree,))]
+    connection.close()
+    return pages
+
+
+def _wreck_pages(database: Path, pages: list[int], seed: int = 9) -> None:
+    """Overwrite whole pages with garbage; the 100-byte header and page 1 (the schema) are never touched."""
+    page_size = 4096
+    assert 1 not in pages
+    garbage = random.Random(seed)
+    with open(database, "r+b") as file:
+        for page in pages:
+            file.seek((page - 1) * page_size)
+            file.write(bytes(garbage.randrange(256) for _ in range(page_size)))
+
+
+def _damage(database: Path, btree: str) -> None:
+    leaves = _leaf_pages(database, btree)
+    assert len(leaves) >= 3, leaves  # a first and a last page stay readable around the damage
+    middle = len(leaves) // 2
+    _wreck_pages(database, leaves[middle - 1 : middle + 1] if len(leaves) >= 5 else leaves[middle : middle + 1])
+    connection = sqlite3.connect(database)
+    with pytest.raises(sqlite3.DatabaseError) as raised:
+        connection.execute(DAMAGE_TARGETS[btree]).fetchall()
+    connection.close()
+    assert raised.value.sqlite_errorname == "SQLITE_CORRUPT"
+
+
+def _salvaged(database: Path) -> dict[str, int]:
+    connection = sqlite3.connect(database)
+    counts = {table: connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in ("modify_runs", "modify_journal", "exports", "export_members")}
+    connection.close()
+    return counts
+
+
+#: (command, a b-tree it reads, whether it succeeds at once): damage met while opening or refreshing, or by
+#: ``index sync``, is mended and the command goes on; damage met while a command shows its result is mended
+#: and the command fails once ("run the command again"), since it may have shown half a listing.
+DAMAGE_CASES = [
+    (["index", "sync"], "ix_experiments_stamps", True),
+    (["archive", "list"], "experiments", False),
+    (["archive", "list", "--select", "p['LEARNING_RATE'] >= 0"], "experiment_fields", False),
+    (["archive", "tail", "-n", "300"], "ix_experiments_listing", False),
+    (["index", "sync", "--rebuild"], "experiments", True),
+    (["index", "sync", "--rebuild"], "experiment_fields", True),
+    (["index", "sync", "--rebuild"], "ix_experiments_stamps", True),
+]
+
+
+@pytest.mark.parametrize(("command", "btree", "at_once"), DAMAGE_CASES, ids=lambda value: " ".join(value) if isinstance(value, list) else str(value))
+def test_damaged_pages_are_set_aside_and_rebuilt_keeping_journal_and_exports(
+    damaged_archive: Path, run_cli, command: list[str], btree: str, at_once: bool
+) -> None:
+    index_file = damaged_archive / ".pycomex_index" / "index.sqlite3"
+    _damage(index_file, btree)
+
+    first = run_cli(*command, "--path", str(damaged_archive))
+    assert "Traceback" not in first.output
+    if at_once:
+        assert first.exit_code == 0, first.output
+    else:
+        assert first.exit_code == 65, first.output
+        errors = [line for line in first.stderr.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and "run the command again" in errors[0] and "malformed" in errors[0], first.stderr
+    second = run_cli(*command, "--path", str(damaged_archive))
+    assert second.exit_code == 0, second.output
+    if command[:2] == ["archive", "list"]:
+        assert len(second.stdout.splitlines()) == DAMAGE_EXPERIMENTS
+
+    set_aside = [path for path in index_file.parent.glob("index.sqlite3.damaged-*") if not path.name.endswith(("-wal", "-shm"))]
+    assert len(set_aside) == 1
+    warnings = [line for line in first.stderr.splitlines() if "unusable" in line]
+    assert len(warnings) == 1 and "kept 1 modify runs with 300 journal entries and 1 exports with 300 members" in warnings[0]
+    assert _salvaged(index_file) == {"modify_runs": 1, "modify_journal": 300, "exports": 1, "export_members": 300}
+    status = json.loads(run_cli("index", "status", "--path", str(damaged_archive), "--json").stdout)
+    assert status["experiments"] == DAMAGE_EXPERIMENTS and len(status["exports"]) == 1
+
+
+def test_undo_works_after_the_index_was_rebuilt(damaged_archive: Path, run_cli) -> None:
+    index_file = damaged_archive / ".pycomex_index" / "index.sqlite3"
+    _damage(index_file, "experiments")
+    run_cli("archive", "list", "--path", str(damaged_archive))
+    run_cli("archive", "list", "--path", str(damaged_archive))
+    result = run_cli("archive", "undo", "--path", str(damaged_archive), "--yes")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.endswith(f"Restored {DAMAGE_EXPERIMENTS} files.\n")
+    listed = json.loads(run_cli("archive", "list", "--path", str(damaged_archive), "--select", "p['BATCH_SIZE'] == 32", "--json").stdout)
+    assert len(listed) == DAMAGE_EXPERIMENTS
+
+
+def test_a_damaged_journal_keeps_its_readable_entries_and_says_what_was_lost(damaged_archive: Path, run_cli) -> None:
+    index_file = damaged_archive / ".pycomex_index" / "index.sqlite3"
+    _damage(index_file, "modify_journal")
+    result = run_cli("archive", "undo", "--path", str(damaged_archive), "--yes")
+    assert result.exit_code == 65, result.output
+    assert result.stderr.count("Error:") == 1 and "run the command again" in result.stderr
+    warning = next(line for line in result.stderr.splitlines() if "unusable" in line)
+    assert "some were on damaged pages: modify_journal" in warning
+    kept = _salvaged(index_file)
+    assert kept["modify_runs"] == 1 and kept["exports"] == 1 and kept["export_members"] == 300
+    assert 200 < kept["modify_journal"] < 300  # two leaf pages lost, the rest read past them
+    (aside,) = [path for path in index_file.parent.glob("index.sqlite3.damaged-*") if not path.name.endswith(("-wal", "-shm"))]
+    assert aside.stat().st_size > 0  # the lost entries stay in the file set aside
+
+
+# ------------------------------------------------------------------------- an index that cannot be written
+
+
+@pytest.fixture
+def real_disk_folder():
+    """A folder on the real disk (chattr does not work on tmpfs), removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="pycomex-index-test-", dir="/var/tmp"))
+    yield folder
+    subprocess.run(["chattr", "-R", "-i", str(folder)], capture_output=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _make_unwritable(path: Path, how: str) -> None:
+    if how == "chattr":
+        result = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"chattr +i does not work here: {result.stderr.strip()}")
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root ignores permission bits; the chattr case covers an unwritable index here")
+        path.chmod(0o444)
+
+
+@pytest.mark.parametrize("how", ["chattr", "chmod"])
+def test_an_unwritable_index_serves_reads_with_one_warning_and_refuses_writes(real_disk_folder: Path, run_cli, how: str) -> None:
+    from tests.conftest import FIXTURE_ARCHIVE, _copy_writable
+
+    archive = _copy_writable(FIXTURE_ARCHIVE, real_disk_folder / "results")
+    assert run_cli("archive", "list", "--path", str(archive)).exit_code == 0
+    index_file = archive / ".pycomex_index" / "index.sqlite3"
+    before = index_file.read_bytes()
+    _make_unwritable(index_file, how)
+
+    for command in (["archive", "list"], ["archive", "overview"], ["archive", "scan"], ["index", "status"]):
+        result = run_cli(*command, "--path", str(archive))
+        assert result.exit_code == 0, result.output
+        warnings = [line for line in result.stderr.splitlines() if line.startswith("Warning:")]
+        assert len(warnings) == 1 and "could not be updated" in warnings[0] and "stale" in warnings[0], result.stderr
+    assert len(run_cli("archive", "list", "--path", str(archive)).stdout.splitlines()) == 8
+
+    for command in (
+        ["archive", "delete", "--all", "--yes"],
+        ["archive", "modify", "--all", "--modify-parameters", "p['X'] = 1"],
+        ["index", "sync"],
+    ):
+        result = run_cli(*command, "--path", str(archive))
+        assert result.exit_code == 77, result.output
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and "cannot be written" in errors[0], result.stderr
+    assert index_file.read_bytes() == before
+    assert len(list(archive.rglob("experiment_meta.json"))) == 8
