@@ -28,7 +28,8 @@ from typing import Callable, Iterator, Sequence
 from pycomex_index.atomic import atomic_writer
 from pycomex_index.discovery import METADATA_FILE_NAME
 from pycomex_index.errors import ExportError
-from pycomex_index.operations import SelectedExperiment, UnsafePathError, experiment_folder, is_within
+from pycomex_index.operations import SelectedExperiment
+from pycomex_index.paths import UnsafePathError, experiment_folder, is_within
 from pycomex_index.store import ArchiveIndex
 
 logger = logging.getLogger("pycomex_index")

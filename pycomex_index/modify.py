@@ -28,12 +28,8 @@ from typing import Any, Iterable, Iterator
 from pycomex_index.atomic import is_read_only, remove_stale_temporaries, write_atomic
 from pycomex_index.discovery import METADATA_FILE_NAME, parameter_values, parse_metadata_bytes
 from pycomex_index.errors import UndoError
-from pycomex_index.operations import (
-    SelectedExperiment,
-    UnsafePathError,
-    experiment_folder,
-    reindex_experiment,
-)
+from pycomex_index.operations import SelectedExperiment, reindex_experiment
+from pycomex_index.paths import UnsafePathError, experiment_folder
 from pycomex_index.selection import TIME_KEYS, CompiledExpression, PosixTime, build_metadata, evaluation_globals
 from pycomex_index.store import ArchiveIndex
 
