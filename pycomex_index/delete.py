@@ -31,6 +31,7 @@ from typing import Iterable, Iterator
 
 from pycomex_index.atomic import fsync_folder
 from pycomex_index.discovery import INDEX_FOLDER_NAME, METADATA_FILE_NAME
+from pycomex_index.exports import exported_paths
 from pycomex_index.formatting import plural
 from pycomex_index.operations import SelectedExperiment, select_experiments
 from pycomex_index.paths import UnsafePathError, experiment_folder, is_within, owner_still_running
@@ -72,8 +73,6 @@ def plan_delete(
     failures: EvaluationFailures | None = None,
 ) -> DeletePlan:
     """Choose the experiments to delete (``selection`` None means all) without changing anything."""
-    from pycomex_index.compress import exported_paths
-
     selected = select_experiments(index, selection, failures)
     plan = DeletePlan(targets=[])
     for experiment in selected:
