@@ -1,4 +1,4 @@
-"""``archive modify`` and ``archive undo``: rewrite experiment_meta.json files with user code, reversibly.
+"""``archive modify``: rewrite experiment_meta.json files with user code, reversibly.
 
 For each selected experiment the file is read from disk, ``m`` and ``p`` are
 built as in ``--select`` (derived ``m['path']``/``m['name']``, date-aware
@@ -11,23 +11,21 @@ new name). Derived keys are written only when the code changed them, and
 times are written as plain numbers.
 
 Writing one experiment is: journal its current content under the run's id
-(index), replace the file atomically keeping its permissions (disk), re-read
-it into the index (index). :func:`undo_modify` puts journaled contents back,
-but only into files that still hold exactly what the modify wrote.
+(index, :mod:`pycomex_index.journal`), replace the file atomically keeping its
+permissions (disk), re-read it into the index (index).
+:mod:`pycomex_index.undo` puts journaled contents back.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
-from pycomex_index.atomic import is_read_only, remove_stale_temporaries, write_atomic
+from pycomex_index.atomic import is_read_only, write_atomic
 from pycomex_index.discovery import METADATA_FILE_NAME, parameter_values, parse_metadata_bytes
-from pycomex_index.errors import UndoError
+from pycomex_index.journal import ModifyJournal
 from pycomex_index.operations import SelectedExperiment, reindex_experiment
 from pycomex_index.paths import UnsafePathError, experiment_folder
 from pycomex_index.selection import TIME_KEYS, CompiledExpression, PosixTime, build_metadata, evaluation_globals
@@ -107,7 +105,13 @@ def modify_experiments(
     for this call, created when the first file changes) and rewritten; a dry
     run reads files and touches neither the disk nor the index.
     """
-    journal = None if dry_run else _Journal(index, code)
+    journal = None
+    if not dry_run:
+        journal = ModifyJournal(
+            index,
+            parameters_code=code.parameters.source if code.parameters else None,
+            metadata_code=code.metadata.source if code.metadata else None,
+        )
     try:
         for target in targets:
             yield _modify_one(index, target, code, journal)
@@ -117,7 +121,7 @@ def modify_experiments(
 
 
 def _modify_one(
-    index: ArchiveIndex, target: SelectedExperiment, code: ModifyCode, journal: _Journal | None
+    index: ArchiveIndex, target: SelectedExperiment, code: ModifyCode, journal: ModifyJournal | None
 ) -> ExperimentModification:
     rel_path = target.rel_path
     if target.read_error:
@@ -361,209 +365,3 @@ def _changes(original: dict[str, Any], final: dict[str, Any], renames: dict[str,
         if not _json_equal(before, after):
             changes.append(FieldChange("metadata", key, before, after))
     return changes
-
-
-class _Journal:
-    """The ``modify_runs`` row of one modify and its ``modify_journal`` entries, written before each file."""
-
-    def __init__(self, index: ArchiveIndex, code: ModifyCode) -> None:
-        self.index = index
-        self.code = code
-        self.run_id: int | None = None
-        self.entries = 0
-
-    def record(self, rel_path: str, previous: bytes, written: bytes) -> int:
-        db = self.index.db
-        with db.transaction():
-            if self.run_id is None:
-                self.run_id = list(
-                    db.execute(
-                        "INSERT INTO modify_runs (archive_id, started_at, parameters_code, metadata_code) "
-                        "VALUES (:archive_id, :now, :parameters_code, :metadata_code) RETURNING id",
-                        {
-                            "archive_id": self.index.archive_id,
-                            "now": time.time(),
-                            "parameters_code": self.code.parameters.source if self.code.parameters else None,
-                            "metadata_code": self.code.metadata.source if self.code.metadata else None,
-                        },
-                    )
-                )[0][0]
-            db.execute(
-                "INSERT INTO modify_journal (run_id, rel_path, previous_content, written_sha256) "
-                "VALUES (:run_id, :rel_path, :previous, :sha256)",
-                {
-                    "run_id": self.run_id,
-                    "rel_path": rel_path,
-                    "previous": previous.decode("utf-8"),
-                    "sha256": hashlib.sha256(written).hexdigest(),
-                },
-            )
-        self.entries += 1
-        return self.run_id
-
-    def forget(self, rel_path: str) -> None:
-        """Drop the entry of a file that could not be written after all."""
-        with self.index.db.transaction():
-            self.index.db.execute(
-                "DELETE FROM modify_journal WHERE run_id = :run_id AND rel_path = :rel_path",
-                {"run_id": self.run_id, "rel_path": rel_path},
-            )
-        self.entries -= 1
-
-    def finish(self) -> None:
-        if self.run_id is None:
-            return
-        db = self.index.db
-        with db.transaction():
-            if self.entries:
-                db.execute(
-                    "UPDATE modify_runs SET finished_at = :now WHERE id = :run_id", {"now": time.time(), "run_id": self.run_id}
-                )
-            else:
-                db.execute("DELETE FROM modify_runs WHERE id = :run_id", {"run_id": self.run_id})
-
-
-# ------------------------------------------------------------------------------------------------ undo
-
-
-RESTORE, ALREADY_RESTORED, CONFLICT = "restore", "already restored", "conflict"
-RESTORED, REFUSED = "restored", "refused"
-
-
-@dataclass(frozen=True, slots=True)
-class ModifyRunInfo:
-    """A journaled modify: its id, when it ran, the code, how many files it changed."""
-
-    id: int
-    started_at: float
-    finished_at: float | None
-    parameters_code: str | None
-    metadata_code: str | None
-    file_count: int
-
-
-@dataclass(frozen=True, slots=True)
-class UndoItem:
-    """One journaled file and what undo would do with it (restore, nothing, or refuse and why)."""
-
-    rel_path: str
-    action: str
-    reason: str | None = None
-
-
-@dataclass
-class UndoPlan:
-    run: ModifyRunInfo
-    items: list[UndoItem]
-
-    def with_action(self, action: str) -> list[UndoItem]:
-        return [item for item in self.items if item.action == action]
-
-
-@dataclass(frozen=True, slots=True)
-class UndoOutcome:
-    rel_path: str
-    status: str
-    reason: str | None = None
-
-
-def modify_runs(index: ArchiveIndex, *, include_undone: bool = False) -> list[ModifyRunInfo]:
-    """The journaled modifies of this archive, newest first."""
-    where = "" if include_undone else " AND r.undone_at IS NULL"
-    return [
-        ModifyRunInfo(*row)
-        for row in index.db.execute(
-            "SELECT r.id, r.started_at, r.finished_at, r.parameters_code, r.metadata_code, "
-            "(SELECT COUNT(*) FROM modify_journal j WHERE j.run_id = r.id) "
-            f"FROM modify_runs r WHERE r.archive_id = :archive_id{where} ORDER BY r.id DESC",
-            {"archive_id": index.archive_id},
-        )
-    ]
-
-
-def plan_undo(index: ArchiveIndex, run_id: int | None = None) -> UndoPlan | None:
-    """What undoing modify ``run_id`` (default: the last one not undone) would do; None when there is none."""
-    if run_id is None:
-        runs = [run for run in modify_runs(index) if run.file_count]
-        if not runs:
-            return None
-        run = runs[0]
-    else:
-        row = index.db.fetch_one(
-            "SELECT undone_at FROM modify_runs WHERE id = :run_id AND archive_id = :archive_id",
-            {"run_id": run_id, "archive_id": index.archive_id},
-        )
-        if row is None:
-            raise UndoError(f"there is no modify with id {run_id} in this archive")
-        if row[0] is not None:
-            raise UndoError(f"modify {run_id} was already undone")
-        run = next(run for run in modify_runs(index) if run.id == run_id)
-    items = [
-        _undo_item(index, rel_path, previous, written_sha256)
-        for rel_path, previous, written_sha256 in _journal_entries(index, run.id)
-    ]
-    return UndoPlan(run, items)
-
-
-def undo_modify(index: ArchiveIndex, plan: UndoPlan) -> Iterator[UndoOutcome]:
-    """Restore the files of ``plan`` (each checked again right before it is written), then mark the run undone.
-
-    The run stays undoable while any file was refused, so a second undo,
-    once the conflict is resolved, finishes the job.
-    """
-    complete = True
-    for rel_path, previous, written_sha256 in _journal_entries(index, plan.run.id):
-        item = _undo_item(index, rel_path, previous, written_sha256)
-        if item.action == ALREADY_RESTORED:
-            # A modify killed between journaling and renaming: the file is intact, only its temporary is left.
-            if remove_stale_temporaries(os.path.join(experiment_folder(index.root, rel_path), METADATA_FILE_NAME)):
-                reindex_experiment(index, rel_path)
-            continue
-        if item.action == CONFLICT:
-            complete = False
-            yield UndoOutcome(rel_path, REFUSED, item.reason)
-            continue
-        metadata_path = os.path.join(experiment_folder(index.root, rel_path), METADATA_FILE_NAME)
-        try:
-            write_atomic(metadata_path, previous.encode("utf-8"))
-        except OSError as error:
-            complete = False
-            yield UndoOutcome(rel_path, REFUSED, f"cannot write {METADATA_FILE_NAME}: {error.strerror or error}")
-            continue
-        reindex_experiment(index, rel_path)
-        yield UndoOutcome(rel_path, RESTORED)
-    if complete:
-        with index.db.transaction():
-            index.db.execute(
-                "UPDATE modify_runs SET undone_at = :now WHERE id = :run_id", {"now": time.time(), "run_id": plan.run.id}
-            )
-
-
-def _journal_entries(index: ArchiveIndex, run_id: int) -> list[tuple[str, str, str]]:
-    return list(
-        index.db.execute(
-            "SELECT rel_path, previous_content, written_sha256 FROM modify_journal WHERE run_id = :run_id ORDER BY rel_path",
-            {"run_id": run_id},
-        )
-    )
-
-
-def _undo_item(index: ArchiveIndex, rel_path: str, previous: str, written_sha256: str) -> UndoItem:
-    try:
-        metadata_path = os.path.join(experiment_folder(index.root, rel_path), METADATA_FILE_NAME)
-    except UnsafePathError as error:
-        return UndoItem(rel_path, CONFLICT, str(error))
-    try:
-        with open(metadata_path, "rb") as file:
-            current = file.read()
-    except FileNotFoundError:
-        return UndoItem(rel_path, CONFLICT, "no longer exists")
-    except OSError as error:
-        return UndoItem(rel_path, CONFLICT, f"cannot read {METADATA_FILE_NAME}: {error.strerror}")
-    if hashlib.sha256(current).hexdigest() == written_sha256:
-        if is_read_only(metadata_path):
-            return UndoItem(rel_path, CONFLICT, f"{METADATA_FILE_NAME} is read-only")
-        return UndoItem(rel_path, RESTORE)
-    if current == previous.encode("utf-8"):
-        return UndoItem(rel_path, ALREADY_RESTORED)
-    return UndoItem(rel_path, CONFLICT, "changed since the modify; not overwritten")
