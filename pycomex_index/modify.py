@@ -1,6 +1,7 @@
 """``archive modify``: rewrite experiment_meta.json files with user code, reversibly.
 
-For each selected experiment the file is read from disk, ``m`` and ``p`` are
+The transformation is pure (:func:`transform_metadata`, and
+:func:`apply_modification` around it for a file's bytes): ``m`` and ``p`` are
 built as in ``--select`` (derived ``m['path']``/``m['name']``, date-aware
 times), the ``--modify-parameters`` and ``--modify-metadata`` code run on
 them, and what changed in ``p`` is mapped back into
@@ -10,17 +11,20 @@ p.pop('old')`` moves the old entry, with its type and description, to the
 new name). Derived keys are written only when the code changed them, and
 times are written as plain numbers.
 
-Writing one experiment is: journal its current content under the run's id
-(index, :mod:`pycomex_index.journal`), replace the file atomically keeping its
+:func:`modify_experiments` writes through, one experiment at a time: journal
+the file's current content under the run's id (index,
+:mod:`pycomex_index.journal`), replace the file atomically keeping its
 permissions (disk), re-read it into the index (index).
 :mod:`pycomex_index.undo` puts journaled contents back.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Iterable, Iterator
 
 from pycomex_index.atomic import is_read_only, write_atomic
@@ -89,7 +93,7 @@ class ModificationFailed(Exception):
     """The code raised, or produced something that cannot be written; the file stays untouched."""
 
 
-# ---------------------------------------------------------------------------------------------- modify
+# ------------------------------------------------------------------------------------- writing through
 
 
 def modify_experiments(
@@ -156,6 +160,9 @@ def _modify_one(
     return ExperimentModification(rel_path, MODIFIED, changes, run_id=run_id)
 
 
+# ------------------------------------------------------------------------------ the transformation (pure)
+
+
 def apply_modification(
     raw: bytes, code: ModifyCode, *, path: str, namespace: str
 ) -> tuple[bytes | None, list[FieldChange]]:
@@ -166,9 +173,56 @@ def apply_modification(
     """
     try:
         original = parse_metadata_bytes(raw)
-        metadata = parse_metadata_bytes(raw)
+        working_copy = parse_metadata_bytes(raw)  # parsing again is the cheapest deep copy
     except ValueError as error:
         raise ModificationFailed(f"{METADATA_FILE_NAME} is {error}; left untouched") from None
+    transformation = transform_metadata(original, code, path=path, namespace=namespace, working_copy=working_copy)
+    try:
+        new_text = _as_pycomex_json(transformation.metadata)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise ModificationFailed(f"{_unencodable(transformation.metadata, error)}; left untouched") from None
+    if new_text == _as_pycomex_json(original):
+        return None, []
+    return new_text.encode("utf-8"), transformation.changes
+
+
+@dataclass(frozen=True)
+class Transformation:
+    """What the code made of one experiment's metadata.
+
+    ``metadata`` is the new content as it would be saved (times as plain
+    numbers, derived keys only where the code changed them); ``renames`` maps
+    each renamed parameter's new name to its old one. ``changes`` (before →
+    after) is worked out when first asked for: writing does not need it.
+    """
+
+    original: dict[str, Any]
+    metadata: dict[str, Any]
+    renames: dict[str, str]
+
+    @cached_property
+    def changes(self) -> list[FieldChange]:
+        return _changes(self.original, self.metadata, self.renames)
+
+
+def transform_metadata(
+    original: dict[str, Any],
+    code: ModifyCode,
+    *,
+    path: str,
+    namespace: str,
+    working_copy: dict[str, Any] | None = None,
+) -> Transformation:
+    """Run the code on an experiment's metadata dict; ``original`` itself is never changed.
+
+    Pure: no disk, no index. ``path`` and ``namespace`` give the derived
+    ``m['path']``/``m['name']``. The code works on ``working_copy`` (which it
+    may change), an independent copy of ``original`` that a caller holding the
+    file's bytes makes cheaper than ``copy.deepcopy``, the default. Raises
+    :class:`ModificationFailed` when the code raises or leaves something no
+    file can hold.
+    """
+    metadata = copy.deepcopy(original) if working_copy is None else working_copy
     file_keys = set(metadata)
     metadata = build_metadata(metadata, path=path, namespace=namespace)
     derived = {key: metadata[key] for key in DERIVED_KEYS if key not in file_keys}
@@ -204,13 +258,12 @@ def apply_modification(
         metadata = _plain(metadata)
     except RecursionError:
         raise ModificationFailed("m holds itself (or is nested too deep), which JSON cannot store; left untouched") from None
-    try:
-        new_text = json.dumps(metadata, indent=4, sort_keys=True)
-    except (TypeError, ValueError, OverflowError) as error:
-        raise ModificationFailed(f"{_unencodable(metadata, error)}; left untouched") from None
-    if new_text == json.dumps(original, indent=4, sort_keys=True):
-        return None, []
-    return new_text.encode("utf-8"), _changes(original, metadata, renames)
+    return Transformation(original, metadata, renames)
+
+
+def _as_pycomex_json(metadata: dict[str, Any]) -> str:
+    """The text of an experiment_meta.json as pycomex writes it (``save_metadata``)."""
+    return json.dumps(metadata, indent=4, sort_keys=True)
 
 
 class _TrackedParameters(dict):
