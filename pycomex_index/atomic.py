@@ -20,6 +20,8 @@ import secrets
 import stat
 from typing import BinaryIO, Iterator
 
+from pycomex_index.paths import owner_still_running
+
 TEMPORARY_SUFFIX = ".partial"
 
 
@@ -111,8 +113,6 @@ def fsync_folder(folder: str) -> None:
 
 def remove_stale_temporaries(path: str) -> int:
     """Delete temporaries of ``path`` left by processes that no longer run; returns how many."""
-    from pycomex_index.heartbeat import process_is_alive
-
     folder, name = os.path.split(os.path.abspath(path))
     prefix = f".{name}."
     removed = 0
@@ -124,7 +124,7 @@ def remove_stale_temporaries(path: str) -> int:
         if not (entry.name.startswith(prefix) and entry.name.endswith(TEMPORARY_SUFFIX)):
             continue
         pid_text = entry.name[len(prefix) :].split(".", 1)[0]
-        if not pid_text.isdigit() or int(pid_text) == os.getpid() or process_is_alive(int(pid_text)):
+        if not pid_text.isdigit() or owner_still_running(int(pid_text)):
             continue
         with contextlib.suppress(OSError):
             os.unlink(entry.path)

@@ -10,8 +10,8 @@ temporary file beside the target, renamed over it only when complete, so an
 error, Ctrl-C or a kill never leaves a partial ZIP under the requested name
 and an existing file of that name stays untouched until the new one is whole
 (and is replaced at all only when the caller says so; never inside the archive).
-The export (path, time, size, SHA-256, member experiments) is then recorded,
-which is how ``delete`` knows what was never exported.
+The export (path, time, size, SHA-256, member experiments) is then recorded
+(:mod:`pycomex_index.exports`), which is how ``delete`` knows what was never exported.
 """
 
 from __future__ import annotations
@@ -21,14 +21,15 @@ import hashlib
 import logging
 import os
 import stat
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 from pycomex_index.atomic import atomic_writer
 from pycomex_index.discovery import METADATA_FILE_NAME
 from pycomex_index.errors import ExportError
-from pycomex_index.operations import SelectedExperiment, UnsafePathError, experiment_folder, is_within
+from pycomex_index.exports import record_export
+from pycomex_index.operations import SelectedExperiment
+from pycomex_index.paths import UnsafePathError, experiment_folder, is_within
 from pycomex_index.store import ArchiveIndex
 
 logger = logging.getLogger("pycomex_index")
@@ -55,18 +56,6 @@ class ExportResult:
     @property
     def experiment_count(self) -> int:
         return len(self.members)
-
-
-@dataclass(frozen=True, slots=True)
-class ExportSummary:
-    """One recorded export, as ``index status`` shows it."""
-
-    id: int
-    zip_path: str
-    created_at: float
-    size: int
-    sha256: str
-    experiment_count: int
 
 
 def compress_experiments(
@@ -111,7 +100,7 @@ def compress_experiments(
         file.flush()
         size = file.tell()
         sha256 = _sha256_of(file)
-    export_id = _record_export(index, zip_path, size, sha256, members)
+    export_id = record_export(index, zip_path, size, sha256, members)
     return ExportResult(export_id, zip_path, size, sha256, [rel_path for rel_path, _ in members], skipped)
 
 
@@ -229,52 +218,3 @@ def _sha256_of(file) -> str:
     while chunk := file.read(_HASH_CHUNK):
         digest.update(chunk)
     return digest.hexdigest()
-
-
-def _record_export(index: ArchiveIndex, zip_path: str, size: int, sha256: str, members: list[tuple[str, int]]) -> int:
-    db = index.db
-    with db.transaction():
-        inserted = list(
-            db.execute(
-                "INSERT INTO exports (archive_id, zip_path, created_at, size, sha256, experiment_count) "
-                "VALUES (:archive_id, :zip_path, :created_at, :size, :sha256, :count) RETURNING id",
-                {
-                    "archive_id": index.archive_id,
-                    "zip_path": zip_path,
-                    "created_at": time.time(),
-                    "size": size,
-                    "sha256": sha256,
-                    "count": len(members),
-                },
-            )
-        )
-        export_id = inserted[0][0]
-        db.executemany(
-            "INSERT INTO export_members (export_id, rel_path, meta_mtime_ns) VALUES (:export_id, :rel_path, :mtime)",
-            [{"export_id": export_id, "rel_path": rel_path, "mtime": mtime} for rel_path, mtime in members],
-        )
-    return export_id
-
-
-def exported_paths(index: ArchiveIndex) -> set[str]:
-    """The experiments (by path) that some recorded export of this archive contains."""
-    return {
-        row[0]
-        for row in index.db.execute(
-            "SELECT DISTINCT m.rel_path FROM export_members m JOIN exports e ON e.id = m.export_id "
-            "WHERE e.archive_id = :archive_id",
-            {"archive_id": index.archive_id},
-        )
-    }
-
-
-def recent_exports(index: ArchiveIndex, limit: int = 5) -> list[ExportSummary]:
-    """The last ``limit`` exports of this archive, newest first."""
-    return [
-        ExportSummary(*row)
-        for row in index.db.execute(
-            "SELECT id, zip_path, created_at, size, sha256, experiment_count FROM exports "
-            "WHERE archive_id = :archive_id ORDER BY created_at DESC, id DESC LIMIT :limit",
-            {"archive_id": index.archive_id, "limit": int(limit)},
-        )
-    ]

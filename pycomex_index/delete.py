@@ -31,14 +31,10 @@ from typing import Iterable, Iterator
 
 from pycomex_index.atomic import fsync_folder
 from pycomex_index.discovery import INDEX_FOLDER_NAME, METADATA_FILE_NAME
+from pycomex_index.exports import exported_paths
 from pycomex_index.formatting import plural
-from pycomex_index.operations import (
-    SelectedExperiment,
-    UnsafePathError,
-    experiment_folder,
-    is_within,
-    select_experiments,
-)
+from pycomex_index.operations import SelectedExperiment, select_experiments
+from pycomex_index.paths import UnsafePathError, experiment_folder, is_within, owner_still_running
 from pycomex_index.rows import remove_experiments
 from pycomex_index.selection import CompiledExpression, EvaluationFailures
 from pycomex_index.store import ArchiveIndex
@@ -77,8 +73,6 @@ def plan_delete(
     failures: EvaluationFailures | None = None,
 ) -> DeletePlan:
     """Choose the experiments to delete (``selection`` None means all) without changing anything."""
-    from pycomex_index.compress import exported_paths
-
     selected = select_experiments(index, selection, failures)
     plan = DeletePlan(targets=[])
     for experiment in selected:
@@ -242,8 +236,6 @@ def _move_to_trash(root: str, folder: str) -> str | None:
 
 def remove_deletion_leftovers(index: ArchiveIndex) -> int:
     """Finish removing the folders a killed delete had already taken out of the archive; returns how many."""
-    from pycomex_index.heartbeat import process_is_alive
-
     trash = os.path.join(index.root, TRASH_FOLDER)
     try:
         entries = list(os.scandir(trash))
@@ -252,7 +244,7 @@ def remove_deletion_leftovers(index: ArchiveIndex) -> int:
     removed = 0
     for entry in entries:
         pid_text = entry.name.split(".", 1)[0]
-        if pid_text.isdigit() and (int(pid_text) == os.getpid() or process_is_alive(int(pid_text))):
+        if pid_text.isdigit() and owner_still_running(int(pid_text)):
             continue  # a delete still at work
         problems: list[str] = []
         if entry.is_dir(follow_symlinks=False):

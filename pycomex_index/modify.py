@@ -1,6 +1,7 @@
-"""``archive modify`` and ``archive undo``: rewrite experiment_meta.json files with user code, reversibly.
+"""``archive modify``: rewrite experiment_meta.json files with user code, reversibly.
 
-For each selected experiment the file is read from disk, ``m`` and ``p`` are
+The transformation is pure (:func:`transform_metadata`, and
+:func:`apply_modification` around it for a file's bytes): ``m`` and ``p`` are
 built as in ``--select`` (derived ``m['path']``/``m['name']``, date-aware
 times), the ``--modify-parameters`` and ``--modify-metadata`` code run on
 them, and what changed in ``p`` is mapped back into
@@ -10,30 +11,27 @@ p.pop('old')`` moves the old entry, with its type and description, to the
 new name). Derived keys are written only when the code changed them, and
 times are written as plain numbers.
 
-Writing one experiment is: journal its current content under the run's id
-(index), replace the file atomically keeping its permissions (disk), re-read
-it into the index (index). :func:`undo_modify` puts journaled contents back,
-but only into files that still hold exactly what the modify wrote.
+:func:`modify_experiments` writes through, one experiment at a time: journal
+the file's current content under the run's id (index,
+:mod:`pycomex_index.journal`), replace the file atomically keeping its
+permissions (disk), re-read it into the index (index).
+:mod:`pycomex_index.undo` puts journaled contents back.
 """
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import json
 import os
-import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Iterable, Iterator
 
-from pycomex_index.atomic import is_read_only, remove_stale_temporaries, write_atomic
+from pycomex_index.atomic import is_read_only, write_atomic
 from pycomex_index.discovery import METADATA_FILE_NAME, parameter_values, parse_metadata_bytes
-from pycomex_index.errors import UndoError
-from pycomex_index.operations import (
-    SelectedExperiment,
-    UnsafePathError,
-    experiment_folder,
-    reindex_experiment,
-)
+from pycomex_index.journal import ModifyJournal
+from pycomex_index.operations import SelectedExperiment, reindex_experiment
+from pycomex_index.paths import UnsafePathError, experiment_folder
 from pycomex_index.selection import TIME_KEYS, CompiledExpression, PosixTime, build_metadata, evaluation_globals
 from pycomex_index.store import ArchiveIndex
 
@@ -95,7 +93,7 @@ class ModificationFailed(Exception):
     """The code raised, or produced something that cannot be written; the file stays untouched."""
 
 
-# ---------------------------------------------------------------------------------------------- modify
+# ------------------------------------------------------------------------------------- writing through
 
 
 def modify_experiments(
@@ -111,7 +109,13 @@ def modify_experiments(
     for this call, created when the first file changes) and rewritten; a dry
     run reads files and touches neither the disk nor the index.
     """
-    journal = None if dry_run else _Journal(index, code)
+    journal = None
+    if not dry_run:
+        journal = ModifyJournal(
+            index,
+            parameters_code=code.parameters.source if code.parameters else None,
+            metadata_code=code.metadata.source if code.metadata else None,
+        )
     try:
         for target in targets:
             yield _modify_one(index, target, code, journal)
@@ -121,7 +125,7 @@ def modify_experiments(
 
 
 def _modify_one(
-    index: ArchiveIndex, target: SelectedExperiment, code: ModifyCode, journal: _Journal | None
+    index: ArchiveIndex, target: SelectedExperiment, code: ModifyCode, journal: ModifyJournal | None
 ) -> ExperimentModification:
     rel_path = target.rel_path
     if target.read_error:
@@ -156,6 +160,9 @@ def _modify_one(
     return ExperimentModification(rel_path, MODIFIED, changes, run_id=run_id)
 
 
+# ------------------------------------------------------------------------------ the transformation (pure)
+
+
 def apply_modification(
     raw: bytes, code: ModifyCode, *, path: str, namespace: str
 ) -> tuple[bytes | None, list[FieldChange]]:
@@ -166,9 +173,56 @@ def apply_modification(
     """
     try:
         original = parse_metadata_bytes(raw)
-        metadata = parse_metadata_bytes(raw)
+        working_copy = parse_metadata_bytes(raw)  # parsing again is the cheapest deep copy
     except ValueError as error:
         raise ModificationFailed(f"{METADATA_FILE_NAME} is {error}; left untouched") from None
+    transformation = transform_metadata(original, code, path=path, namespace=namespace, working_copy=working_copy)
+    try:
+        new_text = _as_pycomex_json(transformation.metadata)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise ModificationFailed(f"{_unencodable(transformation.metadata, error)}; left untouched") from None
+    if new_text == _as_pycomex_json(original):
+        return None, []
+    return new_text.encode("utf-8"), transformation.changes
+
+
+@dataclass(frozen=True)
+class Transformation:
+    """What the code made of one experiment's metadata.
+
+    ``metadata`` is the new content as it would be saved (times as plain
+    numbers, derived keys only where the code changed them); ``renames`` maps
+    each renamed parameter's new name to its old one. ``changes`` (before →
+    after) is worked out when first asked for: writing does not need it.
+    """
+
+    original: dict[str, Any]
+    metadata: dict[str, Any]
+    renames: dict[str, str]
+
+    @cached_property
+    def changes(self) -> list[FieldChange]:
+        return _changes(self.original, self.metadata, self.renames)
+
+
+def transform_metadata(
+    original: dict[str, Any],
+    code: ModifyCode,
+    *,
+    path: str,
+    namespace: str,
+    working_copy: dict[str, Any] | None = None,
+) -> Transformation:
+    """Run the code on an experiment's metadata dict; ``original`` itself is never changed.
+
+    Pure: no disk, no index. ``path`` and ``namespace`` give the derived
+    ``m['path']``/``m['name']``. The code works on ``working_copy`` (which it
+    may change), an independent copy of ``original`` that a caller holding the
+    file's bytes makes cheaper than ``copy.deepcopy``, the default. Raises
+    :class:`ModificationFailed` when the code raises or leaves something no
+    file can hold.
+    """
+    metadata = copy.deepcopy(original) if working_copy is None else working_copy
     file_keys = set(metadata)
     metadata = build_metadata(metadata, path=path, namespace=namespace)
     derived = {key: metadata[key] for key in DERIVED_KEYS if key not in file_keys}
@@ -204,13 +258,12 @@ def apply_modification(
         metadata = _plain(metadata)
     except RecursionError:
         raise ModificationFailed("m holds itself (or is nested too deep), which JSON cannot store; left untouched") from None
-    try:
-        new_text = json.dumps(metadata, indent=4, sort_keys=True)
-    except (TypeError, ValueError, OverflowError) as error:
-        raise ModificationFailed(f"{_unencodable(metadata, error)}; left untouched") from None
-    if new_text == json.dumps(original, indent=4, sort_keys=True):
-        return None, []
-    return new_text.encode("utf-8"), _changes(original, metadata, renames)
+    return Transformation(original, metadata, renames)
+
+
+def _as_pycomex_json(metadata: dict[str, Any]) -> str:
+    """The text of an experiment_meta.json as pycomex writes it (``save_metadata``)."""
+    return json.dumps(metadata, indent=4, sort_keys=True)
 
 
 class _TrackedParameters(dict):
@@ -365,209 +418,3 @@ def _changes(original: dict[str, Any], final: dict[str, Any], renames: dict[str,
         if not _json_equal(before, after):
             changes.append(FieldChange("metadata", key, before, after))
     return changes
-
-
-class _Journal:
-    """The ``modify_runs`` row of one modify and its ``modify_journal`` entries, written before each file."""
-
-    def __init__(self, index: ArchiveIndex, code: ModifyCode) -> None:
-        self.index = index
-        self.code = code
-        self.run_id: int | None = None
-        self.entries = 0
-
-    def record(self, rel_path: str, previous: bytes, written: bytes) -> int:
-        db = self.index.db
-        with db.transaction():
-            if self.run_id is None:
-                self.run_id = list(
-                    db.execute(
-                        "INSERT INTO modify_runs (archive_id, started_at, parameters_code, metadata_code) "
-                        "VALUES (:archive_id, :now, :parameters_code, :metadata_code) RETURNING id",
-                        {
-                            "archive_id": self.index.archive_id,
-                            "now": time.time(),
-                            "parameters_code": self.code.parameters.source if self.code.parameters else None,
-                            "metadata_code": self.code.metadata.source if self.code.metadata else None,
-                        },
-                    )
-                )[0][0]
-            db.execute(
-                "INSERT INTO modify_journal (run_id, rel_path, previous_content, written_sha256) "
-                "VALUES (:run_id, :rel_path, :previous, :sha256)",
-                {
-                    "run_id": self.run_id,
-                    "rel_path": rel_path,
-                    "previous": previous.decode("utf-8"),
-                    "sha256": hashlib.sha256(written).hexdigest(),
-                },
-            )
-        self.entries += 1
-        return self.run_id
-
-    def forget(self, rel_path: str) -> None:
-        """Drop the entry of a file that could not be written after all."""
-        with self.index.db.transaction():
-            self.index.db.execute(
-                "DELETE FROM modify_journal WHERE run_id = :run_id AND rel_path = :rel_path",
-                {"run_id": self.run_id, "rel_path": rel_path},
-            )
-        self.entries -= 1
-
-    def finish(self) -> None:
-        if self.run_id is None:
-            return
-        db = self.index.db
-        with db.transaction():
-            if self.entries:
-                db.execute(
-                    "UPDATE modify_runs SET finished_at = :now WHERE id = :run_id", {"now": time.time(), "run_id": self.run_id}
-                )
-            else:
-                db.execute("DELETE FROM modify_runs WHERE id = :run_id", {"run_id": self.run_id})
-
-
-# ------------------------------------------------------------------------------------------------ undo
-
-
-RESTORE, ALREADY_RESTORED, CONFLICT = "restore", "already restored", "conflict"
-RESTORED, REFUSED = "restored", "refused"
-
-
-@dataclass(frozen=True, slots=True)
-class ModifyRunInfo:
-    """A journaled modify: its id, when it ran, the code, how many files it changed."""
-
-    id: int
-    started_at: float
-    finished_at: float | None
-    parameters_code: str | None
-    metadata_code: str | None
-    file_count: int
-
-
-@dataclass(frozen=True, slots=True)
-class UndoItem:
-    """One journaled file and what undo would do with it (restore, nothing, or refuse and why)."""
-
-    rel_path: str
-    action: str
-    reason: str | None = None
-
-
-@dataclass
-class UndoPlan:
-    run: ModifyRunInfo
-    items: list[UndoItem]
-
-    def with_action(self, action: str) -> list[UndoItem]:
-        return [item for item in self.items if item.action == action]
-
-
-@dataclass(frozen=True, slots=True)
-class UndoOutcome:
-    rel_path: str
-    status: str
-    reason: str | None = None
-
-
-def modify_runs(index: ArchiveIndex, *, include_undone: bool = False) -> list[ModifyRunInfo]:
-    """The journaled modifies of this archive, newest first."""
-    where = "" if include_undone else " AND r.undone_at IS NULL"
-    return [
-        ModifyRunInfo(*row)
-        for row in index.db.execute(
-            "SELECT r.id, r.started_at, r.finished_at, r.parameters_code, r.metadata_code, "
-            "(SELECT COUNT(*) FROM modify_journal j WHERE j.run_id = r.id) "
-            f"FROM modify_runs r WHERE r.archive_id = :archive_id{where} ORDER BY r.id DESC",
-            {"archive_id": index.archive_id},
-        )
-    ]
-
-
-def plan_undo(index: ArchiveIndex, run_id: int | None = None) -> UndoPlan | None:
-    """What undoing modify ``run_id`` (default: the last one not undone) would do; None when there is none."""
-    if run_id is None:
-        runs = [run for run in modify_runs(index) if run.file_count]
-        if not runs:
-            return None
-        run = runs[0]
-    else:
-        row = index.db.fetch_one(
-            "SELECT undone_at FROM modify_runs WHERE id = :run_id AND archive_id = :archive_id",
-            {"run_id": run_id, "archive_id": index.archive_id},
-        )
-        if row is None:
-            raise UndoError(f"there is no modify with id {run_id} in this archive")
-        if row[0] is not None:
-            raise UndoError(f"modify {run_id} was already undone")
-        run = next(run for run in modify_runs(index) if run.id == run_id)
-    items = [
-        _undo_item(index, rel_path, previous, written_sha256)
-        for rel_path, previous, written_sha256 in _journal_entries(index, run.id)
-    ]
-    return UndoPlan(run, items)
-
-
-def undo_modify(index: ArchiveIndex, plan: UndoPlan) -> Iterator[UndoOutcome]:
-    """Restore the files of ``plan`` (each checked again right before it is written), then mark the run undone.
-
-    The run stays undoable while any file was refused, so a second undo,
-    once the conflict is resolved, finishes the job.
-    """
-    complete = True
-    for rel_path, previous, written_sha256 in _journal_entries(index, plan.run.id):
-        item = _undo_item(index, rel_path, previous, written_sha256)
-        if item.action == ALREADY_RESTORED:
-            # A modify killed between journaling and renaming: the file is intact, only its temporary is left.
-            if remove_stale_temporaries(os.path.join(experiment_folder(index.root, rel_path), METADATA_FILE_NAME)):
-                reindex_experiment(index, rel_path)
-            continue
-        if item.action == CONFLICT:
-            complete = False
-            yield UndoOutcome(rel_path, REFUSED, item.reason)
-            continue
-        metadata_path = os.path.join(experiment_folder(index.root, rel_path), METADATA_FILE_NAME)
-        try:
-            write_atomic(metadata_path, previous.encode("utf-8"))
-        except OSError as error:
-            complete = False
-            yield UndoOutcome(rel_path, REFUSED, f"cannot write {METADATA_FILE_NAME}: {error.strerror or error}")
-            continue
-        reindex_experiment(index, rel_path)
-        yield UndoOutcome(rel_path, RESTORED)
-    if complete:
-        with index.db.transaction():
-            index.db.execute(
-                "UPDATE modify_runs SET undone_at = :now WHERE id = :run_id", {"now": time.time(), "run_id": plan.run.id}
-            )
-
-
-def _journal_entries(index: ArchiveIndex, run_id: int) -> list[tuple[str, str, str]]:
-    return list(
-        index.db.execute(
-            "SELECT rel_path, previous_content, written_sha256 FROM modify_journal WHERE run_id = :run_id ORDER BY rel_path",
-            {"run_id": run_id},
-        )
-    )
-
-
-def _undo_item(index: ArchiveIndex, rel_path: str, previous: str, written_sha256: str) -> UndoItem:
-    try:
-        metadata_path = os.path.join(experiment_folder(index.root, rel_path), METADATA_FILE_NAME)
-    except UnsafePathError as error:
-        return UndoItem(rel_path, CONFLICT, str(error))
-    try:
-        with open(metadata_path, "rb") as file:
-            current = file.read()
-    except FileNotFoundError:
-        return UndoItem(rel_path, CONFLICT, "no longer exists")
-    except OSError as error:
-        return UndoItem(rel_path, CONFLICT, f"cannot read {METADATA_FILE_NAME}: {error.strerror}")
-    if hashlib.sha256(current).hexdigest() == written_sha256:
-        if is_read_only(metadata_path):
-            return UndoItem(rel_path, CONFLICT, f"{METADATA_FILE_NAME} is read-only")
-        return UndoItem(rel_path, RESTORE)
-    if current == previous.encode("utf-8"):
-        return UndoItem(rel_path, ALREADY_RESTORED)
-    return UndoItem(rel_path, CONFLICT, "changed since the modify; not overwritten")

@@ -6,8 +6,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pycomex_index.compress import ExportSummary, recent_exports
-
+from pycomex_index.exports import ExportSummary, recent_exports
 from pycomex_index.store import ArchiveIndex, stored_revision
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pycomex_index.compress import compress_experiments, recent_exports
+from pycomex_index.compress import compress_experiments
+from pycomex_index.exports import recent_exports
 from pycomex_index.operations import select_experiments
 from pycomex_index.store import open_archive_index
 from pycomex_index.sync import sync_archive

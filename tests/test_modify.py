@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import pytest
 
-from pycomex_index.modify import ModificationFailed, ModifyCode, apply_modification
+from pycomex_index.modify import ModificationFailed, ModifyCode, apply_modification, transform_metadata
 from pycomex_index.selection import compile_expression
 from tests.conftest import make_metadata, read_meta, write_meta
 from tests.helpers_write import (
@@ -613,3 +613,18 @@ def test_metadata_code_sees_the_parameters_the_parameter_code_set() -> None:
 def test_code_that_makes_m_hold_itself_fails_cleanly() -> None:
     with pytest.raises(ModificationFailed, match="m holds itself"):
         _modified(make_metadata(), metadata_code="m['self'] = m")
+
+
+def test_transform_metadata_returns_new_metadata_changes_and_renames_and_leaves_the_original_alone() -> None:
+    original = make_metadata(parameters={"LERNING_RATE": 0.01, "EPOCHS": 5})
+    untouched = json.dumps(original, sort_keys=True)
+    code = ModifyCode(compile_expression("p['LEARNING_RATE'] = p.pop('LERNING_RATE'); p['EPOCHS'] = 6", mode="exec", what="p"), None)
+    transformation = transform_metadata(original, code, path="/a/run", namespace="ns")
+    assert json.dumps(original, sort_keys=True) == untouched
+    assert transformation.renames == {"LEARNING_RATE": "LERNING_RATE"}
+    assert transformation.metadata["parameters"]["LEARNING_RATE"]["value"] == 0.01
+    assert "LERNING_RATE" not in transformation.metadata["parameters"] and "path" not in transformation.metadata
+    assert [(change.name, change.before, change.after, change.renamed_from) for change in transformation.changes] == [
+        ("LEARNING_RATE", 0.01, 0.01, "LERNING_RATE"),
+        ("EPOCHS", 5, 6, None),
+    ]
