@@ -48,7 +48,11 @@ class ArchiveWatcher:
         self._queue = ChangeQueue()
         self._reconciler = Reconciler(self._queue, on_change=self._state.changed_now)
         self._watches = WatchSet(
-            self._queue, limit=self.watch_limit, poll_interval=self.settings.poll_interval, on_overflow=self._on_overflow
+            self._queue,
+            limit=self.watch_limit,
+            poll_interval=self.settings.poll_interval,
+            on_overflow=self._on_overflow,
+            quiet_after=self.settings.quiet_after,
         )
         # The worker thread only, from here on.
         self._index: ArchiveIndex | None = None
