@@ -306,6 +306,40 @@ def test_every_watch_shares_one_reader_thread(archive, start_watcher):
     assert new_threads == ["pycomex-index-inotify", "pycomex-index-watcher"]
 
 
+def test_set_up_does_not_stat_the_runs_the_catch_up_walk_just_indexed(archive, start_watcher, monkeypatch):
+    import pycomex_index.watcher.watches as watches_module
+
+    for number in range(40):
+        write_run(archive / "neural_net" / f"done_{number:02d}", status="done")
+    statted: list[str] = []
+    original = watches_module.stat_experiment_folder
+    monkeypatch.setattr(
+        watches_module, "stat_experiment_folder", lambda root, rel: statted.append(rel) or original(root, rel)
+    )
+    start_watcher()
+    assert not [rel for rel in statted if "/done_" in rel]
+
+
+def test_runs_created_and_deleted_during_the_catch_up_walk_are_indexed_before_ready(
+    archive, start_watcher, reader, monkeypatch
+):
+    # Namespaces are watched only after the walk: what changed in between must not wait for an event.
+    original = ArchiveWatcher._catch_up
+
+    def catch_up_then_change_the_archive(self):
+        original(self)
+        write_run(archive / "neural_net" / "created_after_the_walk", status="done")
+        write_run(archive / "brand_new" / "deep" / "run", status="done")
+        shutil.rmtree(archive / "debug_runs")
+
+    monkeypatch.setattr(ArchiveWatcher, "_catch_up", catch_up_then_change_the_archive)
+    start_watcher()
+    outcomes = reader.outcomes()  # at once: ready means the index already shows it
+    assert outcomes.get("neural_net/created_after_the_walk") == "done"
+    assert outcomes.get("brand_new/deep/run") == "done"
+    assert not [rel for rel in outcomes if rel.startswith("debug_runs/")]
+
+
 def test_watch_once_catches_up_and_exits(archive, run_cli):
     result = run_cli("watch", "--once", "--path", str(archive))
     assert result.exit_code == 0, result.output
