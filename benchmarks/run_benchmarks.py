@@ -5,6 +5,7 @@ One command runs it all::
     python benchmarks/run_benchmarks.py                 # N = 10,000 and 100,000
     python benchmarks/run_benchmarks.py --quick         # N = 300, one repeat (what CI runs)
     python benchmarks/run_benchmarks.py --sizes 20000 --repeat 5
+    python benchmarks/run_benchmarks.py --sizes 100000 --no-pycomex --daemon-only --archives /tmp/archives
 
 It builds two virtual environments under ``benchmarks/.venvs/`` (pycomex from
 ``benchmarks/requirements-pycomex.txt``; pycomex-index from this checkout, a
@@ -14,8 +15,11 @@ pycomex-index alternately, output to /dev/null, and records the median wall
 time and the peak RSS of each process (from ``wait4``). pycomex-index is
 measured in three states: ``default`` (the index exists; every command syncs
 first), ``daemon`` (the background watcher runs, commands skip the walk) and
-``first build`` (no index yet). The results table (markdown) is printed and
-written to ``benchmarks/results-<N>.md``.
+``first build`` (no index yet). Then the daemon itself: time from ``daemon
+start`` until its catch-up is done (the heartbeat leaves ``starting``), its
+threads and RSS, and its CPU over 30 s of an idle archive (3 s with
+``--quick``). The results table (markdown) is printed and written to
+``benchmarks/results-<N>.md``.
 """
 
 from __future__ import annotations
@@ -90,8 +94,8 @@ def ensure_venv(name: str, install: list[str]) -> Path:
     return folder / "bin"
 
 
-def ensure_archive(count: int, seed: int) -> Path:
-    root = ARCHIVES / f"{count}-seed{seed}" / "results"
+def ensure_archive(count: int, seed: int, archives: Path = ARCHIVES) -> Path:
+    root = archives / f"{count}-seed{seed}" / "results"
     marker = root.parent / ".complete"
     if not marker.exists():
         shutil.rmtree(root.parent, ignore_errors=True)
@@ -118,10 +122,23 @@ def remove_index(root: Path) -> None:
 
 
 def benchmark_size(
-    count: int, repeat: int, pycomex_bin: Path | None, index_bin: Path, seed: int, *, keep_index: bool = False
+    count: int,
+    repeat: int,
+    pycomex_bin: Path | None,
+    index_bin: Path,
+    seed: int,
+    *,
+    keep_index: bool = False,
+    archives: Path = ARCHIVES,
+    idle_seconds: float = 30.0,
+    daemon_only: bool = False,
 ) -> list[str]:
-    root = ensure_archive(count, seed)
+    root = ensure_archive(count, seed, archives)
     env = {**os.environ, "PYCOMEX_INDEX_NO_PROGRESS": "1"}
+    if daemon_only:
+        subprocess.run([str(index_bin / "pycomex-index"), "index", "sync", "--path", str(root)], env=env, check=True)
+        footprint = daemon_footprint(root, [str(index_bin / "pycomex-index")], env, idle_seconds)
+        return [f"### N = {count:,} experiments", *_footprint_table(footprint, idle_seconds)]
     pycomex = [str(pycomex_bin / "pycomex"), "archive", "--path", str(root)] if pycomex_bin else None
     index = [str(index_bin / "pycomex-index"), "archive", "--path", str(root)]
     rows: list[tuple[str, Measurement | None, Measurement]] = []
@@ -151,7 +168,8 @@ def benchmark_size(
     rows.append(("`--help`", help_reference, help_index))
 
     daemon_rows = _daemon_rows(root, index_bin, index, pycomex, repeat, env)
-    return _table(count, rows, daemon_rows)
+    footprint = daemon_footprint(root, [str(index_bin / "pycomex-index")], env, idle_seconds)
+    return _table(count, rows, daemon_rows) + _footprint_table(footprint, idle_seconds)
 
 
 def _daemon_rows(root, index_bin, index, pycomex, repeat, env) -> list[tuple[str, Measurement]]:
@@ -175,6 +193,85 @@ def _daemon_rows(root, index_bin, index, pycomex, repeat, env) -> list[tuple[str
         return results
     finally:
         subprocess.run(daemon + ["stop", "--path", str(root)], env=env, capture_output=True)
+
+
+@dataclass
+class DaemonFootprint:
+    """A daemon from ``daemon start`` to idle: how soon its index is trusted, and what it then holds."""
+
+    catch_up_seconds: float
+    threads: int
+    rss_mb: float
+    idle_cpu_percent: float
+    note: str
+
+
+def daemon_footprint(root: Path, command: list[str], env: dict[str, str], idle_seconds: float) -> DaemonFootprint | None:
+    """Start the archive's daemon (``command`` runs pycomex-index) and measure it.
+
+    Catch-up time: from ``daemon start`` until the heartbeat leaves mode
+    ``starting`` (read commands trust the index from then on), read from the
+    index directly every 50 ms, so no polling process competes with the
+    daemon. Then the daemon's threads and RSS (``/proc/PID/status``) and its
+    CPU time over ``idle_seconds`` of an unchanged archive (``/proc/PID/stat``).
+    """
+    import sqlite3
+
+    index_file = root / ".pycomex_index" / "index.sqlite3"
+    started = time.perf_counter()
+    launched = subprocess.run(command + ["daemon", "start", "--path", str(root)], env=env, capture_output=True, text=True)
+    if launched.returncode != 0:
+        print(f"daemon did not start: {launched.stderr.strip()}", file=sys.stderr)
+        return None
+    try:
+        row = None
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            connection = sqlite3.connect(index_file, timeout=5)
+            try:
+                row = connection.execute("SELECT pid, mode, note FROM watchers").fetchone()
+            except sqlite3.Error:
+                row = None
+            finally:
+                connection.close()
+            if row is not None and row[1] != "starting":
+                break
+            time.sleep(0.05)
+        else:
+            print("the daemon did not catch up within 900 s", file=sys.stderr)
+            return None
+        catch_up = time.perf_counter() - started
+        pid, _, note = row
+        time.sleep(2)  # let the start-up work drain before measuring idle
+        cpu_before = _cpu_seconds(pid)
+        time.sleep(idle_seconds)
+        idle_cpu = 100 * (_cpu_seconds(pid) - cpu_before) / idle_seconds
+        status = dict(
+            line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+        )
+        threads = int(status["Threads"])
+        rss_mb = int(status["VmRSS"].split()[0]) / 1024
+        return DaemonFootprint(catch_up, threads, rss_mb, idle_cpu, note or "")
+    finally:
+        subprocess.run(command + ["daemon", "stop", "--path", str(root)], env=env, capture_output=True)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _footprint_table(footprint: DaemonFootprint | None, idle_seconds: float) -> list[str]:
+    if footprint is None:
+        return ["daemon: did not start or catch up (see its log)"]
+    return [
+        "",
+        f"Daemon (index already built): `daemon start` to catch-up done {footprint.catch_up_seconds:.1f} s; "
+        f"then {footprint.threads} threads, RSS {footprint.rss_mb:.0f} MB, "
+        f"idle CPU {footprint.idle_cpu_percent:.2f}% of a core over {idle_seconds:g} s",
+        f"({footprint.note}).",
+    ]
 
 
 def _ratio(reference: Measurement | None, ours: Measurement | None) -> str:
@@ -228,6 +325,12 @@ def main() -> int:
         action="store_true",
         help="reuse the archives' existing indexes instead of timing a first build (a 1,000,000 build takes ~40 min)",
     )
+    parser.add_argument(
+        "--daemon-only",
+        action="store_true",
+        help="only the daemon's cold start, threads, RSS and idle CPU (the index is brought up to date first)",
+    )
+    parser.add_argument("--archives", type=Path, default=ARCHIVES, help="where generated archives are cached")
     options = parser.parse_args()
     sizes = [300] if options.quick else [int(size) for size in options.sizes.split(",")]
     repeat = 1 if options.quick else options.repeat
@@ -247,8 +350,18 @@ def main() -> int:
 
     report = [f"Machine: {machine_description()}", ""]
     for count in sizes:
-        report += benchmark_size(count, repeat, pycomex_bin, index_bin, options.seed, keep_index=options.keep_index) + [""]
-        if not options.quick:
+        report += benchmark_size(
+            count,
+            repeat,
+            pycomex_bin,
+            index_bin,
+            options.seed,
+            keep_index=options.keep_index,
+            archives=options.archives,
+            idle_seconds=3.0 if options.quick else 30.0,
+            daemon_only=options.daemon_only,
+        ) + [""]
+        if not options.quick and not options.daemon_only:
             (HERE / f"results-{count}.md").write_text("\n".join(report) + "\n")
     print("\n".join(report))
     return 0

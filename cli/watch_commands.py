@@ -24,6 +24,7 @@ SETTING_OPTIONS = {
     "poll_interval": "--interval",
     "max_watches": "--max-watches",
     "reconcile_interval": "--reconcile-interval",
+    "quiet_after": "--quiet-after",
 }
 
 
@@ -33,6 +34,13 @@ def watcher_options(command):
     Their values are checked by :class:`~pycomex_index.watcher.WatchSettings` (see :func:`watch_settings`),
     not here, so the library and the command line keep one rule.
     """
+    command = click.option(
+        "--quiet-after",
+        type=float,
+        default=None,
+        hidden=True,
+        help="Seconds without a change after which a running experiment is taken for interrupted (default a day).",
+    )(command)
     command = click.option("--reconcile-interval", type=float, default=None, hidden=True)(command)
     command = click.option(
         "--max-watches",
@@ -56,13 +64,23 @@ def watcher_options(command):
     return command
 
 
-def watch_settings(polling: bool, interval: float | None, max_watches: int | None, reconcile_interval: float | None):
+def watch_settings(
+    polling: bool,
+    interval: float | None,
+    max_watches: int | None,
+    reconcile_interval: float | None,
+    quiet_after: float | None = None,
+):
     """The :class:`~pycomex_index.watcher.WatchSettings` these options ask for; a usage error when invalid."""
     from pycomex_index.watcher import InvalidWatchSettingsError, WatchSettings
 
     try:
         return WatchSettings.from_options(
-            polling=polling, poll_interval=interval, max_watches=max_watches, reconcile_interval=reconcile_interval
+            polling=polling,
+            poll_interval=interval,
+            max_watches=max_watches,
+            reconcile_interval=reconcile_interval,
+            quiet_after=quiet_after,
         )
     except InvalidWatchSettingsError as error:
         raise click.BadParameter(error.reason, param_hint=f"'{SETTING_OPTIONS[error.field]}'") from None
@@ -75,7 +93,7 @@ def watch_settings(polling: bool, interval: float | None, max_watches: int | Non
 @click.option("--log-file", default=None, hidden=True, help="Log here (rotated), not to stderr: for `daemon start`.")
 @click.pass_context
 def watch_command(
-    ctx, archive_path, index_location, polling, interval, max_watches, reconcile_interval, once, log_file
+    ctx, archive_path, index_location, polling, interval, max_watches, reconcile_interval, quiet_after, once, log_file
 ) -> None:
     """Keep the index up to date while experiments run, in the foreground (Ctrl-C stops).
 
@@ -91,7 +109,7 @@ def watch_command(
       pycomex-index watch --once
     """
     path, location = archive_location(ctx, archive_path, index_location)
-    settings = watch_settings(polling, interval, max_watches, reconcile_interval)
+    settings = watch_settings(polling, interval, max_watches, reconcile_interval, quiet_after)
     if once:
         from pycomex_index.watcher import watch_once
 
@@ -144,7 +162,9 @@ def daemon_group() -> None:
 @archive_options
 @watcher_options
 @click.pass_context
-def start_command(ctx, archive_path, index_location, polling, interval, max_watches, reconcile_interval) -> None:
+def start_command(
+    ctx, archive_path, index_location, polling, interval, max_watches, reconcile_interval, quiet_after
+) -> None:
     """Start the background watcher and return at once.
 
     Its pid file and log (daemon.pid, daemon.log) are in the archive's
@@ -159,7 +179,8 @@ def start_command(ctx, archive_path, index_location, polling, interval, max_watc
     from pycomex_index.daemon import start_daemon
 
     path, location = archive_location(ctx, archive_path, index_location)
-    status = start_daemon(path, location, watch_settings(polling, interval, max_watches, reconcile_interval))
+    settings = watch_settings(polling, interval, max_watches, reconcile_interval, quiet_after)
+    status = start_daemon(path, location, settings)
     write_lines([f"Started the daemon for {status.archive} (pid {status.pid}); log: {status.log_file}"])
 
 

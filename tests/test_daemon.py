@@ -52,6 +52,28 @@ finally:
 """
 
 
+#: A ``sitecustomize`` that holds the daemon's catch-up: the first time its worker thread opens or lists
+#: the archive root, it waits until the test creates ``release`` in the gate folder (at most 60 s).
+CATCH_UP_GATE = """
+import os, sys, threading, time
+gate, root = os.environ.get("PYCOMEX_INDEX_TEST_GATE"), os.environ.get("PYCOMEX_INDEX_TEST_ARCHIVE")
+def hold_the_catch_up(event, args):
+    if event not in ("open", "os.scandir") or threading.current_thread().name != "pycomex-index-watcher":
+        return
+    if not args or not isinstance(args[0], (str, bytes)) or os.path.realpath(os.fsdecode(args[0])) != root:
+        return
+    blocked = os.path.join(gate, "blocked")
+    if os.path.exists(blocked):
+        return
+    open(blocked, "w").close()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(os.path.join(gate, "release")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+if gate and root:
+    sys.addaudithook(hold_the_catch_up)
+"""
+
+
 def pycomex_index(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [sys.executable, "-m", "pycomex_index", *args], capture_output=True, text=True, timeout=60
@@ -300,3 +322,34 @@ def test_changes_lost_to_a_kernel_queue_overflow_are_found_by_a_rewalk(archive, 
     assert wait_until(lambda: index_outcomes(archive).get("neural_net/after_the_overflow") == "done", timeout=20)
     log = (archive / ".pycomex_index" / "daemon.log").read_text()
     assert "re-walking the archive: the kernel's inotify queue overflowed" in log
+
+
+def test_commands_sync_themselves_until_the_daemons_catch_up_is_done_then_trust_it(archive, tmp_path, monkeypatch):
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "sitecustomize.py").write_text(CATCH_UP_GATE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(gate), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PYCOMEX_INDEX_TEST_GATE", str(gate))
+    monkeypatch.setenv("PYCOMEX_INDEX_TEST_ARCHIVE", os.path.realpath(archive))
+    pid = None
+    try:
+        pycomex_index("daemon", "start", "--path", str(archive))
+        pid = pid_file_owner(str(archive / ".pycomex_index" / "daemon.pid"))[0]
+        assert wait_until((gate / "blocked").exists, timeout=20), "the daemon never started catching up"
+        # The daemon runs, but is still catching up: its heartbeat vouches for nothing yet.
+        assert heartbeat(archive)["mode"] == "starting"
+        write_run(archive / "neural_net" / "written_while_catching_up", status="done")
+        assert listed(archive).get("neural_net/written_while_catching_up") == "done"
+        touched, _ = files_touched_by(archive, tmp_path, "archive", "list", "--path", str(archive))
+        assert touched > 0  # it walked the archive itself
+
+        (gate / "release").touch()
+        assert wait_until(lambda: heartbeat(archive)["mode"] == "inotify", timeout=20)
+        touched, output = files_touched_by(archive, tmp_path, "archive", "list", "--json", "--path", str(archive))
+        assert touched == 0  # caught up: the index is trusted
+        assert "neural_net/written_while_catching_up" in output
+    finally:
+        (gate / "release").touch()
+        pycomex_index("daemon", "stop", "--path", str(archive), check=False)
+        if pid is not None and process_is_alive(pid) and is_this_archives_watcher(pid, archive):
+            os.kill(pid, signal.SIGKILL)

@@ -22,13 +22,16 @@ SETTINGS = [
     WatchSettings(polling=True, poll_interval=0.2),
     WatchSettings(poll_interval=1e-3, max_watches=0, reconcile_interval=0.30000000000000004),
     WatchSettings(max_watches=4096, reconcile_interval=86400),
+    WatchSettings(quiet_after=0.5),
 ]
 
 
 def parsed_by_watch_command(argv: list[str]) -> WatchSettings:
     """What the real ``watch`` command builds from these arguments."""
     params = watch_command.make_context("watch", argv).params
-    return watch_settings(params["polling"], params["interval"], params["max_watches"], params["reconcile_interval"])
+    return watch_settings(
+        params["polling"], params["interval"], params["max_watches"], params["reconcile_interval"], params["quiet_after"]
+    )
 
 
 @pytest.mark.parametrize("settings", SETTINGS, ids=repr)
@@ -55,6 +58,8 @@ def test_omitted_options_mean_the_defaults():
         ("poll_interval", float("inf")),
         ("reconcile_interval", 0.0),
         ("reconcile_interval", "5"),
+        ("quiet_after", 0),
+        ("quiet_after", float("inf")),
         ("max_watches", -1),
         ("max_watches", 2.5),
     ],

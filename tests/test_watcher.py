@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -79,6 +80,8 @@ def start_watcher(archive: Path) -> Iterator[Callable[..., ArchiveWatcher]]:
     watchers: list[ArchiveWatcher] = []
 
     def start(**settings: Any) -> ArchiveWatcher:
+        # The fixture's running run was written long ago: a day-old checkout would take it for interrupted.
+        settings.setdefault("quiet_after", 1e9)
         watcher = ArchiveWatcher(str(archive), settings=WatchSettings(**settings))
         watcher.start()
         watchers.append(watcher)
@@ -254,6 +257,87 @@ def test_many_polled_running_runs_are_polled_round_robin_at_a_bounded_rate(
     assert wait_until(
         lambda: all(reader.outcomes().get(f"neural_net/killed_{number}") == "done" for number in range(8)), timeout=5
     )
+
+
+def test_running_runs_unchanged_for_quiet_after_are_polled_rarely_not_watched(
+    archive, start_watcher, reader, monkeypatch
+):
+    # Killed runs stay "running" forever; one unchanged for quiet_after is taken for interrupted.
+    import pycomex_index.watcher.watches as watches_module
+
+    monkeypatch.setattr(watches_module, "QUIET_POLL_SECONDS", 0.4)
+    long_ago = time.time() - 7200
+    for number in range(3):
+        write_run(archive / "neural_net" / f"killed_{number}", status="running")
+        for path in (archive / "neural_net" / f"killed_{number}" / "experiment_meta.json", archive / "neural_net" / f"killed_{number}"):
+            os.utime(path, (long_ago, long_ago))
+    os.utime(archive / RUNNING_FIXTURE / "experiment_meta.json")  # alive: written just now
+    watcher = start_watcher(quiet_after=3600, poll_interval=0.2)
+    status = watcher.status()
+    assert status.watch_count == FIXTURE_WATCHES  # the fixture's live run is watched, the killed ones are not
+    assert "3 running experiments unchanged for 3600 s (taken for interrupted) polled every 0.4 s" in status.note
+    write_run(archive / "neural_net" / "killed_1", status="done")  # it was only quiet after all
+    assert wait_until(lambda: reader.outcomes().get("neural_net/killed_1") == "done", timeout=3)
+    write_run(archive / "neural_net" / "killed_2", status="running")  # it came back to life: watched again
+    assert wait_until(lambda: watcher.status().watch_count == FIXTURE_WATCHES + 1, timeout=3)
+    assert "1 running experiments unchanged" in watcher.status().note
+
+
+def test_a_watched_run_that_goes_quiet_is_retired_to_rare_polling(archive, start_watcher, reader, monkeypatch):
+    import pycomex_index.watcher.watches as watches_module
+
+    monkeypatch.setattr(watches_module, "QUIET_POLL_SECONDS", 0.2)
+    write_run(archive / "neural_net" / "silent", status="running")
+    os.utime(archive / RUNNING_FIXTURE / "experiment_meta.json")
+    watcher = start_watcher(quiet_after=2, poll_interval=0.1)
+    assert watcher.status().watch_count == FIXTURE_WATCHES + 1
+    assert wait_until(lambda: watcher.status().watch_count == FIXTURE_WATCHES - 1, timeout=5)  # both runs retired
+    write_run(archive / "neural_net" / "silent", status="done")
+    assert wait_until(lambda: reader.outcomes().get("neural_net/silent") == "done", timeout=3)
+
+
+def test_every_watch_shares_one_reader_thread(archive, start_watcher):
+    for number in range(30):
+        write_run(archive / "neural_net" / f"running_{number:02d}", status="running")
+    threads_before = {thread.name for thread in threading.enumerate()}
+    watcher = start_watcher()
+    assert watcher.status().watch_count == FIXTURE_WATCHES + 30
+    new_threads = sorted({thread.name for thread in threading.enumerate()} - threads_before)
+    assert new_threads == ["pycomex-index-inotify", "pycomex-index-watcher"]
+
+
+def test_set_up_does_not_stat_the_runs_the_catch_up_walk_just_indexed(archive, start_watcher, monkeypatch):
+    import pycomex_index.watcher.watches as watches_module
+
+    for number in range(40):
+        write_run(archive / "neural_net" / f"done_{number:02d}", status="done")
+    statted: list[str] = []
+    original = watches_module.stat_experiment_folder
+    monkeypatch.setattr(
+        watches_module, "stat_experiment_folder", lambda root, rel: statted.append(rel) or original(root, rel)
+    )
+    start_watcher()
+    assert not [rel for rel in statted if "/done_" in rel]
+
+
+def test_runs_created_and_deleted_during_the_catch_up_walk_are_indexed_before_ready(
+    archive, start_watcher, reader, monkeypatch
+):
+    # Namespaces are watched only after the walk: what changed in between must not wait for an event.
+    original = ArchiveWatcher._catch_up
+
+    def catch_up_then_change_the_archive(self):
+        original(self)
+        write_run(archive / "neural_net" / "created_after_the_walk", status="done")
+        write_run(archive / "brand_new" / "deep" / "run", status="done")
+        shutil.rmtree(archive / "debug_runs")
+
+    monkeypatch.setattr(ArchiveWatcher, "_catch_up", catch_up_then_change_the_archive)
+    start_watcher()
+    outcomes = reader.outcomes()  # at once: ready means the index already shows it
+    assert outcomes.get("neural_net/created_after_the_walk") == "done"
+    assert outcomes.get("brand_new/deep/run") == "done"
+    assert not [rel for rel in outcomes if rel.startswith("debug_runs/")]
 
 
 def test_watch_once_catches_up_and_exits(archive, run_cli):

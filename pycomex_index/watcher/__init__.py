@@ -5,13 +5,16 @@ non-recursive inotify watch on the archive root and on every namespace folder
 (new, deleted and moved experiment folders appear there) plus one on each
 experiment whose status is ``running`` (pycomex rewrites its metadata at the
 end). An archive of a million runs in a hundred namespaces needs about a
-hundred watches. Finished experiments are not watched: a slow periodic
-re-walk (:func:`~pycomex_index.sync.sync_archive`) catches later edits and
-assets added to them.
+hundred watches, all on one inotify file descriptor read by one thread.
+Finished experiments are not watched: a slow periodic re-walk
+(:func:`~pycomex_index.sync.sync_archive`) catches later edits and assets
+added to them. Nor are running experiments unchanged for
+``WatchSettings.quiet_after`` (a day: killed runs stay ``running`` forever);
+they are stat-polled every minute, and watched again once they change.
 
 When the watches needed exceed the limit (the kernel's ``max_user_watches``
-minus a margin, capped because watchdog runs one thread per watch; see
-:func:`default_watch_limit`), when inotify cannot work (a network
+minus a margin, capped; see :func:`default_watch_limit`), running
+experiments past it are polled (namespaces past it: all of it is); when inotify cannot work (a network
 filesystem, where writes from other hosts raise no events) or with
 ``polling``, the watcher polls instead: a cheap ``sync_archive`` every
 ``poll_interval`` seconds. The mode and the reason are in the heartbeat, so

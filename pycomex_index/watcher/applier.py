@@ -193,7 +193,7 @@ class ChangeApplier:
             watches.unwatch(rel)  # finished: only the periodic re-walk looks at it again
             return
         already_watched = watches.kind(rel) is not None or watches.is_polled(rel)
-        if watches.watch_experiment(rel) and not already_watched:
+        if watches.watch_experiment(rel, current) and not already_watched:
             again = stat_experiment_folder(self._root, rel)
             if again is None or (again.meta_mtime_ns, again.meta_size) != (current.meta_mtime_ns, current.meta_size):
                 self._queue.add_targets([rel])  # rewritten before the watch was in place

@@ -1,7 +1,10 @@
 """The watcher's core: its lifecycle, the worker loop and the heartbeat.
 
-``start()`` returns at once; the worker thread opens the index, sets up the
-watches (or polling), catches up with one sync, then loops: take a settled
+``start()`` returns at once; the worker thread opens the index, catches up
+with one sync (the only walk of the archive at start), sets up the watches
+from what the sync stored, applies what changed since the walk, and only
+then lets the heartbeat vouch for the index (until then it says
+``starting`` and read commands sync themselves). Then it loops: take a settled
 batch from the :class:`~pycomex_index.watcher.changes.ChangeQueue`, apply it,
 start a re-walk when one is due, poll the running runs past the watch
 budget, and write the heartbeat every second. Errors are logged, never fatal
@@ -25,7 +28,7 @@ from pycomex_index.watcher.reconcile import Reconciler, Stopping, abandon_on_sto
 from pycomex_index.watcher.settings import WatchSettings
 from pycomex_index.watcher.state import MODE_INOTIFY, MODE_POLLING, MODE_STARTING, WatcherState, WatcherStatus
 from pycomex_index.watcher.system import default_watch_limit, filesystem_type, is_network_filesystem
-from pycomex_index.watcher.watches import WatchLimitReached, WatchSet
+from pycomex_index.watcher.watches import IndexedChildren, WatchLimitReached, WatchSet
 
 logger = logging.getLogger("pycomex_index.watcher")
 
@@ -48,7 +51,11 @@ class ArchiveWatcher:
         self._queue = ChangeQueue()
         self._reconciler = Reconciler(self._queue, on_change=self._state.changed_now)
         self._watches = WatchSet(
-            self._queue, limit=self.watch_limit, poll_interval=self.settings.poll_interval, on_overflow=self._on_overflow
+            self._queue,
+            limit=self.watch_limit,
+            poll_interval=self.settings.poll_interval,
+            on_overflow=self._on_overflow,
+            quiet_after=self.settings.quiet_after,
         )
         # The worker thread only, from here on.
         self._index: ArchiveIndex | None = None
@@ -148,7 +155,6 @@ class ArchiveWatcher:
             try:
                 self._watches.start()
                 self._state.set_mode(MODE_INOTIFY)
-                self._watches.watch_namespaces()
             except WatchLimitReached as reason:
                 self._fall_back_to_polling(str(reason), reconcile=False)
         if "://" not in index.location and is_network_filesystem(os.path.dirname(index.location)):
@@ -158,25 +164,51 @@ class ArchiveWatcher:
                 index.location,
             )
 
+        # One walk serves both: the catch-up sync walks the archive, then the watches are set up from
+        # what it stored (see ``WatchSet.watch_namespaces``), and whatever changed on disk since the walk
+        # passed is queued and applied before the heartbeat vouches for the index.
         self._catch_up()
         if self._watches.active:
-            rows = list(
-                index.db.execute(
-                    "SELECT rel_path, meta_mtime_ns, meta_size FROM experiments "
-                    "WHERE archive_id = :archive_id AND outcome = 'running'",
-                    {"archive_id": index.archive_id},
-                )
-            )
             try:
-                self._watches.watch_running_experiments(rows)
+                self._watches.watch_namespaces(self._indexed_children)
+                running = list(
+                    index.db.execute(
+                        "SELECT rel_path, meta_mtime_ns, meta_size FROM experiments "
+                        "WHERE archive_id = :archive_id AND outcome = 'running'",
+                        {"archive_id": index.archive_id},
+                    )
+                )
+                self._watches.watch_running_experiments(running)
             except WatchLimitReached as reason:
                 self._fall_back_to_polling(str(reason))
             else:
                 note = self._watches.note()
                 self._state.set_note(note)
                 logger.info("%s", note)
+            self._apply_set_up_changes()
         self._state.ready.set()
         self._heartbeat()
+
+    def _indexed_children(self, rel: str) -> IndexedChildren:
+        """What the index holds directly in folder ``rel``: its experiments, and its folders holding some."""
+        assert self._index is not None
+        parameters: dict[str, object] = {"archive_id": self._index.archive_id}
+        query = "SELECT rel_path FROM experiments WHERE archive_id = :archive_id"
+        if rel:
+            # '0' follows '/': the range holds exactly the paths below "rel/".
+            query += " AND rel_path > :low AND rel_path < :high"
+            parameters.update(low=rel + "/", high=rel + "0")
+        start = len(rel) + 1 if rel else 0
+        children = IndexedChildren(set(), set())
+        for (rel_path,) in self._index.db.execute(query, parameters):
+            name, slash, _ = rel_path[start:].partition("/")
+            (children.folders if slash else children.experiments).add(name)
+        return children
+
+    def _apply_set_up_changes(self) -> None:
+        """Apply what set-up found changed since the catch-up walk, so the first heartbeat vouches for it."""
+        while batch := self._queue.take_batch(time.monotonic()):
+            self._apply(batch)
 
     def _catch_up(self) -> None:
         """The first sync; retried with a growing pause (the index busy, a disk hiccup) until it succeeds."""

@@ -17,6 +17,10 @@ from pycomex_index.errors import PycomexIndexError
 DEFAULT_POLL_INTERVAL_SECONDS = 2.0
 #: How often inotify mode re-walks the whole archive for edits no watch can see (finished runs).
 DEFAULT_RECONCILE_INTERVAL_SECONDS = 300.0
+#: A running experiment whose metadata and folder have not changed for this long is taken for interrupted
+#: (killed runs stay "running" forever): it is polled every minute instead of watched. A day, so that only
+#: a run silent for a whole day (no metadata rewrite, no file added) waits up to a minute to be seen done.
+DEFAULT_QUIET_AFTER_SECONDS = 86400.0
 
 
 class InvalidWatchSettingsError(PycomexIndexError):
@@ -44,10 +48,12 @@ class WatchSettings:
     max_watches: int | None = None
     #: Seconds between two full re-walks in inotify mode (finished runs are not watched).
     reconcile_interval: float = DEFAULT_RECONCILE_INTERVAL_SECONDS
+    #: Seconds without a change after which a running experiment is taken for interrupted and polled, not watched.
+    quiet_after: float = DEFAULT_QUIET_AFTER_SECONDS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "polling", bool(self.polling))
-        for name in ("poll_interval", "reconcile_interval"):
+        for name in ("poll_interval", "reconcile_interval", "quiet_after"):
             object.__setattr__(self, name, _positive_seconds(name, getattr(self, name)))
         if self.max_watches is not None:
             if isinstance(self.max_watches, bool) or not isinstance(self.max_watches, int) or self.max_watches < 0:
@@ -63,6 +69,7 @@ class WatchSettings:
         poll_interval: float | None = None,
         max_watches: int | None = None,
         reconcile_interval: float | None = None,
+        quiet_after: float | None = None,
     ) -> WatchSettings:
         """Settings from optional values, where None (and only None) means "the default"."""
         defaults = cls()
@@ -71,12 +78,14 @@ class WatchSettings:
             poll_interval=defaults.poll_interval if poll_interval is None else poll_interval,
             max_watches=max_watches,
             reconcile_interval=defaults.reconcile_interval if reconcile_interval is None else reconcile_interval,
+            quiet_after=defaults.quiet_after if quiet_after is None else quiet_after,
         )
 
     def to_argv(self) -> list[str]:
         """These settings as ``watch`` options (what ``daemon start`` passes to the watcher process)."""
         argv = ["--polling"] if self.polling else []
         argv += ["--interval", repr(self.poll_interval), "--reconcile-interval", repr(self.reconcile_interval)]
+        argv += ["--quiet-after", repr(self.quiet_after)]
         if self.max_watches is not None:
             argv += ["--max-watches", str(self.max_watches)]
         return argv
