@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from pycomex_index.discovery import read_experiment, stat_experiment_folder
+from pycomex_index.discovery import path_on_disk, read_experiment, stat_experiment_folder
 from pycomex_index.rows import remove_experiments, store_records
 from pycomex_index.selection import CompiledExpression, EvaluationFailures
 from pycomex_index.store import ArchiveIndex
@@ -51,7 +51,8 @@ class UnsafePathError(ValueError):
 
 
 def experiment_folder(root: str, rel_path: str) -> str:
-    """The absolute folder of an experiment, refusing any path that is not plainly below ``root``."""
+    """The folder on disk of the experiment stored as ``rel_path``, refusing any path not plainly below ``root``."""
+    rel_path = path_on_disk(rel_path)
     parts = rel_path.split("/")
     if os.path.isabs(rel_path) or any(part in ("", ".", "..") for part in parts):
         raise UnsafePathError(f"{rel_path!r} is not a plain path below the archive root")
