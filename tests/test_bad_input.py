@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import zipfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import make_metadata, write_meta
 
@@ -388,6 +391,97 @@ def test_one_absurd_time_does_not_spoil_the_figures_of_the_others(tmp_path: Path
         assert result.exit_code == 0, (command, result.output)
     text = run_cli("archive", "overview", "--path", str(root)).stdout
     assert "First Experiment: unknown" not in text and "Average Duration: 2m 15s" in text
+
+
+# --- Property: no hostile archive stops a read command. ---
+
+ODD_STRINGS = ["", "\x00", "a\nb", "\r\n", "\x1b[31mred", "\u2028", "\ud800", "x\udfffy", "é" * 3, "x" * 20000, "NaN", "done"]
+ODD_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.sampled_from([2**64 + 1, -(2**70), 10**400]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([1e300, -1e300, float("nan"), float("inf")]),
+    st.sampled_from(ODD_STRINGS),
+    st.text(max_size=8),
+)
+ODD_VALUES = st.recursive(
+    ODD_SCALARS,
+    lambda children: st.one_of(st.lists(children, max_size=3), st.dictionaries(st.sampled_from(ODD_STRINGS + ["a"]), children, max_size=3)),
+    max_leaves=8,
+)
+
+
+@st.composite
+def _nested_deep(draw) -> object:
+    value: object = draw(ODD_SCALARS)
+    for _ in range(draw(st.sampled_from([1, 50, 199, 201, 1500]))):
+        value = [value] if draw(st.booleans()) else {"k": value}
+    return value
+
+
+HOSTILE_VALUES = st.one_of(ODD_VALUES, _nested_deep())
+HOSTILE_METADATA = st.one_of(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "status": st.one_of(st.sampled_from(["done", "running", "failed"]), HOSTILE_VALUES),
+            "has_error": HOSTILE_VALUES,
+            "error_type": st.one_of(st.sampled_from(["ValueError", "\ud800", "a\nb"]), HOSTILE_VALUES),
+            "start_time": st.one_of(st.floats(1.6e9, 1.8e9), HOSTILE_VALUES),
+            "end_time": HOSTILE_VALUES,
+            "duration": st.one_of(st.floats(0, 1e5), HOSTILE_VALUES),
+            "name": HOSTILE_VALUES,
+            "namespace": HOSTILE_VALUES,
+            "description": HOSTILE_VALUES,
+            "parameters": st.one_of(
+                st.dictionaries(
+                    st.sampled_from(["X", "MODEL", "\ud800", "a\nb", ""]),
+                    st.one_of(st.fixed_dictionaries({"value": HOSTILE_VALUES}), HOSTILE_VALUES),
+                    max_size=3,
+                ),
+                HOSTILE_VALUES,
+            ),
+            "\ud800odd key": HOSTILE_VALUES,
+            "": HOSTILE_VALUES,
+        },
+    ),
+    HOSTILE_VALUES,  # not even an object
+)
+ODD_FOLDER_NAMES = st.sampled_from([b"run", b"run-\xff", b"a\nb", b"back\\slash", b"\xc3\xbc\xe9", b"tab\t", b"x" * 200, b"\\xff"])
+HOSTILE_SELECTS = ["p['X'] > 0", "m['status'] == 'done' and p['MODEL'] == 'resnet'", "m['start_time'] > '2024-01-01'", "str(m) != ''"]
+_hostile_counter = itertools.count()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(runs=st.lists(st.tuples(ODD_FOLDER_NAMES, HOSTILE_METADATA), min_size=1, max_size=4))
+def test_no_hostile_archive_stops_a_read_command(tmp_path: Path, run_cli, runs) -> None:
+    root = tmp_path / f"hostile{next(_hostile_counter)}" / "results"
+    namespace = os.path.join(os.fsencode(root), b"ns")
+    os.makedirs(namespace)
+    for number, (name, metadata) in enumerate(runs):
+        folder = os.path.join(namespace, b"%d-" % number + name)
+        os.mkdir(folder)
+        with open(os.path.join(folder, b"experiment_meta.json"), "w") as file:
+            try:
+                file.write(json.dumps(metadata, indent=4, sort_keys=True))  # pycomex's format, NaN and all
+            except (RecursionError, TypeError):
+                file.write(json.dumps(metadata))  # keys of mixed kinds cannot be sorted
+    commands = [["list"], ["list", "--json"], ["tail", "-n", "10"], ["overview"], ["info"], ["scan"], ["scan", "--group", "p.get('X')"]]
+    commands += [["list", "--select", select] for select in HOSTILE_SELECTS]
+    for command in commands:
+        result = run_cli("archive", *command, "--path", str(root))
+        assert result.exit_code == 0, (command, result.output)
+        assert "Traceback" not in result.output and not result.stderr.startswith("Error:"), (command, result.output)
+        assert "\nError:" not in result.stderr, (command, result.output)
+    listed = run_cli("archive", "list", "--path", str(root)).stdout.splitlines()
+    assert len(listed) == len(runs)
+    assert sorted(int(line.split("/ns/")[1].split("-")[0]) for line in listed) == list(range(len(runs)))
+    experiments = json.loads(run_cli("archive", "list", "--path", str(root), "--json").stdout, parse_constant=pytest.fail)
+    assert len(experiments) == len(runs)
+    figures = json.loads(run_cli("archive", "overview", "--path", str(root), "--json").stdout, parse_constant=pytest.fail)
+    assert figures["total"] == len(runs)
 
 
 def test_an_index_from_revision_0005_reads_again_what_it_stored_lossily(tmp_path: Path, run_cli) -> None:
