@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import stat
 from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple
@@ -192,7 +191,7 @@ def holds_surrogates(text: str) -> bool:
 
 
 _PATH_ESCAPES = {"\\": "\\\\", **{chr(0xDC00 + byte): f"\\x{byte:02x}" for byte in range(0x80, 0x100)}}
-_ESCAPED_PATH_PART = re.compile(r"\\(\\|x[89a-f][0-9a-f])")
+_ESCAPED_PATH_PART = r"\\(\\|x[89a-f][0-9a-f])"
 
 
 def path_on_disk(rel_path: str) -> str:
@@ -203,10 +202,12 @@ def path_on_disk(rel_path: str) -> str:
     """
     if "\\" not in rel_path or holds_surrogates(rel_path):
         return rel_path
-    return _ESCAPED_PATH_PART.sub(_unescape_path_part, rel_path)
+    import re  # rarely needed: not at import time, which every command pays
+
+    return re.sub(_ESCAPED_PATH_PART, _unescape_path_part, rel_path)
 
 
-def _unescape_path_part(match: re.Match[str]) -> str:
+def _unescape_path_part(match: Any) -> str:
     escape = match.group(1)
     return "\\" if escape == "\\" else chr(0xDC00 + int(escape[1:], 16))
 
