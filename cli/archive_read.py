@@ -75,7 +75,7 @@ def list_command(ctx, select, explain, archive_path, index_location, as_json) ->
 
 def _listing_lines(index, rows) -> Iterator[str]:
     """``✅ results/neural_net/<run> (2m 15s)``: one line per experiment, as the spec shows."""
-    from pycomex_index.formatting import STATUS_ICONS, format_duration
+    from pycomex_index.formatting import STATUS_ICONS, format_duration, printable
 
     prefix = index.display_root + "/"
     for rel_path, outcome, duration in rows:
@@ -87,7 +87,7 @@ def _listing_lines(index, rows) -> Iterator[str]:
             suffix = f" ({format_duration(duration)})"
         else:
             suffix = ""
-        yield f"{STATUS_ICONS[outcome]} {prefix}{rel_path}{suffix}"
+        yield f"{STATUS_ICONS[outcome]} {printable(prefix + rel_path)}{suffix}"
 
 
 @click.command("tail")
@@ -107,7 +107,7 @@ def tail_command(ctx, num, select, explain, archive_path, index_location, as_jso
       pycomex-index archive tail
       pycomex-index archive tail -n 10 --select "m['has_error'] == True"
     """
-    from pycomex_index.formatting import STATUS_ICONS, format_duration, format_time, shorten
+    from pycomex_index.formatting import STATUS_ICONS, format_duration, format_time, printable, shorten
     from pycomex_index.queries import experiment_as_json, iter_experiments, load_metadata
     from pycomex_index.selection import EvaluationFailures
 
@@ -138,14 +138,14 @@ def tail_command(ctx, num, select, explain, archive_path, index_location, as_jso
             blocks.append(
                 "\n".join(
                     [
-                        f"Experiment: {row.name or row.namespace}",
-                        f"Path: {index.display_path(row.rel_path)}",
+                        f"Experiment: {printable(row.name or row.namespace)}",
+                        f"Path: {printable(index.display_path(row.rel_path))}",
                         f"Status: {row.outcome} {STATUS_ICONS[row.outcome]}"
-                        + (f" ({row.error_type})" if row.error_type else ""),
+                        + (f" ({printable(row.error_type)})" if row.error_type else ""),
                         f"Started: {format_time(row.start_time)}",
                         f"Ended: {format_time(row.end_time) if row.outcome != 'running' else '(running)'}",
                         f"Duration: {format_duration(row.duration) if row.outcome != 'running' else '(running)'}",
-                        f"Description: {shorten(descriptions[row.id], DESCRIPTION_LIMIT) or '(none)'}",
+                        f"Description: {printable(shorten(descriptions[row.id], DESCRIPTION_LIMIT)) or '(none)'}",
                     ]
                 )
             )
@@ -156,12 +156,12 @@ def tail_command(ctx, num, select, explain, archive_path, index_location, as_jso
 
 
 def _statistics_lines(statistics, heading: str, index, select: str | None, with_namespaces: bool) -> list[str]:
-    from pycomex_index.formatting import format_duration, format_percent, format_size, format_time
+    from pycomex_index.formatting import format_duration, format_percent, format_size, format_time, printable
 
     total = statistics.total
-    lines = [f"{heading} @ {index.root}"]
+    lines = [f"{heading} @ {printable(index.root)}"]
     if select:
-        lines.append(f"Filtered by: {select}")
+        lines.append(f"Filtered by: {printable(select)}")
     lines += [
         "",
         "Overview",
@@ -193,12 +193,12 @@ def _statistics_lines(statistics, heading: str, index, select: str | None, with_
         shown = statistics.error_types[:MAX_ERROR_TYPES]
         others = sum(count for _, count in statistics.error_types[MAX_ERROR_TYPES:])
         for name, count in shown + ([("Other", others)] if others else []):
-            lines.append(f"  {name}: {count} ({format_percent(count, failed)})")
+            lines.append(f"  {printable(name)}: {count} ({format_percent(count, failed)})")
     else:
         lines.append("No failed experiments.")
     if with_namespaces:
         lines += ["", "Namespaces"]
-        lines += [f"  {name or '(archive root)'}: {count}" for name, count in statistics.namespaces]
+        lines += [f"  {printable(name) or '(archive root)'}: {count}" for name, count in statistics.namespaces]
     return lines
 
 
@@ -318,12 +318,12 @@ def _render_scan_table(console, index, result, select, group_expression) -> None
     from rich.table import Table
     from rich.text import Text
 
-    from pycomex_index.formatting import format_age, format_duration, format_size
+    from pycomex_index.formatting import format_age, format_duration, format_size, printable
 
-    console.print(f"Experiment Archive Scan @ {index.root}", markup=False)
+    console.print(f"Experiment Archive Scan @ {printable(index.root)}", markup=False)
     if select:
-        console.print(f"Filtered by: {select}", markup=False)
-    console.print(f"Grouped by: {group_expression}", markup=False)
+        console.print(f"Filtered by: {printable(select)}", markup=False)
+    console.print(f"Grouped by: {printable(group_expression)}", markup=False)
     table = Table(box=box.HORIZONTALS, show_header=True, header_style="bold")
     for column, justify in (
         ("Group", "left"),
@@ -336,7 +336,7 @@ def _render_scan_table(console, index, result, select, group_expression) -> None
         table.add_column(column, justify=justify, no_wrap=True)
     for group in result.groups:
         table.add_row(
-            Text(group.key or "(empty)"),
+            Text(printable(group.key) or "(empty)"),
             str(group.count),
             f"{group.successful}/{group.count} ({group.success_rate:.1f}%)",
             format_age(result.now - group.last_end_time if group.last_end_time is not None else None),

@@ -188,10 +188,17 @@ def _json_text(document: Any, pretty: bool) -> str:
 
     try:
         return orjson.dumps(document, option=orjson.OPT_INDENT_2 if pretty else 0).decode()
-    except TypeError:  # integers beyond 64 bits, which orjson refuses
+    except TypeError:
+        # Integers beyond 64 bits or lone surrogates, which orjson refuses: the json module writes them exactly
+        # (surrogates as \u escapes, since ensure_ascii), and json_ready spells out any NaN or Infinity.
         import json
 
-        return json.dumps(document, indent=2 if pretty else None, ensure_ascii=False, default=str)
+        from pycomex_index.queries import json_ready
+
+        separators = None if pretty else (",", ":")
+        return json.dumps(
+            json_ready(document), indent=2 if pretty else None, separators=separators, allow_nan=False, default=str
+        )
 
 
 def write_json(document: Any) -> None:

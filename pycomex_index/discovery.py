@@ -13,6 +13,8 @@ import stat
 from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple
 
+from pycomex_index.paths import experiment_folder, holds_surrogates, path_in_index, path_on_disk
+
 METADATA_FILE_NAME = "experiment_meta.json"
 #: The folder inside the archive root where the index lives by default; never an experiment.
 INDEX_FOLDER_NAME = ".pycomex_index"
@@ -25,6 +27,16 @@ DOCUMENT_ONLY_KEYS = frozenset({"description", "parameters", "hooks", "__track__
 #: The classification every command shows: done (success), failed, running, or
 #: error (the metadata file could not be read).
 OUTCOMES = ("done", "failed", "running", "error")
+
+#: Deeper documents are metadata errors. Python's own recursion (repr, ==, the
+#: indenting JSON encoder) takes up to three frames a level against a limit of
+#: 1,000, and pycomex's json.load fails beyond ~990 levels anyway.
+MAX_NESTING_DEPTH = 200
+#: orjson reads integers beyond 64 bits as floats; a float this large may have been such an integer.
+_INEXACT_FLOAT = 2.0**63
+#: Times and durations at least this far from zero (the end of year 9999, in seconds) are absurd:
+#: the index keeps them out of its number columns, so they spoil no sort, sum or date.
+SECONDS_LIMIT = 253402300800.0
 
 
 class FolderStat(NamedTuple):
@@ -62,6 +74,8 @@ class ExperimentRecord:
     read_error: str | None
     summary_json: str | None
     parameters_json: str | None
+    #: The documents hold what only Python's JSON dialect keeps exactly (see :func:`parse_metadata_document`).
+    needs_python: bool = False
 
 
 #: ``FolderStat.folder_mtime_ns`` when the walk was told not to stat experiment folders.
@@ -102,7 +116,7 @@ def iter_folder_listings(root: str, *, folder_times: bool = True) -> Iterator[Fo
     meta_suffix = "/" + METADATA_FILE_NAME
     while pending:
         rel_dir = pending.pop()
-        folder = f"{root}/{rel_dir}" if rel_dir else root
+        folder = f"{root}/{path_on_disk(rel_dir)}" if rel_dir else root
         prefix = f"{rel_dir}/" if rel_dir else ""
         experiments: list[FolderStat] = []
         try:
@@ -131,7 +145,10 @@ def iter_folder_listings(root: str, *, folder_times: bool = True) -> Iterator[Fo
                     if target == real_root or target.startswith(real_root + os.sep) or identity in seen:
                         continue
                     seen.add(identity)
-                rel_path = prefix + entry.name
+                name = entry.name
+                if not name.isascii() or "\\" in name:
+                    name = path_in_index(name)
+                rel_path = prefix + name
                 try:
                     if folder_fd is not None:
                         meta_stat = stat_path(entry.name + meta_suffix, dir_fd=folder_fd)
@@ -173,7 +190,7 @@ def listing_digest(experiments: list[FolderStat]) -> str:
 
 def stat_experiment_folder(root: str, rel_path: str) -> FolderStat | None:
     """The current stat of one experiment, or None when it is no longer an experiment."""
-    folder = os.path.join(root, rel_path)
+    folder = experiment_folder(root, rel_path)
     try:
         folder_stat = os.stat(folder)
         meta_stat = os.stat(os.path.join(folder, METADATA_FILE_NAME))
@@ -216,38 +233,97 @@ def measure_assets(folder: str) -> tuple[int, int]:
     return asset_count, disk_usage
 
 
-def parse_metadata_bytes(raw: bytes) -> dict[str, Any]:
-    """Parse the bytes of an experiment_meta.json; raise ValueError with a short reason if unusable."""
+def parse_metadata_document(raw: bytes) -> tuple[dict[str, Any], bool]:
+    """Parse the bytes of an experiment_meta.json; raise ValueError with a short reason if unusable.
+
+    Also says whether the document needs Python's JSON dialect: NaN,
+    Infinity, integers beyond 64 bits or lone surrogate escapes, as pycomex's
+    json module writes and reads them. orjson parses the common document in
+    a fraction of the time, but rejects the first and last and turns big
+    integers into floats, so such a document is read again by the json module.
+    """
     import orjson
 
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ValueError(f"not UTF-8 (byte {error.start})") from None
+    needs_python = False
     try:
         metadata = orjson.loads(text)
     except orjson.JSONDecodeError:
-        # Python's json writes NaN and Infinity, which orjson rejects; the stdlib parser takes them.
-        try:
-            metadata = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"invalid JSON ({error.msg} at line {error.lineno})") from None
+        needs_python = True
+    if needs_python:
+        metadata = _parse_python_json(text)
     if not isinstance(metadata, dict):
         raise ValueError(f"not a JSON object but {type(metadata).__name__}")
-    return metadata
+    too_deep, inexact = _inspect_values(metadata)
+    if too_deep:
+        raise ValueError(_TOO_DEEP)
+    if inexact and not needs_python:
+        metadata, needs_python = _parse_python_json(text), True
+    return metadata, needs_python
 
 
-def read_metadata(folder: str) -> dict[str, Any]:
-    """The experiment_meta.json of ``folder`` as a dict; ValueError with a one-line reason if unusable."""
+_TOO_DEEP = f"nested more than {MAX_NESTING_DEPTH} levels deep"
+
+
+def _parse_python_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"invalid JSON ({error.msg} at line {error.lineno})") from None
+    except RecursionError:
+        raise ValueError(_TOO_DEEP) from None
+
+
+def _inspect_values(document: dict[str, Any]) -> tuple[bool, bool]:
+    """Whether ``document`` nests deeper than :data:`MAX_NESTING_DEPTH`; whether it holds a float that was a big integer.
+
+    One walk, level by level without recursion, so a deep document cannot
+    overflow the stack here; it costs about half of orjson's parse (166
+    values of a typical 8 KB document), a third less than a walk with a stack.
+    """
+    inexact = False
+    level: list[Any] = [document]
+    depth = 1
+    while level:
+        if depth > MAX_NESTING_DEPTH:
+            return True, inexact
+        below = []
+        for container in level:
+            for value in container.values() if type(container) is dict else container:
+                kind = type(value)
+                if kind is dict or kind is list:
+                    below.append(value)
+                elif kind is float and (value >= _INEXACT_FLOAT or value <= -_INEXACT_FLOAT):
+                    inexact = True
+        level = below
+        depth += 1
+    return False, inexact
+
+
+def parse_metadata_bytes(raw: bytes) -> dict[str, Any]:
+    """The dict of :func:`parse_metadata_document`."""
+    return parse_metadata_document(raw)[0]
+
+
+def read_metadata_document(folder: str) -> tuple[dict[str, Any], bool]:
+    """:func:`parse_metadata_document` of the experiment_meta.json in ``folder`` (a path on disk)."""
     try:
         with open(os.path.join(folder, METADATA_FILE_NAME), "rb") as file:
             raw = file.read()
     except OSError as error:
         raise ValueError(f"cannot read {METADATA_FILE_NAME}: {error.strerror}") from None
     try:
-        return parse_metadata_bytes(raw)
+        return parse_metadata_document(raw)
     except ValueError as error:
         raise ValueError(f"{METADATA_FILE_NAME} is {error}") from None
+
+
+def read_metadata(folder: str) -> dict[str, Any]:
+    """The experiment_meta.json of ``folder`` (a path on disk) as a dict; ValueError with a one-line reason."""
+    return read_metadata_document(folder)[0]
 
 
 def parameter_values(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -272,14 +348,29 @@ def classify_outcome(metadata: dict[str, Any]) -> str:
     return "failed"
 
 
-def _number_or_none(value: Any) -> float | None:
+def _seconds_or_none(value: Any) -> float | None:
+    """A time or duration for the number columns; None for anything but a finite number below :data:`SECONDS_LIMIT`.
+
+    None leaves the value to Python wherever it matters (a selection reads
+    the document), and keeps an absurd run out of the archive's figures.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not -SECONDS_LIMIT < value < SECONDS_LIMIT:  # also false for NaN
         return None
     return float(value)
 
 
 def _text_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+    """A string that SQLite can store as it is (a lone surrogate cannot be); None otherwise, left to Python."""
+    return value if isinstance(value, str) and not holds_surrogates(value) else None
+
+
+def _label_or_none(value: Any) -> str | None:
+    """A string to show (name, namespace): lone surrogates written as ``\\udXXX`` escapes."""
+    if not isinstance(value, str):
+        return None
+    return _text_or_none(value) or value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def namespace_of(rel_path: str) -> str:
@@ -292,7 +383,10 @@ def read_experiment(root: str, folder_stat: FolderStat) -> ExperimentRecord:
     """Read one experiment folder into a record; a broken file gives an ``error`` record, never an exception."""
     import orjson
 
-    folder = os.path.join(root, folder_stat.rel_path)
+    rel_path = folder_stat.rel_path
+    if not rel_path.isascii():
+        rel_path = path_in_index(path_on_disk(rel_path))  # a real path (the watcher's) becomes its stored form
+    folder = experiment_folder(root, rel_path)
     if folder_stat.folder_mtime_ns == UNKNOWN_MTIME:
         try:
             folder_stat = folder_stat._replace(folder_mtime_ns=os.stat(folder).st_mtime_ns)
@@ -300,8 +394,8 @@ def read_experiment(root: str, folder_stat: FolderStat) -> ExperimentRecord:
             pass
     asset_count, disk_usage = measure_assets(folder)
     record = ExperimentRecord(
-        rel_path=folder_stat.rel_path,
-        namespace=namespace_of(folder_stat.rel_path),
+        rel_path=rel_path,
+        namespace=namespace_of(rel_path),
         name=None,
         outcome="error",
         status=None,
@@ -321,7 +415,7 @@ def read_experiment(root: str, folder_stat: FolderStat) -> ExperimentRecord:
         parameters_json=None,
     )
     try:
-        metadata = read_metadata(folder)
+        metadata, needs_python = read_metadata_document(folder)
     except ValueError as error:
         record.read_error = str(error)
         return record
@@ -329,26 +423,31 @@ def read_experiment(root: str, folder_stat: FolderStat) -> ExperimentRecord:
     parameters = metadata.get("parameters")
     has_error = metadata.get("has_error")
     summary = {key: value for key, value in metadata.items() if key not in DOCUMENT_ONLY_KEYS}
-    try:
-        summary_json = orjson.dumps(summary).decode()
-        parameters_json = orjson.dumps(parameter_values(metadata)).decode()
-    except TypeError:
-        # Huge integers that orjson will not write: the stdlib keeps them exactly.
+    values = parameter_values(metadata)
+    if not needs_python:
+        try:
+            summary_json = orjson.dumps(summary).decode()
+            parameters_json = orjson.dumps(values).decode()
+        except TypeError:  # orjson.JSONEncodeError: nothing it parsed should fail, but the json module is exact
+            needs_python = True
+    if needs_python:
+        # Python's dialect, as pycomex writes it; ASCII, so lone surrogates are stored as escapes.
         summary_json = json.dumps(summary)
-        parameters_json = json.dumps(parameter_values(metadata))
+        parameters_json = json.dumps(values)
 
-    record.namespace = _text_or_none(metadata.get("namespace")) or record.namespace
-    record.name = _text_or_none(metadata.get("name"))
+    record.namespace = _label_or_none(metadata.get("namespace")) or record.namespace
+    record.name = _label_or_none(metadata.get("name"))
     record.outcome = classify_outcome(metadata)
     record.status = _text_or_none(metadata.get("status"))
     record.has_error = has_error if isinstance(has_error, bool) else None
     record.error_type = _text_or_none(metadata.get("error_type"))
-    record.start_time = _number_or_none(metadata.get("start_time"))
-    record.end_time = _number_or_none(metadata.get("end_time"))
-    record.duration = _number_or_none(metadata.get("duration"))
+    record.start_time = _seconds_or_none(metadata.get("start_time"))
+    record.end_time = _seconds_or_none(metadata.get("end_time"))
+    record.duration = _seconds_or_none(metadata.get("duration"))
     record.parameter_count = (
         sum(1 for name in parameters if not str(name).startswith("__")) if isinstance(parameters, dict) else 0
     )
     record.summary_json = summary_json
     record.parameters_json = parameters_json
+    record.needs_python = needs_python
     return record

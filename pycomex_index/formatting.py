@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 STATUS_ICONS = {"done": "✅", "failed": "❌", "running": "⏳", "error": "❌"}
@@ -9,7 +10,7 @@ STATUS_ICONS = {"done": "✅", "failed": "❌", "running": "⏳", "error": "❌"
 
 def format_duration(seconds: float | None) -> str:
     """``2m 15s``, ``5h 37m 30s``, ``45s``; fractions below ten seconds keep two decimals (``0.08s``)."""
-    if seconds is None:
+    if seconds is None or not math.isfinite(seconds):
         return "unknown"
     if seconds < 10 and seconds != int(seconds):
         return f"{seconds:.2f}s"
@@ -65,3 +66,18 @@ def shorten(text: str, limit: int) -> str:
     """One line of at most ``limit`` characters, ending in ``...`` when cut."""
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: max(limit - 3, 0)].rstrip() + "..."
+
+
+def printable(text: str) -> str:
+    """``text`` with everything a terminal would not show as one character escaped (``\\n``, ``\\x1b``, ``\\ud800``).
+
+    A newline in a folder name must not split its ``list`` line, an escape
+    sequence in a description must not reach the terminal, and a lone
+    surrogate cannot be written to stdout at all.
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        character if character.isprintable() else character.encode("unicode_escape").decode("ascii")
+        for character in text
+    )

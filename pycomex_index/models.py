@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -106,6 +106,9 @@ class ExperimentFields(Base):
     )
     summary_json: Mapped[str] = mapped_column(Text)
     parameters_json: Mapped[str] = mapped_column(Text)
+    #: The documents are in Python's JSON dialect (NaN, Infinity, integers beyond 64 bits, lone surrogates),
+    #: which SQLite's JSON functions reject or cannot hold exactly: SQL leaves these rows to Python.
+    needs_python: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class FolderDigest(Base):

@@ -7,6 +7,7 @@ disk helpers (``atomic``) can use it as freely as the write commands.
 from __future__ import annotations
 
 import os
+import re
 
 
 class UnsafePathError(ValueError):
@@ -14,11 +15,56 @@ class UnsafePathError(ValueError):
 
 
 def experiment_folder(root: str, rel_path: str) -> str:
-    """The absolute folder of an experiment, refusing any path that is not plainly below ``root``."""
+    """The absolute folder of the experiment stored as ``rel_path``, refusing any path not plainly below ``root``."""
+    rel_path = path_on_disk(rel_path)
     parts = rel_path.split("/")
     if os.path.isabs(rel_path) or any(part in ("", ".", "..") for part in parts):
         raise UnsafePathError(f"{rel_path!r} is not a plain path below the archive root")
     return os.path.join(root, *parts)
+
+
+def path_in_index(path: str) -> str:
+    """How a path below the root is stored and shown: a backslash as ``\\\\``, a byte that is not UTF-8 as ``\\xNN``.
+
+    SQLite text, JSON and a terminal take only valid Unicode, but a folder
+    name is any bytes (Python gives non-UTF-8 bytes as lone surrogates). The
+    escaping is reversible (:func:`path_on_disk`), so delete, compress and
+    modify still reach the real folder; every other path is stored as it is.
+    """
+    if "\\" not in path and not holds_surrogates(path):
+        return path
+    return "".join(_PATH_ESCAPES.get(character, character) for character in path)
+
+
+def holds_surrogates(text: str) -> bool:
+    """Whether ``text`` holds lone surrogates, which no UTF-8 encoder (SQLite, orjson, stdout) accepts."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+_PATH_ESCAPES = {"\\": "\\\\", **{chr(0xDC00 + byte): f"\\x{byte:02x}" for byte in range(0x80, 0x100)}}
+_ESCAPED_PATH_PART = r"\\(\\|x[89a-f][0-9a-f])"
+
+
+def path_on_disk(rel_path: str) -> str:
+    """The real path (as Python's file functions take it) of a path stored by :func:`path_in_index`.
+
+    A path that holds no escape is itself; so is one holding a lone
+    surrogate, which can only be a real path already (the watcher's).
+    """
+    if "\\" not in rel_path or holds_surrogates(rel_path):
+        return rel_path
+    return re.sub(_ESCAPED_PATH_PART, _unescape_path_part, rel_path)
+
+
+def _unescape_path_part(match: re.Match[str]) -> str:
+    escape = match.group(1)
+    return "\\" if escape == "\\" else chr(0xDC00 + int(escape[1:], 16))
 
 
 def is_within(path: str, folder: str) -> bool:

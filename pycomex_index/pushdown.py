@@ -17,7 +17,10 @@ Translated, on either side of ``==, <, <=, >, >=`` with a constant:
 - ``p['NAME']`` (numbers or strings; SQLite only, through its JSON functions),
 
 combined with ``and`` / ``or``. Number columns hold a value only when the
-file's value is a number; a row whose column is NULL is left to Python.
+file's value is a finite number of plausible size, text columns only when it
+is a string SQLite can store; a row whose column is NULL is left to Python,
+and so is a row whose documents are in Python's JSON dialect (NaN, Infinity,
+big integers), which SQLite's JSON functions never see.
 """
 
 from __future__ import annotations
@@ -155,6 +158,14 @@ class _Translator:
         return _Verdict(f"CASE WHEN {inexact} THEN NULL{_when(true_test, false_test)} END")
 
     def _parameter_verdict(self, name: str, operator_type: type, constant: Any) -> _Verdict:
+        verdict = self._json_parameter_verdict(name, operator_type, constant)
+        if verdict is _UNDECIDED:
+            return verdict
+        # A document in Python's JSON dialect (NaN, Infinity, integers beyond 64 bits, lone surrogates) is
+        # malformed to SQLite or read inexactly: such rows stay undecided, and SQLite never parses them.
+        return _Verdict(f"CASE WHEN f.needs_python = 0 THEN {verdict.sql} END")
+
+    def _json_parameter_verdict(self, name: str, operator_type: type, constant: Any) -> _Verdict:
         if not self.sqlite:
             return _UNDECIDED
         self.uses_fields = True

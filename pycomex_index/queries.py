@@ -11,11 +11,13 @@ Experiments whose metadata could not be read are selected by nothing but
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from pycomex_index.discovery import read_metadata
+from pycomex_index.paths import experiment_folder, path_on_disk
 from pycomex_index.selection import (
     READS_DOCUMENT,
     READS_NO_METADATA,
@@ -33,6 +35,8 @@ _ROW_COLUMNS = tuple(
     "e.end_time e.duration e.parameter_count e.asset_count e.disk_usage e.read_error".split()
 )
 _LISTING_COLUMNS = ("e.rel_path", "e.outcome", "e.duration")
+#: Whether the row's documents are in Python's JSON dialect (see ExperimentFields.needs_python).
+_NEEDS_PYTHON = "f.needs_python"
 
 
 @dataclass(slots=True)
@@ -55,6 +59,8 @@ class ExperimentRow:
     read_error: str | None
     parameters: dict[str, Any] | None = None
     evaluation_namespace: dict[str, Any] | None = None
+    #: ``parameters`` may hold NaN or Infinity, which JSON output must spell out (see :func:`json_ready`).
+    parameters_need_python: bool = False
 
     @classmethod
     def from_columns(cls, values: Any) -> ExperimentRow:
@@ -71,9 +77,13 @@ def iter_experiments(
 
     For commands that show or change whole experiments.
     """
-    for values, parameters, namespace in iter_selected(index, _ROW_COLUMNS, selection, **options):
-        row = ExperimentRow.from_columns(values)
+    # With the parameters comes the flag that says whether they need care in JSON output.
+    columns = _ROW_COLUMNS + (_NEEDS_PYTHON,) if options.get("with_parameters") else _ROW_COLUMNS
+    width = len(_ROW_COLUMNS)
+    for values, parameters, namespace in iter_selected(index, columns, selection, **options):
+        row = ExperimentRow.from_columns(values[:width])
         row.parameters, row.evaluation_namespace = parameters, namespace
+        row.parameters_need_python = len(values) > width and bool(values[width])
         yield row
 
 
@@ -99,6 +109,8 @@ def iter_selected(
     keep every m and p alive. ``failures`` counts rows on which ``selection``
     raised (they are not selected).
     """
+    import json
+
     import orjson
 
     from pycomex_index.pushdown import prefilter_for
@@ -114,7 +126,7 @@ def iter_selected(
     if not include_unreadable or expressions:
         where += " AND e.outcome <> 'error'"
     prefilter = prefilter_for(selection, sqlite=index.db.url.startswith("sqlite")) if selection else None
-    verdict_at = parameters_at = summary_at = path_at = None
+    verdict_at = parameters_at = summary_at = path_at = needs_python_at = None
     if prefilter is not None:
         where += f" AND {prefilter.condition}"
         params.update(prefilter.params)
@@ -134,6 +146,10 @@ def iter_selected(
     if reads_metadata == READS_SUMMARY:
         summary_at = len(selected)
         selected.append(document("f.summary_json"))
+    if parameters_at is not None or summary_at is not None:
+        # Documents in Python's dialect (NaN, big integers...) are read by the json module; the rest by orjson.
+        needs_python_at = len(selected)
+        selected.append(_NEEDS_PYTHON)
     if reads_metadata != READS_NO_METADATA:
         path_at = len(selected)
         selected += ["e.rel_path", "e.namespace"]
@@ -154,7 +170,7 @@ def iter_selected(
     if limit is not None and selection is None:
         sql += f" LIMIT {int(limit)}"
     width = len(columns)
-    loads = orjson.loads
+    fast_loads, exact_loads = orjson.loads, json.loads
     folder_prefix = index.root.rstrip("/") + "/"
     kept = 0
     for values in index.db.execute(sql, params):
@@ -163,13 +179,14 @@ def iter_selected(
         evaluates_selection = selection is not None and not decided
         builds_namespace = evaluates_selection or also_evaluates is not None
         parameters = namespace = None
+        loads = exact_loads if needs_python_at is not None and values[needs_python_at] else fast_loads
         if with_parameters or (builds_namespace and reads_parameters):
             text = values[parameters_at]
             parameters = loads(text) if text else {}
         if builds_namespace:
             metadata = None
             if reads_metadata != READS_NO_METADATA:
-                path, folder_namespace = folder_prefix + values[path_at], values[path_at + 1]
+                path, folder_namespace = folder_prefix + path_on_disk(values[path_at]), values[path_at + 1]
                 if reads_metadata == READS_SUMMARY:
                     summary = values[summary_at]
                     metadata = build_metadata(loads(summary) if summary else {}, path=path, namespace=folder_namespace)
@@ -244,7 +261,7 @@ def unreadable_experiments(index: ArchiveIndex) -> Iterator[ExperimentRow]:
 def load_metadata(index: ArchiveIndex, row: ExperimentRow) -> dict[str, Any] | None:
     """The full metadata document of one experiment, from its file (None if it cannot be read now)."""
     try:
-        return read_metadata(os.path.join(index.root, row.rel_path))
+        return read_metadata(experiment_folder(index.root, row.rel_path))
     except ValueError:
         return None
 
@@ -262,8 +279,29 @@ def experiment_as_json(index: ArchiveIndex, row: ExperimentRow) -> dict[str, Any
         "start_time": row.start_time,
         "end_time": row.end_time,
         "duration": row.duration,
-        "parameters": row.parameters,
+        "parameters": json_ready(row.parameters) if row.parameters_need_python else row.parameters,
         "asset_count": row.asset_count,
         "disk_usage": row.disk_usage,
         "metadata_error": row.read_error,
     }
+
+
+#: How ``--json`` writes the floats JSON has no number for (documented in the README).
+NON_FINITE_JSON = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with NaN and ±Infinity (anywhere inside) as the strings "NaN", "Infinity" and "-Infinity".
+
+    Strict JSON has no such numbers; writing them as null would hide them,
+    writing them bare would make the output unreadable to every JSON parser.
+    Integers of any size stay integers (exact big integers are valid JSON).
+    """
+    kind = type(value)
+    if kind is float:
+        return value if math.isfinite(value) else NON_FINITE_JSON[repr(value)]
+    if kind is dict:
+        return {key: json_ready(item) for key, item in value.items()}
+    if kind is list:
+        return [json_ready(item) for item in value]
+    return value

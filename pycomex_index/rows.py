@@ -44,10 +44,11 @@ _EXPERIMENT_ID = "SELECT id FROM experiments WHERE archive_id = :archive_id AND 
 _FROM_EXPERIMENT = "FROM experiments WHERE archive_id = :archive_id AND rel_path = :rel_path"
 
 _UPSERT_FIELDS_SQL = (
-    "INSERT INTO experiment_fields (experiment_id, summary_json, parameters_json) "
-    f"SELECT id, :summary_json, :parameters_json {_FROM_EXPERIMENT} "
+    "INSERT INTO experiment_fields (experiment_id, summary_json, parameters_json, needs_python) "
+    f"SELECT id, :summary_json, :parameters_json, :needs_python {_FROM_EXPERIMENT} "
     "ON CONFLICT (experiment_id) DO UPDATE SET "
-    "summary_json = excluded.summary_json, parameters_json = excluded.parameters_json"
+    "summary_json = excluded.summary_json, parameters_json = excluded.parameters_json, "
+    "needs_python = excluded.needs_python"
 )
 
 # An experiment whose metadata became unreadable keeps its row but loses what was read from it.

@@ -28,6 +28,8 @@ PARAMETER_NAMES = frozenset({"p", "parameters", "params"})
 CONTEXT_NAMES = METADATA_NAMES | PARAMETER_NAMES
 TIME_KEYS = ("start_time", "end_time")
 
+_EXACT_FLOAT_INTEGER = 2**53
+
 #: How much of an experiment's metadata an expression reads, from least to most.
 READS_NO_METADATA, READS_SUMMARY, READS_DOCUMENT = range(3)
 
@@ -202,7 +204,8 @@ def build_metadata(metadata: dict[str, Any], *, path: str, namespace: str) -> di
     metadata.setdefault("name", namespace)
     for key in TIME_KEYS:
         value = metadata.get(key)
-        if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)):
+        # An integer a float cannot hold exactly stays an integer, so it still compares as pycomex's would.
+        if isinstance(value, float) or (type(value) is int and -_EXACT_FLOAT_INTEGER <= value <= _EXACT_FLOAT_INTEGER):
             metadata[key] = PosixTime(value)
     return metadata
 

@@ -300,12 +300,17 @@ def _single_key_read(expression: CompiledExpression) -> _KeyRead | None:
 
 
 def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_failures) -> None:
-    """One GROUP BY on the value's JSON text; Python turns each distinct text into pycomex's ``str(value)``."""
+    """One GROUP BY on the value's JSON text; Python turns each distinct text into pycomex's ``str(value)``.
+
+    Documents in Python's JSON dialect (NaN, big integers...), which SQLite
+    cannot parse, are grouped one by one in Python, by the same rule.
+    """
     import json
 
     import orjson
 
     where = _restrict_to_selection(index, selection, failures if failures is not None else EvaluationFailures())
+    params = {"archive_id": index.archive_id, "path": '$."' + key_read.key.replace('"', '""') + '"'}
     # Grouping by an expression, SQLite computes it once for the sort and again for the result column:
     # twice parsing every JSON document. A subquery with a LIMIT (-1: none) is not merged into the
     # aggregate, so each value is extracted once.
@@ -316,19 +321,37 @@ def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_
         "SUM(disk_usage) "
         f"FROM (SELECT {key_read.column} -> :path AS value, outcome, end_time, duration, disk_usage "
         f"FROM {experiments_table(index)} JOIN experiment_fields f ON f.experiment_id = id "
-        f"WHERE {where} AND outcome <> 'error' LIMIT -1) GROUP BY value",
-        {"archive_id": index.archive_id, "path": '$."' + key_read.key.replace('"', '""') + '"'},
+        f"WHERE {where} AND outcome <> 'error' AND f.needs_python = 0 LIMIT -1) GROUP BY value",
+        params,
     )
     for value, count, successful, last_end_time, duration_sum, duration_count, disk_usage in rows:
         if value is None and key_read.raises_when_missing:
+            _count_missing_key(key_read, group_failures, count)
             key = "error"
-            group_failures.count += count
-            group_failures.reasons[f"KeyError: {key_read.key!r}"] += count
         elif value is None:
             key = str(key_read.default)
         else:
-            try:
-                key = str(orjson.loads(value))
-            except orjson.JSONDecodeError:  # integers beyond 64 bits
-                key = str(json.loads(value))
+            key = str(orjson.loads(value))
         _group(groups, key).add(count, successful, last_end_time, duration_sum or 0.0, duration_count, disk_usage or 0)
+    in_python_dialect = index.db.execute(
+        f"SELECT {key_read.column}, outcome, end_time, duration, disk_usage "
+        f"FROM experiments JOIN experiment_fields f ON f.experiment_id = id "
+        f"WHERE {where} AND outcome <> 'error' AND f.needs_python = 1",
+        params,
+    )
+    for document, outcome, end_time, duration, disk_usage in in_python_dialect:
+        values = json.loads(document)
+        if key_read.key in values:
+            key = str(values[key_read.key])
+        elif key_read.raises_when_missing:
+            _count_missing_key(key_read, group_failures, 1)
+            key = "error"
+        else:
+            key = str(key_read.default)
+        ran = duration is not None and duration > 0
+        _group(groups, key).add(1, int(outcome == "done"), end_time, duration if ran else 0.0, int(ran), disk_usage)
+
+
+def _count_missing_key(key_read: _KeyRead, group_failures: EvaluationFailures, count: int) -> None:
+    group_failures.count += count
+    group_failures.reasons[f"KeyError: {key_read.key!r}"] += count

@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 from pycomex_index.db import IndexDatabase
-from pycomex_index.discovery import iter_folder_listings, listing_digest, measure_assets, read_experiment
+from pycomex_index.discovery import (
+    iter_folder_listings,
+    listing_digest,
+    measure_assets,
+    read_experiment,
+)
+from pycomex_index.paths import experiment_folder
 from pycomex_index.rows import remove_experiments, store_records, update_assets
 from pycomex_index.store import ArchiveIndex
 
@@ -131,7 +137,7 @@ def sync_archive(
             db,
             archive_id,
             [
-                (folder.rel_path, *measure_assets(f"{root}/{folder.rel_path}"), folder.folder_mtime_ns)
+                (folder.rel_path, *measure_assets(experiment_folder(root, folder.rel_path)), folder.folder_mtime_ns)
                 for folder in batch
             ],
         )

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import sqlite3
+import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import make_metadata, write_meta
 
@@ -213,11 +220,6 @@ def test_an_index_with_a_valid_header_but_damaged_pages_is_rebuilt(archive: Path
 
 
 # ------------------------------------------------------------------ the index database: locked, full, foreign
-# (helper-c: issue 9 items 2-3, issue 10 item 5)
-
-import os  # noqa: E402
-import sqlite3  # noqa: E402
-import subprocess  # noqa: E402
 
 
 def test_a_locked_index_is_a_one_line_busy_error(archive: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -322,3 +324,344 @@ def test_a_users_file_that_is_a_damaged_pycomex_index_is_set_aside(archive: Path
     assert result.exit_code == 0, result.output
     assert len(result.stdout.splitlines()) == 8 and "unusable" in result.stderr
     assert len([path for path in index_file.parent.glob("results.sqlite3.damaged-*") if not path.name.endswith(("-wal", "-shm"))]) == 1
+
+# --- Hostile metadata values and folder names (issue 9): one run never stops the archive. ---
+
+
+def _hostile_archive(tmp_path: Path, hostile: dict[str, dict | str | bytes]) -> Path:
+    """Two ordinary runs beside the given hostile ones (folder name -> metadata, or raw file content)."""
+    root = tmp_path / "results"
+    write_meta(root / "ns" / "ordinary_a", make_metadata(parameters={"X": 1}))
+    write_meta(root / "ns" / "ordinary_b", make_metadata(parameters={"X": 2}, start_time=1700000500.0))
+    for name, metadata in hostile.items():
+        write_meta(root / "ns" / name, metadata)
+    return root
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def _meta_text(**overrides) -> str:
+    """A pycomex metadata file as text, with raw JSON text spliced in for ``overrides`` (e.g. deep nesting)."""
+    text = json.dumps(make_metadata(parameters={"X": 3}))
+    body = ", ".join(f'"{key}": {value}' for key, value in overrides.items())
+    return text[:-1] + ", " + body + "}"
+
+
+DEEP = 5000
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        _meta_text(description=_nested(DEEP)),
+        _meta_text(parameters='{"A": {"value": ' + _nested(DEEP) + "}}"),
+        _meta_text(deep_key=_nested(DEEP)),
+        _meta_text(deep_key='{"a": ' * DEEP + "1" + "}" * DEEP),
+        _meta_text(deep_key="[NaN, " + _nested(DEEP) + "]"),  # read by the json module, not orjson
+        _meta_text(deep_key=_nested(250)),  # orjson reads this deep, Python's recursion would not be safe
+    ],
+    ids=["description", "parameter", "top-level-key", "objects", "python-dialect", "250-levels"],
+)
+def test_deeply_nested_metadata_is_a_metadata_error_and_the_rest_is_listed(tmp_path: Path, run_cli, content: str) -> None:
+    root = _hostile_archive(tmp_path, {"deep": content})
+    for command in READ_COMMANDS + [["list", "--json"], ["list", "--select", "p['X'] > 0"], ["list", "--select", "'deep' in m['description']"]]:
+        result = run_cli("archive", *command, "--path", str(root))
+        assert result.exit_code == 0, (command, result.output)
+        assert "Traceback" not in result.output and not result.stderr.startswith("Error:")
+    lines = run_cli("archive", "list", "--path", str(root)).stdout.splitlines()
+    assert lines[-1] == "❌ results/ns/deep (metadata error)"
+    assert len(lines) == 3
+    experiments = {item["rel_path"]: item for item in json.loads(run_cli("archive", "list", "--path", str(root), "--json").stdout)}
+    assert experiments["ns/deep"]["metadata_error"] == "experiment_meta.json is nested more than 200 levels deep"
+    assert experiments["ns/ordinary_b"]["parameters"] == {"X": 2}
+
+
+def test_nesting_within_the_limit_is_indexed_exactly(tmp_path: Path, run_cli) -> None:
+    nested: list = []
+    for _ in range(150):
+        nested = [nested]
+    root = _hostile_archive(tmp_path, {"nested": make_metadata(parameters={"A": nested}, description=nested)})
+    result = run_cli("archive", "list", "--path", str(root), "--json", "--select", f"p['A'] == {nested!r}")
+    assert result.exit_code == 0, result.output
+    (experiment,) = json.loads(result.stdout)
+    assert experiment["parameters"]["A"] == nested
+    for command in READ_COMMANDS + [["scan", "--group", "p.get('A')"], ["tail", "--json"]]:
+        assert run_cli("archive", *command, "--path", str(root)).exit_code == 0, command
+
+
+@pytest.mark.parametrize(
+    ("name", "stored", "shown"),
+    [
+        (b"run-\xff", "run-\\xff", "run-\\xff"),
+        (b"caf\xe9 \xc3\xbc", "caf\\xe9 \u00fc", "caf\\xe9 \u00fc"),
+        (b"back\\slash-\xfe", "back\\\\slash-\\xfe", "back\\\\slash-\\xfe"),
+        (b"new\nline", "new\nline", "new\\nline"),
+        (b"tab\tand\x1bescape", "tab\tand\x1bescape", "tab\\tand\\x1bescape"),
+    ],
+    ids=["not-utf8", "latin1-and-utf8", "backslash-and-not-utf8", "newline", "control-characters"],
+)
+def test_odd_folder_names_are_listed_escaped_and_written_through_to_the_real_folder(
+    tmp_path: Path, run_cli, name: bytes, stored: str, shown: str
+) -> None:
+    """Stored (and in --json) with non-UTF-8 bytes as \\xNN and a backslash doubled; in text, control characters escaped too."""
+    root = _hostile_archive(tmp_path, {})
+    folder = os.path.join(os.fsencode(root / "ns"), name)
+    os.mkdir(folder)
+    with open(os.path.join(folder, b"experiment_meta.json"), "w") as file:
+        json.dump(make_metadata(parameters={"X": 9}, start_time=1700000900.0), file)
+    for command in READ_COMMANDS:
+        result = run_cli("archive", *command, "--path", str(root))
+        assert result.exit_code == 0, (command, result.output)
+    lines = run_cli("archive", "list", "--path", str(root)).stdout.splitlines()
+    assert len(lines) == 3
+    assert lines[-1] == f"✅ results/ns/{shown} (2m 15s)"
+    (odd,) = json.loads(run_cli("archive", "list", "--path", str(root), "--json", "--select", "p['X'] == 9").stdout)
+    assert odd["rel_path"] == f"ns/{stored}"
+    assert odd["path"].endswith(odd["rel_path"])
+    # m['path'] is the real path, as pycomex gives it.
+    real_path = os.fsdecode(folder)
+    assert run_cli("archive", "list", "--path", str(root), "--select", f"m['path'] == {real_path!r}").stdout.count("\n") == 1
+
+    modified = run_cli("archive", "modify", "--path", str(root), "--select", "p['X'] == 9", "--modify-parameters", "p['X'] = 10")
+    assert modified.exit_code == 0, modified.output
+    with open(os.path.join(folder, b"experiment_meta.json")) as file:
+        assert json.load(file)["parameters"]["X"]["value"] == 10
+    zip_path = tmp_path / "odd.zip"
+    compressed = run_cli("archive", "compress", "--path", str(root), "--select", "p['X'] == 10", "--name", str(zip_path))
+    assert compressed.exit_code == 0, compressed.output
+    with zipfile.ZipFile(zip_path) as archive_zip:
+        assert [member for member in archive_zip.namelist() if member.endswith("experiment_meta.json")]
+    deleted = run_cli("archive", "delete", "--path", str(root), "--select", "p['X'] == 10", "--yes")
+    assert deleted.exit_code == 0, deleted.output
+    assert not os.path.exists(folder)
+    assert sorted(os.listdir(root / "ns")) == ["ordinary_a", "ordinary_b"]
+
+
+def test_a_literal_backslash_name_and_its_lookalike_stay_two_experiments(tmp_path: Path, run_cli) -> None:
+    """``\\xff`` typed as four characters and the byte 0xff are different folders; the index keeps them apart."""
+    root = _hostile_archive(tmp_path, {"run-\\xff": make_metadata(parameters={"X": 7})})
+    folder = os.path.join(os.fsencode(root / "ns"), b"run-\xff")
+    os.mkdir(folder)
+    with open(os.path.join(folder, b"experiment_meta.json"), "w") as file:
+        json.dump(make_metadata(parameters={"X": 8}), file)
+    lines = run_cli("archive", "list", "--path", str(root)).stdout.splitlines()
+    assert "✅ results/ns/run-\\\\xff (2m 15s)" in lines and "✅ results/ns/run-\\xff (2m 15s)" in lines
+    assert run_cli("archive", "delete", "--path", str(root), "--select", "p['X'] == 8", "--yes").exit_code == 0
+    assert not os.path.exists(folder) and (root / "ns" / "run-\\xff").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "as_json", "select"),
+    [
+        (float("inf"), "Infinity", "p['V'] > 100"),
+        (float("-inf"), "-Infinity", "p['V'] < -100"),
+        (float("nan"), "NaN", "p['V'] != p['V']"),
+        ([1.0, float("nan"), {"deeper": float("inf")}], [1.0, "NaN", {"deeper": "Infinity"}], "p['V'][2]['deeper'] > 1e308"),
+    ],
+    ids=["inf", "-inf", "nan", "nested"],
+)
+def test_non_finite_parameter_values_reach_select_as_floats_and_json_as_strings(
+    tmp_path: Path, run_cli, value, as_json, select: str
+) -> None:
+    # json.dumps writes NaN / Infinity / -Infinity, as pycomex does.
+    root = _hostile_archive(tmp_path, {"odd": make_metadata(parameters={"V": value, "X": 5})})
+    selected = run_cli("archive", "list", "--path", str(root), "--select", select, "--json")
+    assert selected.exit_code == 0, selected.output
+    (experiment,) = json.loads(selected.stdout, parse_constant=pytest.fail)  # strict JSON: no NaN tokens
+    assert experiment["rel_path"] == "ns/odd" and experiment["parameters"] == {"V": as_json, "X": 5}
+    everything = json.loads(run_cli("archive", "list", "--path", str(root), "--json").stdout, parse_constant=pytest.fail)
+    assert len(everything) == 3
+    # The rest of the document still goes through SQL, and the odd run through Python, with one answer.
+    assert run_cli("archive", "list", "--path", str(root), "--select", "p['X'] > 2").stdout.splitlines() == [
+        "✅ results/ns/odd (2m 15s)"
+    ]
+    grouped = json.loads(run_cli("archive", "scan", "--path", str(root), "--group", "p.get('V', 'none')", "--json").stdout)
+    assert {group["group"]: group["count"] for group in grouped} == {"none": 2, str(value): 1}
+    tail = run_cli("archive", "tail", "--path", str(root), "--json")
+    assert tail.exit_code == 0 and json.loads(tail.stdout, parse_constant=pytest.fail)[-1]["rel_path"] in {"ns/odd", "ns/ordinary_a"}
+
+
+@pytest.mark.parametrize(
+    "value", [2**64 + 1, -(2**64) - 1, 2**63, 10**400, [2**70, {"x": 10**30}]], ids=["2**64+1", "-2**64-1", "2**63", "10**400", "nested"]
+)
+def test_integers_beyond_64_bits_stay_exact(tmp_path: Path, run_cli, value) -> None:
+    root = _hostile_archive(tmp_path, {"big": make_metadata(parameters={"SEED": value}, big_key=value)})
+    for select in [f"p['SEED'] == {value!r}", f"m['big_key'] == {value!r}", f"m['parameters']['SEED']['value'] == {value!r}"]:
+        result = run_cli("archive", "list", "--path", str(root), "--select", select, "--json")
+        assert result.exit_code == 0, result.output
+        (experiment,) = json.loads(result.stdout)
+        assert experiment["parameters"] == {"SEED": value}
+    assert len(json.loads(run_cli("archive", "list", "--path", str(root), "--json").stdout)) == 3
+    grouped = json.loads(run_cli("archive", "scan", "--path", str(root), "--group", "p.get('SEED')", "--json").stdout)
+    assert {group["group"] for group in grouped} == {"None", str(value)}
+    # modify rewrites the file with the integer as it was
+    modified = run_cli("archive", "modify", "--path", str(root), "--select", "'SEED' in p", "--modify-metadata", "m['seen'] = 1")
+    assert modified.exit_code == 0, modified.output
+    assert json.loads((root / "ns" / "big" / "experiment_meta.json").read_text())["parameters"]["SEED"]["value"] == value
+
+
+ABSURD_TIMES = [
+    {"start_time": 1e300},
+    {"start_time": -1e300},
+    {"start_time": float("nan"), "end_time": float("inf")},
+    {"start_time": 10**400},
+    {"duration": 1e300},
+    {"duration": float("inf")},
+    {"duration": -(10**400), "end_time": -1.0},
+]
+
+
+@pytest.mark.parametrize("times", ABSURD_TIMES, ids=lambda times: ",".join(f"{k}={v!r:.12}" for k, v in times.items()))
+def test_one_absurd_time_does_not_spoil_the_figures_of_the_others(tmp_path: Path, run_cli, times: dict) -> None:
+    root = _hostile_archive(tmp_path, {"absurd": make_metadata(parameters={"X": 3}, **times)})
+    figures = json.loads(run_cli("archive", "overview", "--path", str(root), "--json").stdout)
+    # Exactly the figures of the two ordinary runs (the absurd run counts, but adds no time).
+    assert figures["total"] == 3 and figures["successful"] == 3
+    assert figures["first_start_time"] == 1700000000.0
+    assert figures["last_start_time"] == 1700000500.0
+    assert figures["maximum_duration"] == 135.0 and figures["average_duration"] == 135.0
+    for command in READ_COMMANDS + [["tail", "-n", "3"], ["list", "--json"], ["list", "--select", "m['duration'] > 100"]]:
+        result = run_cli("archive", *command, "--path", str(root))
+        assert result.exit_code == 0, (command, result.output)
+    text = run_cli("archive", "overview", "--path", str(root)).stdout
+    assert "First Experiment: unknown" not in text and "Average Duration: 2m 15s" in text
+
+
+# --- Property: no hostile archive stops a read command. ---
+
+ODD_STRINGS = ["", "\x00", "a\nb", "\r\n", "\x1b[31mred", "\u2028", "\ud800", "x\udfffy", "é" * 3, "x" * 20000, "NaN", "done"]
+ODD_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.sampled_from([2**64 + 1, -(2**70), 10**400]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([1e300, -1e300, float("nan"), float("inf")]),
+    st.sampled_from(ODD_STRINGS),
+    st.text(max_size=8),
+)
+ODD_VALUES = st.recursive(
+    ODD_SCALARS,
+    lambda children: st.one_of(st.lists(children, max_size=3), st.dictionaries(st.sampled_from(ODD_STRINGS + ["a"]), children, max_size=3)),
+    max_leaves=8,
+)
+
+
+@st.composite
+def _nested_deep(draw) -> object:
+    value: object = draw(ODD_SCALARS)
+    for _ in range(draw(st.sampled_from([1, 50, 199, 201, 1500]))):
+        value = [value] if draw(st.booleans()) else {"k": value}
+    return value
+
+
+HOSTILE_VALUES = st.one_of(ODD_VALUES, _nested_deep())
+HOSTILE_METADATA = st.one_of(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "status": st.one_of(st.sampled_from(["done", "running", "failed"]), HOSTILE_VALUES),
+            "has_error": HOSTILE_VALUES,
+            "error_type": st.one_of(st.sampled_from(["ValueError", "\ud800", "a\nb"]), HOSTILE_VALUES),
+            "start_time": st.one_of(st.floats(1.6e9, 1.8e9), HOSTILE_VALUES),
+            "end_time": HOSTILE_VALUES,
+            "duration": st.one_of(st.floats(0, 1e5), HOSTILE_VALUES),
+            "name": HOSTILE_VALUES,
+            "namespace": HOSTILE_VALUES,
+            "description": HOSTILE_VALUES,
+            "parameters": st.one_of(
+                st.dictionaries(
+                    st.sampled_from(["X", "MODEL", "\ud800", "a\nb", ""]),
+                    st.one_of(st.fixed_dictionaries({"value": HOSTILE_VALUES}), HOSTILE_VALUES),
+                    max_size=3,
+                ),
+                HOSTILE_VALUES,
+            ),
+            "\ud800odd key": HOSTILE_VALUES,
+            "": HOSTILE_VALUES,
+        },
+    ),
+    HOSTILE_VALUES,  # not even an object
+)
+ODD_FOLDER_NAMES = st.sampled_from([b"run", b"run-\xff", b"a\nb", b"back\\slash", b"\xc3\xbc\xe9", b"tab\t", b"x" * 200, b"\\xff"])
+HOSTILE_SELECTS = ["p['X'] > 0", "m['status'] == 'done' and p['MODEL'] == 'resnet'", "m['start_time'] > '2024-01-01'", "str(m) != ''"]
+_hostile_counter = itertools.count()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(runs=st.lists(st.tuples(ODD_FOLDER_NAMES, HOSTILE_METADATA), min_size=1, max_size=4))
+def test_no_hostile_archive_stops_a_read_command(tmp_path: Path, run_cli, runs) -> None:
+    root = tmp_path / f"hostile{next(_hostile_counter)}" / "results"
+    namespace = os.path.join(os.fsencode(root), b"ns")
+    os.makedirs(namespace)
+    for number, (name, metadata) in enumerate(runs):
+        folder = os.path.join(namespace, b"%d-" % number + name)
+        os.mkdir(folder)
+        with open(os.path.join(folder, b"experiment_meta.json"), "w") as file:
+            try:
+                file.write(json.dumps(metadata, indent=4, sort_keys=True))  # pycomex's format, NaN and all
+            except (RecursionError, TypeError):
+                file.write(json.dumps(metadata))  # keys of mixed kinds cannot be sorted
+    commands = [["list"], ["list", "--json"], ["tail", "-n", "10"], ["overview"], ["info"], ["scan"], ["scan", "--group", "p.get('X')"]]
+    commands += [["list", "--select", select] for select in HOSTILE_SELECTS]
+    for command in commands:
+        result = run_cli("archive", *command, "--path", str(root))
+        assert result.exit_code == 0, (command, result.output)
+        assert "Traceback" not in result.output and not result.stderr.startswith("Error:"), (command, result.output)
+        assert "\nError:" not in result.stderr, (command, result.output)
+    listed = run_cli("archive", "list", "--path", str(root)).stdout.splitlines()
+    assert len(listed) == len(runs)
+    assert sorted(int(line.split("/ns/")[1].split("-")[0]) for line in listed) == list(range(len(runs)))
+    experiments = json.loads(run_cli("archive", "list", "--path", str(root), "--json").stdout, parse_constant=pytest.fail)
+    assert len(experiments) == len(runs)
+    figures = json.loads(run_cli("archive", "overview", "--path", str(root), "--json").stdout, parse_constant=pytest.fail)
+    assert figures["total"] == len(runs)
+
+
+def test_an_index_from_revision_0005_reads_again_what_it_stored_lossily(tmp_path: Path, run_cli) -> None:
+    """Revision 0005 wrote Infinity as null and kept absurd times; the upgrade makes the next sync re-read such runs."""
+    from pycomex_index.db import SqliteFileDatabase
+    from pycomex_index.discovery import iter_folder_listings, listing_digest
+    from pycomex_index.store import run_migrations
+
+    root = _hostile_archive(tmp_path, {"odd": make_metadata(parameters={"V": float("inf")}, duration=1e300)})
+    old = SqliteFileDatabase(str(tmp_path / "old.sqlite3"))
+    run_migrations(old, "0005")
+    old.execute("INSERT INTO archives (id, root, created_at) VALUES (1, :root, 0)", {"root": str(root)})
+    for number, name in enumerate(sorted(os.listdir(root / "ns")), start=1):
+        meta = os.stat(root / "ns" / name / "experiment_meta.json")
+        old.execute(
+            "INSERT INTO experiments (id, archive_id, rel_path, namespace, outcome, start_time, duration, asset_count, "
+            "disk_usage, meta_mtime_ns, meta_size, folder_mtime_ns) "
+            "VALUES (:id, 1, :rel_path, 'ns', 'done', 1700000000.0, :duration, 1, 10, :mtime, :size, 1)",
+            {"id": number, "rel_path": f"ns/{name}", "mtime": meta.st_mtime_ns, "size": meta.st_size,
+             "duration": 1e300 if name == "odd" else 135.0},
+        )
+        parameters = '{"V":null}' if name == "odd" else json.dumps({"X": number})
+        old.execute(
+            "INSERT INTO experiment_fields (experiment_id, summary_json, parameters_json) VALUES (:id, '{}', :parameters)",
+            {"id": number, "parameters": parameters},
+        )
+    # A digest equal to the disk's, as 0005 left it: without the upgrade a sync would trust the stored rows.
+    old.execute(
+        "INSERT INTO folder_digests (archive_id, folder, digest) VALUES (1, 'ns', :digest)",
+        {"digest": next(listing_digest(listing.experiments) for listing in iter_folder_listings(str(root)) if listing.experiments)},
+    )
+    old.close()
+
+    index = ["--path", str(root), "--index", str(tmp_path / "old.sqlite3")]
+    selected = run_cli("archive", "list", *index, "--select", "p['V'] > 100", "--json")
+    assert selected.exit_code == 0, selected.output
+    assert [item["rel_path"] for item in json.loads(selected.stdout)] == ["ns/odd"]
+    figures = json.loads(run_cli("archive", "overview", *index, "--json").stdout)
+    assert figures["maximum_duration"] == 135.0
+    unchanged = SqliteFileDatabase(str(tmp_path / "old.sqlite3"))
+    # The ordinary runs were not read again: their rows are still the ones written above.
+    ordinary = unchanged.fetch_one(
+        "SELECT f.parameters_json FROM experiment_fields f JOIN experiments e ON e.id = f.experiment_id "
+        "WHERE e.rel_path = 'ns/ordinary_a'"
+    )
+    assert ordinary[0] == '{"X": 2}'
+    unchanged.close()

@@ -24,11 +24,19 @@ from pycomex_index.store import open_archive_index
 from pycomex_index.sync import sync_archive
 
 # Values chosen to hit every type edge the translation must respect: missing keys, null, bools,
-# ints, floats, huge ints, numeric and date strings.
-ODD_VALUES = st.sampled_from([None, True, False, 0, 1, 32, 0.001, 0.01, 0.0099999, 2.0**60, -5, "done", "0.01", "2024-01-10"])
+# ints, floats, huge ints, numeric and date strings; NaN and Infinity (which Python's json writes and
+# SQLite's JSON functions reject), integers beyond 64 bits (which orjson and SQLite would round) and
+# times too large to be times. Each is written by json.dumps, as pycomex writes them.
+NON_FINITE = [float("inf"), float("-inf"), float("nan")]
+BEYOND_64_BITS = [2**64 + 1, -(2**64) - 1, 10**400]
+ODD_VALUES = st.sampled_from(
+    [None, True, False, 0, 1, 32, 0.001, 0.01, 0.0099999, 2.0**60, -5, 1e300, "done", "0.01", "2024-01-10"]
+    + NON_FINITE
+    + BEYOND_64_BITS
+)
 STATUS = st.one_of(st.sampled_from(["done", "failed", "running", "Done"]), ODD_VALUES)
 TIME = st.one_of(st.floats(1.6e9, 1.8e9), st.integers(1_600_000_000, 1_800_000_000), ODD_VALUES)
-NUMBER = st.one_of(st.floats(-1, 1), st.integers(-100, 100), ODD_VALUES)
+NUMBER = st.one_of(st.floats(-1, 1), st.integers(-100, 100), st.floats(), st.integers(-(2**70), 2**70), ODD_VALUES)
 MISSING = object()
 
 
@@ -48,7 +56,8 @@ EXPERIMENT = st.fixed_dictionaries(
 )
 
 SUBJECTS = ["m['status']", "m['error_type']", "m['duration']", "m['start_time']", "p['LEARNING_RATE']", "p['MODEL']"]
-CONSTANTS = ["'done'", "'ValueError'", "'resnet'", "0", "1", "32", "0.01", "0.001", "-5", "1.7e9", "'2024-01-10'", "'2025-06-01T12:00'", "True", "None"]
+CONSTANTS = ["'done'", "'ValueError'", "'resnet'", "0", "1", "32", "0.01", "0.001", "-5", "1.7e9", "'2024-01-10'", "'2025-06-01T12:00'", "True", "None",
+             "1e400", "18446744073709551617", "1e300"]
 OPERATORS = ["==", "<", "<=", ">", ">=", "!="]
 
 
@@ -106,7 +115,8 @@ def test_pushdown_selects_exactly_what_python_selects(tmp_path: Path, experiment
 
 
 EDGE_VALUES = [MISSING, None, True, False, 0, 1, 32, 0.001, 0.01, 0.0099999, 2.0**60, 2**60 + 1, -5, 1.7e9, 1_700_000_000,
-               "done", "Done", "ValueError", "resnet", "0.01", "2024-01-10", "2025-06-01T12:00", [1], {"a": 1}]
+               "done", "Done", "ValueError", "resnet", "0.01", "2024-01-10", "2025-06-01T12:00", [1], {"a": 1},
+               *NON_FINITE, *BEYOND_64_BITS, 1e300, [float("nan")], {"a": 2**64 + 1}]
 
 
 def _edge_archive(root: Path) -> None:
