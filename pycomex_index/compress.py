@@ -89,12 +89,12 @@ def compress_experiments(
     with atomic_writer(zip_path) as file:
         not_to_pack = {os.path.realpath(zip_path), os.path.realpath(file.name)}
         with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_DEFLATED, strict_timestamps=False) as archive:
-            for done, target in enumerate(targets, start=1):
-                meta_mtime_ns = _add_experiment(archive, root, target.rel_path, not_to_pack, on_experiment)
+            for done, experiment in enumerate(targets, start=1):
+                meta_mtime_ns = _add_experiment(archive, root, experiment.rel_path, not_to_pack, on_experiment)
                 if meta_mtime_ns is None:
-                    skipped.append(target.rel_path)
+                    skipped.append(experiment.rel_path)
                 else:
-                    members.append((target.rel_path, meta_mtime_ns))
+                    members.append((experiment.rel_path, meta_mtime_ns))
                 if on_progress:
                     on_progress(done, len(targets))
         file.flush()

@@ -386,11 +386,16 @@ def _json_equal(left: Any, right: Any) -> bool:
         return left == right
 
 
+def _parameter_entries(metadata: dict[str, Any]) -> dict[str, Any]:
+    parameters = metadata.get("parameters")
+    return parameters if isinstance(parameters, dict) else {}
+
+
 def _changes(original: dict[str, Any], final: dict[str, Any], renames: dict[str, str]) -> list[FieldChange]:
     """Every changed parameter value or entry field, then every changed metadata key, in file order."""
     changes: list[FieldChange] = []
-    before_entries = original.get("parameters") if isinstance(original.get("parameters"), dict) else {}
-    after_entries = final.get("parameters") if isinstance(final.get("parameters"), dict) else {}
+    before_entries = _parameter_entries(original)
+    after_entries = _parameter_entries(final)
     new_name_of = {old: new for new, old in renames.items()}
     # File order; a renamed parameter shows where its old name was, added ones come last.
     order = list(dict.fromkeys([new_name_of.get(name, name) for name in before_entries] + list(after_entries)))

@@ -32,11 +32,11 @@ def index_status(index: ArchiveIndex) -> IndexStatus:
         "SELECT COUNT(*), SUM(CASE WHEN outcome = 'error' THEN 1 ELSE 0 END) FROM experiments "
         "WHERE archive_id = :archive_id",
         {"archive_id": index.archive_id},
-    )
+    ) or (0, 0)
     last_sync_at, last_sync_seconds = db.fetch_one(
         "SELECT last_sync_at, last_sync_seconds FROM archives WHERE id = :archive_id",
         {"archive_id": index.archive_id},
-    )
+    ) or (None, None)
     size = None
     if "://" not in index.location and os.path.exists(index.location):
         size = sum(
