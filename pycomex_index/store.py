@@ -533,7 +533,8 @@ def run_migrations(db: IndexDatabase, revision: str) -> None:
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", migrations_folder())
+    # Config is a ConfigParser: "%" in the install path (".../lab%20share/...") must be escaped as "%%".
+    config.set_main_option("script_location", migrations_folder().replace("%", "%%"))
     engine = db.sqlalchemy_engine()
     try:
         with engine.begin() as connection:
