@@ -262,9 +262,20 @@ class SqliteFileDatabase(IndexDatabase):
             self._in_transaction = False
 
     def sqlalchemy_engine(self):
-        from sqlalchemy import create_engine
+        """An engine on this very file (for Alembic), with the same settings as this connection.
 
-        return _configured_engine(create_engine(self.url))
+        The file is handed over by a ``creator``, not in a URL: SQLAlchemy
+        URL-decodes a URL's path, so a folder named ``pc%41t`` would become ``pcAt``.
+        """
+        import sqlite3
+
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        path = self.path
+        return _configured_engine(
+            create_engine("sqlite://", creator=lambda: sqlite3.connect(path, timeout=busy_timeout_seconds()), poolclass=NullPool)
+        )
 
     def close(self) -> None:
         self.connection.close()
