@@ -272,4 +272,6 @@ def describe_error(error: BaseException) -> tuple[str, int]:
         return str(error), error.exit_code
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:  # a full disk met outside the index (a ZIP, a file)
         return FULL_MESSAGE, IndexFullError.exit_code
-    return f"{type(error).__name__}: {error} (set PYCOMEX_INDEX_DEBUG=1 for a traceback)", 1
+    # One line: a database error's text goes on with the SQL statement and its parameters.
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first_line} (set PYCOMEX_INDEX_DEBUG=1 for a traceback)", 1

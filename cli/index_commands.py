@@ -36,7 +36,7 @@ def sync_command(ctx: click.Context, archive_path, index_location, rebuild: bool
             if attempt == 2 or not error.recovered:
                 raise
     if as_json:
-        write_json({**asdict(report), "index": index.location, "archive": index.root})
+        write_json({**asdict(report), "index": index.shown_location, "archive": index.root})
         return
     write_lines(
         [
