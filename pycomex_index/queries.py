@@ -34,6 +34,10 @@ _ROW_COLUMNS = tuple(
 )
 _LISTING_COLUMNS = ("e.rel_path", "e.outcome", "e.duration")
 
+#: SQLite's own NULL order (NULL below every value), spelled out so PostgreSQL (NULL above) agrees; SQLite
+#: plans the same with it, since it is its default.
+_NULLS = {"ASC": "NULLS FIRST", "DESC": "NULLS LAST"}
+
 
 @dataclass(slots=True)
 class ExperimentRow:
@@ -149,7 +153,7 @@ def iter_selected(
         table, sort_key = "experiments e", "e.start_time"
     sql = (
         f"SELECT {', '.join(selected)} FROM {table}{join} WHERE {where} "
-        f"ORDER BY {sort_key} {direction}, e.rel_path {direction}"
+        f"ORDER BY {sort_key} {direction} {_NULLS[direction]}, e.rel_path {direction}"
     )
     if limit is not None and selection is None:
         sql += f" LIMIT {int(limit)}"
@@ -226,7 +230,7 @@ def iter_listing(
         return (values for values, _, _ in rows)
     return index.db.execute(
         "SELECT rel_path, outcome, duration FROM experiments "
-        "WHERE archive_id = :archive_id AND outcome <> 'error' ORDER BY start_time, rel_path",
+        "WHERE archive_id = :archive_id AND outcome <> 'error' ORDER BY start_time NULLS FIRST, rel_path",
         {"archive_id": index.archive_id},
     )
 
