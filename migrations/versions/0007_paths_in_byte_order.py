@@ -5,8 +5,8 @@ by language rules, so ``exp/run#2`` fell inside the range ``exp/run/`` ..
 ``exp/run0`` that finds the rows below a folder, and ``ORDER BY rel_path``
 differed from SQLite's. SQLite compares text bytewise already: nothing to do there.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-03
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
