@@ -54,7 +54,7 @@ def list_command(ctx, select, explain, archive_path, index_location, as_json) ->
 
     selection = compile_or_fail(select)
     failures = EvaluationFailures()
-    with opened_index(ctx, archive_path, index_location) as index:
+    with opened_index(ctx, archive_path, index_location, read_only_ok=True) as index:
         if as_json:
             experiments = iter_experiments(
                 index, selection, include_unreadable=False, with_parameters=True, failures=failures
@@ -113,7 +113,7 @@ def tail_command(ctx, num, select, explain, archive_path, index_location, as_jso
 
     selection = compile_or_fail(select)
     failures = EvaluationFailures()
-    with opened_index(ctx, archive_path, index_location) as index:
+    with opened_index(ctx, archive_path, index_location, read_only_ok=True) as index:
         rows = list(
             iter_experiments(
                 index,
@@ -221,7 +221,7 @@ def _statistics_command(name: str, heading: str, with_namespaces: bool, docstrin
 
         selection = compile_or_fail(select)
         failures = EvaluationFailures()
-        with opened_index(ctx, archive_path, index_location) as index:
+        with opened_index(ctx, archive_path, index_location, read_only_ok=True) as index:
             statistics = archive_statistics(index, selection, failures)
         if as_json:
             write_json({"archive": index.root, "select": select, **statistics.as_json()})
@@ -285,7 +285,7 @@ def scan_command(ctx, group_expression, select, explain, archive_path, index_loc
     selection = compile_or_fail(select)
     group_by = compile_or_fail(group_expression, what="--group")
     failures = EvaluationFailures()
-    with opened_index(ctx, archive_path, index_location) as index:
+    with opened_index(ctx, archive_path, index_location, read_only_ok=True) as index:
         result = scan_groups(index, group_by, selection, failures)
     if as_json:
         write_json([group.as_json(result.now) for group in result.groups])

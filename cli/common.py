@@ -67,65 +67,32 @@ def archive_location(ctx: click.Context, archive_path: str | None, index_locatio
     )
 
 
-#: Commands that only read the index: they may use an index that cannot be written (saying so once).
-READ_COMMAND_NAMES = frozenset({"list", "tail", "overview", "info", "scan", "status"})
-
-
 @contextlib.contextmanager
-def opened_index(ctx: click.Context, archive_path: str | None, index_location: str | None, *, refresh: bool = True):
-    """Open the archive's index and (unless told not to) bring it up to date first, with a progress bar.
+def opened_index(
+    ctx: click.Context,
+    archive_path: str | None,
+    index_location: str | None,
+    *,
+    refresh: bool = True,
+    read_only_ok: bool = False,
+):
+    """The archive's index, brought up to date first (unless ``refresh=False``) with a progress bar.
 
-    Damage the database reports while opening or refreshing is mended and the
-    command goes on (nothing has been shown yet). Damage reported later, while
-    the command works, is mended too, but the command fails: it may have shown
-    half a result or changed files, so only the user may run it again. A read
-    command on an index that cannot be written reads it as it is, with a warning.
+    ``read_only_ok``: the command only reads, so an index that cannot be
+    written is used as it is, with a warning. Damage is mended by the library
+    (:func:`pycomex_index.sync.open_refreshed_index`, :func:`pycomex_index.sync.mending_damage`).
     """
-    from pycomex_index.errors import IndexDamagedError, IndexReadOnlyError
-    from pycomex_index.store import open_archive_index, recover_damaged_index
-    from pycomex_index.sync import refresh_index
+    from pycomex_index.sync import mending_damage, open_refreshed_index
 
     path, location = archive_location(ctx, archive_path, index_location)
-    reads_only = ctx.command.name in READ_COMMAND_NAMES
-
-    for attempt in (1, 2):
-        index = open_archive_index(path, location, allow_read_only=reads_only)
-        if index.read_only:
-            warn(f"the index {index.location} cannot be written, so it could not be updated; results may be stale")
-            break
-        if not refresh:
-            break
-        try:
-            with progress_bar("Indexing experiments") as on_progress:
-                refresh_index(index, on_progress=on_progress)
-            break
-        except IndexReadOnlyError as error:
-            if not reads_only:
-                index.close()
-                raise
-            warn(f"the index could not be updated ({error}); results may be stale")
-            break
-        except IndexDamagedError as error:
-            if attempt == 2:
-                index.close()
-                raise
-            recover_damaged_index(index, error)  # closes it; the next round opens the fresh index
-        except BaseException:
-            index.close()
-            raise
-    try:
+    with progress_bar("Indexing experiments") as on_progress:
+        index, not_updated = open_refreshed_index(
+            path, location, refresh=refresh, read_only_ok=read_only_ok, on_progress=on_progress
+        )
+    if not_updated:
+        warn(f"{not_updated}; results may be stale")
+    with mending_damage(index):
         yield index
-    except IndexDamagedError as error:
-        if error.recovered:
-            raise
-        recover_damaged_index(index, error)
-        raise IndexDamagedError(
-            f"{error}; it was set aside and a fresh index was made (see the warning above): run the command again",
-            error.location,
-            recovered=True,
-        ) from None
-    finally:
-        index.close()
 
 
 @contextlib.contextmanager
@@ -312,4 +279,6 @@ def describe_error(error: BaseException) -> tuple[str, int]:
         return str(error), error.exit_code
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:  # a full disk met outside the index (a ZIP, a file)
         return FULL_MESSAGE, IndexFullError.exit_code
-    return f"{type(error).__name__}: {error} (set PYCOMEX_INDEX_DEBUG=1 for a traceback)", 1
+    # One line: a database error's text goes on with the SQL statement and its parameters.
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first_line} (set PYCOMEX_INDEX_DEBUG=1 for a traceback)", 1

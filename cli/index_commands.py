@@ -36,7 +36,7 @@ def sync_command(ctx: click.Context, archive_path, index_location, rebuild: bool
             if attempt == 2 or not error.recovered:
                 raise
     if as_json:
-        write_json({**asdict(report), "index": index.location, "archive": index.root})
+        write_json({**asdict(report), "index": index.shown_location, "archive": index.root})
         return
     write_lines(
         [
@@ -61,7 +61,7 @@ def status_command(ctx: click.Context, archive_path, index_location, as_json: bo
     from pycomex_index.formatting import format_size, format_time
     from pycomex_index.status import index_status
 
-    with opened_index(ctx, archive_path, index_location, refresh=False) as index:
+    with opened_index(ctx, archive_path, index_location, refresh=False, read_only_ok=True) as index:
         status = index_status(index)
     if as_json:
         write_json(status.as_json())

@@ -52,6 +52,15 @@ SQLITE_DAMAGE_CODES = frozenset({_SQLITE_CORRUPT, _SQLITE_NOTADB})
 _SQLITE_IOERR_SHMSIZE = 4874
 
 
+def masked_url(location: str) -> str:
+    """``location`` as it may be shown: a password in a database URL becomes ``***``."""
+    scheme, found, rest = location.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not (found and at and ":" in credentials):
+        return location
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+
+
 def busy_timeout_seconds() -> float:
     """The busy timeout: :data:`BUSY_TIMEOUT_ENV_VARIABLE` when set to a number, else the default."""
     try:
@@ -135,6 +144,8 @@ class IndexDatabase:
     """What the library needs from a database connection."""
 
     url: str
+    #: How the database is named in messages: a file's path, or the URL with its password masked.
+    where: str
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> Iterator[Row]:
         raise NotImplementedError
@@ -151,6 +162,10 @@ class IndexDatabase:
 
     def sqlalchemy_engine(self):  # pragma: no cover - overridden
         raise NotImplementedError
+
+    def migration_lock(self) -> contextlib.AbstractContextManager[None]:
+        """Held while the schema is checked and migrated, so concurrent first opens migrate once."""
+        return contextlib.nullcontext()
 
     def close(self) -> None:
         raise NotImplementedError
@@ -169,7 +184,7 @@ class SqliteFileDatabase(IndexDatabase):
         import sqlite3
 
         self._errors = sqlite3.Error
-        self.path = path
+        self.path = self.where = path
         self.url = f"sqlite:///{path}"
         self.read_only = read_only
         timeout = busy_timeout_seconds()
@@ -262,12 +277,39 @@ class SqliteFileDatabase(IndexDatabase):
             self._in_transaction = False
 
     def sqlalchemy_engine(self):
-        from sqlalchemy import create_engine
+        """An engine on this very file (for Alembic), with the same settings as this connection.
 
-        return _configured_engine(create_engine(self.url))
+        The file is handed over by a ``creator``, not in a URL: SQLAlchemy
+        URL-decodes a URL's path, so a folder named ``pc%41t`` would become ``pcAt``.
+        """
+        import sqlite3
+
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        path = self.path
+        return _configured_engine(
+            create_engine("sqlite://", creator=lambda: sqlite3.connect(path, timeout=busy_timeout_seconds()), poolclass=NullPool)
+        )
+
+    @contextlib.contextmanager
+    def migration_lock(self) -> Iterator[None]:
+        """An exclusive lock on a file beside the database (only beside a regular file, never ``/dev/null.lock``)."""
+        if not os.path.isfile(self.path):
+            yield
+            return
+        import fcntl
+
+        with open(self.path + ".lock", "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            yield
 
     def close(self) -> None:
         self.connection.close()
+
+
+#: The PostgreSQL advisory lock key taken while migrating (any fixed number; this one is "PCXI").
+MIGRATION_LOCK_KEY = 0x50435849
 
 
 class SqlAlchemyDatabase(IndexDatabase):
@@ -280,18 +322,18 @@ class SqlAlchemyDatabase(IndexDatabase):
         self._errors = DBAPIError
         self.url = url
         self.read_only = False
-        self._where = url.split("@", 1)[-1] if "@" in url else url  # never a password in a message
+        self.where = masked_url(url)  # never a password in a message
         try:
             self.engine = _configured_engine(create_engine(url))
             self.connection = self.engine.connect()
         except DBAPIError as error:
             self._fail(error)
-            raise
+            raise IndexUnavailableError(f"cannot use the index {self.where}: {_reason(error)}") from None
         self._in_transaction = False
 
     def _fail(self, error: BaseException) -> None:
         """Raise the library's exception for a database condition; return (the caller re-raises) for a bug."""
-        translated = translate_database_error(error, self._where)
+        translated = translate_database_error(error, self.where)
         if translated is not None:
             raise translated from error
 
@@ -349,6 +391,18 @@ class SqlAlchemyDatabase(IndexDatabase):
 
     def sqlalchemy_engine(self):
         return self.engine
+
+    @contextlib.contextmanager
+    def migration_lock(self) -> Iterator[None]:
+        """PostgreSQL: a session advisory lock (it outlives commits, and ends with the connection if we die)."""
+        if self.engine.dialect.name != "postgresql":
+            yield
+            return
+        self.execute("SELECT pg_advisory_lock(:key)", {"key": MIGRATION_LOCK_KEY})
+        try:
+            yield
+        finally:
+            self.execute("SELECT pg_advisory_unlock(:key)", {"key": MIGRATION_LOCK_KEY})
 
     def close(self) -> None:
         self.connection.close()

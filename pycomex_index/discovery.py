@@ -315,6 +315,9 @@ def read_metadata_document(folder: str) -> tuple[dict[str, Any], bool]:
             raw = file.read()
     except OSError as error:
         raise ValueError(f"cannot read {METADATA_FILE_NAME}: {error.strerror}") from None
+    # PostgreSQL text cannot hold NUL: such a run is a metadata error on every backend, never a failed sync.
+    if b"\\u0000" in raw:
+        raise ValueError(f"{METADATA_FILE_NAME} holds a NUL character (\\u0000), which the index cannot store")
     try:
         return parse_metadata_document(raw)
     except ValueError as error:

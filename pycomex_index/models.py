@@ -30,6 +30,10 @@ NAMING_CONVENTION = {
 }
 
 
+#: Paths compare and sort bytewise on every backend (SQLite does by itself; PostgreSQL needs collation "C"),
+#: so "the rows below folder F" is the range F/ .. F0 and listings order paths alike (migration 0006).
+PathText = Text().with_variant(Text(collation="C"), "postgresql")
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -40,7 +44,7 @@ class Archive(Base):
     __tablename__ = "archives"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    root: Mapped[str] = mapped_column(Text, unique=True)
+    root: Mapped[str] = mapped_column(PathText, unique=True)
     created_at: Mapped[float] = mapped_column(Float)
     last_sync_at: Mapped[Optional[float]] = mapped_column(Float)
     last_sync_seconds: Mapped[Optional[float]] = mapped_column(Float)
@@ -73,8 +77,8 @@ class Experiment(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     archive_id: Mapped[int] = mapped_column(ForeignKey("archives.id", ondelete="CASCADE"))
-    rel_path: Mapped[str] = mapped_column(Text)
-    namespace: Mapped[str] = mapped_column(Text)
+    rel_path: Mapped[str] = mapped_column(PathText)
+    namespace: Mapped[str] = mapped_column(PathText)
     name: Mapped[Optional[str]] = mapped_column(Text)
     outcome: Mapped[str] = mapped_column(String(16))
     status: Mapped[Optional[str]] = mapped_column(Text)
@@ -124,7 +128,7 @@ class FolderDigest(Base):
     __tablename__ = "folder_digests"
 
     archive_id: Mapped[int] = mapped_column(ForeignKey("archives.id", ondelete="CASCADE"), primary_key=True)
-    folder: Mapped[str] = mapped_column(Text, primary_key=True)
+    folder: Mapped[str] = mapped_column(PathText, primary_key=True)
     digest: Mapped[Optional[str]] = mapped_column(String(32))
 
 
@@ -172,7 +176,7 @@ class ExportMember(Base):
     __table_args__ = (Index("ix_export_members_rel_path", "rel_path"),)
 
     export_id: Mapped[int] = mapped_column(ForeignKey("exports.id", ondelete="CASCADE"), primary_key=True)
-    rel_path: Mapped[str] = mapped_column(Text, primary_key=True)
+    rel_path: Mapped[str] = mapped_column(PathText, primary_key=True)
     meta_mtime_ns: Mapped[int] = mapped_column(BigInteger)
 
 
@@ -196,7 +200,7 @@ class ModifyJournalEntry(Base):
     __tablename__ = "modify_journal"
 
     run_id: Mapped[int] = mapped_column(ForeignKey("modify_runs.id", ondelete="CASCADE"), primary_key=True)
-    rel_path: Mapped[str] = mapped_column(Text, primary_key=True)
+    rel_path: Mapped[str] = mapped_column(PathText, primary_key=True)
     previous_content: Mapped[str] = mapped_column(Text)
     written_sha256: Mapped[str] = mapped_column(String(64))
 

@@ -38,6 +38,10 @@ _LISTING_COLUMNS = ("e.rel_path", "e.outcome", "e.duration")
 #: Whether the row's documents are in Python's JSON dialect (see ExperimentFields.needs_python).
 _NEEDS_PYTHON = "f.needs_python"
 
+#: SQLite's own NULL order (NULL below every value), spelled out so PostgreSQL (NULL above) agrees; SQLite
+#: plans the same with it, since it is its default.
+_NULLS = {"ASC": "NULLS FIRST", "DESC": "NULLS LAST"}
+
 
 @dataclass(slots=True)
 class ExperimentRow:
@@ -165,7 +169,7 @@ def iter_selected(
         table, sort_key = "experiments e", "e.start_time"
     sql = (
         f"SELECT {', '.join(selected)} FROM {table}{join} WHERE {where} "
-        f"ORDER BY {sort_key} {direction}, e.rel_path {direction}"
+        f"ORDER BY {sort_key} {direction} {_NULLS[direction]}, e.rel_path {direction}"
     )
     if limit is not None and selection is None:
         sql += f" LIMIT {int(limit)}"
@@ -243,7 +247,7 @@ def iter_listing(
         return (values for values, _, _ in rows)
     return index.db.execute(
         "SELECT rel_path, outcome, duration FROM experiments "
-        "WHERE archive_id = :archive_id AND outcome <> 'error' ORDER BY start_time, rel_path",
+        "WHERE archive_id = :archive_id AND outcome <> 'error' ORDER BY start_time NULLS FIRST, rel_path",
         {"archive_id": index.archive_id},
     )
 

@@ -46,7 +46,7 @@ def index_status(index: ArchiveIndex) -> IndexStatus:
         )
     return IndexStatus(
         archive=index.root,
-        location=index.location,
+        location=index.shown_location,
         size=size,
         revision=stored_revision(db),
         experiments=experiments,

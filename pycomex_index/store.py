@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from pycomex_index.db import IndexDatabase, SqlAlchemyDatabase, SqliteFileDatabase, translate_database_error
+from pycomex_index.db import IndexDatabase, SqlAlchemyDatabase, SqliteFileDatabase, masked_url, translate_database_error
 from pycomex_index.discovery import INDEX_FOLDER_NAME
 from pycomex_index.errors import (
     ArchiveNotFoundError,
@@ -36,7 +36,7 @@ from pycomex_index.errors import (
 logger = logging.getLogger("pycomex_index")
 
 #: The newest migration shipped in ``pycomex_index.migrations`` (a test keeps the two equal).
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 INDEX_ENV_VARIABLE = "PYCOMEX_INDEX"
 INDEX_FILE_NAME = "index.sqlite3"
 #: Written into the SQLite header of every index we open (``PRAGMA application_id``, "PCXI"): the header
@@ -63,6 +63,11 @@ class ArchiveIndex:
     def display_path(self, rel_path: str) -> str:
         """``results/neural_net/<run>``: how an experiment is shown to people."""
         return f"{self.display_root}/{rel_path}"
+
+    @property
+    def shown_location(self) -> str:
+        """The location as it may be shown: a password in a URL masked."""
+        return masked_url(self.location)
 
     def close(self) -> None:
         self.db.close()
@@ -153,9 +158,15 @@ def _open_database(location: str, read_only: bool = False) -> IndexDatabase:
                 db.close()
             if isinstance(error, PycomexIndexError):
                 raise
-            raise IndexUnavailableError(f"cannot open index {location}: {error}") from None
+            raise IndexUnavailableError(f"cannot open index {masked_url(location)}: {_first_line(error)}") from None
         return db
     return _open_sqlite_file(location, read_only=read_only)
+
+
+def _first_line(error: BaseException) -> str:
+    """The database's own first line, without SQLAlchemy's statement, parameters and help link."""
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _check_index_path(path: str) -> None:
@@ -500,7 +511,7 @@ def stored_revision(db: IndexDatabase) -> str | None:
     if "alembic_version" not in tables:
         if tables - {"sqlite_sequence"}:
             raise NotAnIndexError(
-                f"the index database {getattr(db, 'path', None) or db.url} holds tables but no alembic_version: "
+                f"the index database {db.where} holds tables but no alembic_version: "
                 "it was not made by pycomex-index; it was left untouched"
             )
         return None
@@ -522,7 +533,7 @@ def ensure_schema(db: IndexDatabase) -> None:
     """Bring the schema to :data:`HEAD_REVISION`; import Alembic only when it is not there yet."""
     if stored_revision(db) == HEAD_REVISION:
         return
-    with _migration_lock(db):
+    with db.migration_lock():
         if stored_revision(db) != HEAD_REVISION:
             run_migrations(db, "head")
 
@@ -533,14 +544,15 @@ def run_migrations(db: IndexDatabase, revision: str) -> None:
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", migrations_folder())
+    # Config is a ConfigParser: "%" in the install path (".../lab%20share/...") must be escaped as "%%".
+    config.set_main_option("script_location", migrations_folder().replace("%", "%%"))
     engine = db.sqlalchemy_engine()
     try:
         with engine.begin() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
     except Exception as error:
-        translated = translate_database_error(error, getattr(db, "path", None) or db.url)
+        translated = translate_database_error(error, db.where)
         if translated is None:
             raise
         raise translated from error
@@ -555,37 +567,12 @@ def migrations_folder() -> str:
     return os.path.dirname(os.path.abspath(migrations.__file__))
 
 
-class _migration_lock:
-    """An exclusive lock beside a SQLite file, so two commands never migrate the same new index at once.
-
-    Only beside a regular file (``_check_index_path`` refuses anything else
-    before a connection is made): never ``/dev/null.lock`` or the like.
-    """
-
-    def __init__(self, db: IndexDatabase) -> None:
-        is_file = isinstance(db, SqliteFileDatabase) and os.path.isfile(db.path)
-        self.lock_path = db.path + ".lock" if is_file else None
-        self.file = None
-
-    def __enter__(self) -> None:
-        if self.lock_path is None:
-            return
-        import fcntl
-
-        self.file = open(self.lock_path, "a")
-        fcntl.flock(self.file, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc_info: Any) -> None:
-        if self.file is not None:
-            self.file.close()
-
-
 def _register_archive(db: IndexDatabase, root: str) -> int:
     row = db.fetch_one("SELECT id FROM archives WHERE root = :root", {"root": root})
     if row:
         return row[0]
     if getattr(db, "read_only", False):
-        raise IndexReadOnlyError(f"the index {getattr(db, 'path', db.url)} is read-only and does not know the archive {root}")
+        raise IndexReadOnlyError(f"the index {db.where} is read-only and does not know the archive {root}")
     with db.transaction():
         db.execute(
             "INSERT INTO archives (root, created_at) VALUES (:root, :now) ON CONFLICT (root) DO NOTHING",

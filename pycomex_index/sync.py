@@ -15,20 +15,17 @@ comparing every row, a third of the cost of a command.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 from pycomex_index.db import IndexDatabase
-from pycomex_index.discovery import (
-    iter_folder_listings,
-    listing_digest,
-    measure_assets,
-    read_experiment,
-)
+from pycomex_index.discovery import iter_folder_listings, listing_digest, measure_assets, read_experiment
+from pycomex_index.errors import IndexDamagedError, IndexReadOnlyError
 from pycomex_index.paths import experiment_folder
 from pycomex_index.rows import remove_experiments, store_records, update_assets
-from pycomex_index.store import ArchiveIndex
+from pycomex_index.store import ArchiveIndex, open_archive_index, recover_damaged_index
 
 #: ``on_progress(done, total)`` is called while files are read; total is known before the first call.
 ProgressCallback = Callable[[int, int], None]
@@ -222,3 +219,68 @@ def refresh_index(index: ArchiveIndex, *, on_progress: ProgressCallback | None =
     if has_fresh_watcher(index):
         return None
     return sync_archive(index, check_assets=False, on_progress=on_progress)
+
+
+def open_refreshed_index(
+    path: str,
+    location: str | None = None,
+    *,
+    refresh: bool = True,
+    read_only_ok: bool = False,
+    on_progress: ProgressCallback | None = None,
+) -> tuple[ArchiveIndex, str | None]:
+    """Open the archive's index and (with ``refresh``) bring it up to date: what a command does first.
+
+    Damage the database reports while opening or refreshing is mended once
+    (set aside, salvaged, rebuilt) and opening goes on: nothing has been
+    shown yet. With ``read_only_ok`` (a command that only reads) an index that
+    cannot be written is read as it is. Returns the index and, when it could
+    not be brought up to date, why (the caller tells the user its results may
+    be stale); None when it is current.
+    """
+    mended = False
+    while True:
+        index = open_archive_index(path, location, allow_read_only=read_only_ok)
+        if index.read_only:
+            return index, f"the index {index.location} cannot be written, so it could not be updated"
+        if not refresh:
+            return index, None
+        try:
+            refresh_index(index, on_progress=on_progress)
+            return index, None
+        except IndexReadOnlyError as error:
+            if not read_only_ok:
+                index.close()
+                raise
+            return index, f"the index could not be updated ({error})"
+        except IndexDamagedError as error:
+            if mended:
+                index.close()
+                raise
+            recover_damaged_index(index, error)  # closes it; the next round opens the fresh index
+            mended = True
+        except BaseException:
+            index.close()
+            raise
+
+
+@contextlib.contextmanager
+def mending_damage(index: ArchiveIndex) -> Iterator[ArchiveIndex]:
+    """Use ``index`` and close it; damage reported while it is used is mended, and the command fails.
+
+    The command may have shown half a result or changed files, so only the
+    user may run it again: the error raised says so (``recovered=True``).
+    """
+    try:
+        yield index
+    except IndexDamagedError as error:
+        if error.recovered:
+            raise
+        recover_damaged_index(index, error)
+        raise IndexDamagedError(
+            f"{error}; it was set aside and a fresh index was made (see the warning above): run the command again",
+            error.location,
+            recovered=True,
+        ) from None
+    finally:
+        index.close()

@@ -6,6 +6,7 @@ user cache dir points into the test's own temporary folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -122,3 +123,109 @@ def make_metadata(**overrides: Any) -> dict[str, Any]:
     }
     metadata.update(overrides)
     return metadata
+
+
+# --- PostgreSQL: a throwaway cluster for the tests that run on both backends -------------------------
+
+POSTGRESQL_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+class PostgresCluster:
+    """A PostgreSQL 15 cluster in a temporary folder, reached through a unix socket there (no TCP port).
+
+    PostgreSQL refuses to run as root, and tests run as root here and in CI:
+    then the server runs as the unprivileged ``nobody`` (``setpriv``), owning
+    only its own folder; the tests connect as the ``postgres`` role, trusted
+    on the socket. Settings trade durability for speed (fsync off): a crash
+    loses a cluster that is thrown away anyway.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.data = folder / "data"
+        self._admin = None
+        self._count = 0
+
+    def _run(self, program: str, *arguments: str) -> None:
+        import subprocess
+
+        command = [str(POSTGRESQL_BIN / program), *arguments]
+        if os.geteuid() == 0:
+            command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", *command]
+        subprocess.run(command, check=True, capture_output=True, cwd=self.folder)
+
+    def start(self) -> None:
+        if os.geteuid() == 0:
+            import pwd
+
+            nobody = pwd.getpwnam("nobody")
+            os.chown(self.folder, nobody.pw_uid, nobody.pw_gid)
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8")
+        options = f"-k {self.folder} -c listen_addresses='' -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.folder / "server.log"), "-o", options, "-w", "start")
+
+    def stop(self) -> None:
+        if self._admin is not None:
+            self._admin.close()
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def url(self, database: str, *, driver: str = "postgresql+psycopg") -> str:
+        return f"{driver}://postgres@/{database}?host={self.folder}"
+
+    def new_database(self, *, icu_locale: str | None = None) -> str:
+        """The SQLAlchemy URL of a new, empty database; ``icu_locale`` gives it a non-C collation (e.g. ``en-US``)."""
+        import psycopg
+
+        if self._admin is None:
+            self._admin = psycopg.connect(self.url("postgres", driver="postgresql"), autocommit=True)
+        self._count += 1
+        name = f"test_{self._count}"
+        collation = f" LOCALE_PROVIDER icu ICU_LOCALE '{icu_locale}'" if icu_locale else ""
+        self._admin.execute(f"CREATE DATABASE {name} TEMPLATE template0{collation}")
+        return self.url(name)
+
+
+@pytest.fixture(scope="session")
+def postgresql_cluster() -> Any:
+    """One PostgreSQL cluster for the session, stopped and removed at its end (skipped without PostgreSQL 15)."""
+    import tempfile
+
+    if not (POSTGRESQL_BIN / "pg_ctl").exists():
+        pytest.skip(f"PostgreSQL 15 is not installed ({POSTGRESQL_BIN}): apt-get install postgresql")
+    pytest.importorskip("psycopg", reason="the PostgreSQL driver is not installed: pip install -e '.[test]'")
+    # Not under pytest's tmp_path: that folder is root's alone (0700), and the server runs as nobody.
+    cluster = PostgresCluster(Path(tempfile.mkdtemp(prefix="pycomex-index-pg-")))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        if cluster.data.exists():
+            with contextlib.suppress(Exception):
+                cluster.stop()
+        shutil.rmtree(cluster.folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgresql_url(postgresql_cluster: PostgresCluster) -> str:
+    """A new, empty database in the session's cluster, for one test."""
+    return postgresql_cluster.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test on both backends: SQLite (the default index file) and a new PostgreSQL database.
+
+    The PostgreSQL index is named by the environment variable, as a lab would
+    (credentials never on a command line), so the test's commands are the same.
+    """
+    if request.param == "postgresql":
+        monkeypatch.setenv("PYCOMEX_INDEX", request.getfixturevalue("postgresql_url"))
+    return request.param
+
+
+def index_query(archive: Path, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+    """Rows of a query on the archive's index, whichever backend holds it (``PYCOMEX_INDEX`` or the default file)."""
+    from pycomex_index.store import open_archive_index
+
+    with open_archive_index(str(archive)) as index:
+        return [tuple(row) for row in index.db.execute(sql, {"archive_id": index.archive_id, **(params or {})})]

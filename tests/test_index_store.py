@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import random
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import pytest
+from click.testing import CliRunner
+
+from pycomex_index.cli import cli
 from pycomex_index.db import SqliteFileDatabase
 from pycomex_index.store import HEAD_REVISION, open_archive_index, run_migrations
 from pycomex_index.sync import sync_archive
+from tests.conftest import FIXTURE_ARCHIVE, _copy_writable, make_metadata, write_meta
 
 
 def test_head_revision_constant_matches_the_shipped_migrations() -> None:
@@ -94,6 +103,21 @@ def test_index_option_and_environment_variable_place_the_index(archive: Path, tm
     monkeypatch.setenv("PYCOMEX_INDEX", str(from_env))
     assert run_cli("archive", "list", "--path", str(archive)).exit_code == 0
     assert from_env.exists()
+
+
+@pytest.mark.parametrize("folder_name", ["pc%41t", "100%"])
+def test_a_percent_sign_in_the_archive_or_index_path_is_taken_literally(tmp_path: Path, run_cli, folder_name: str) -> None:
+    # A URL would decode "%41" to "A" and open (or fail to open) another file; the path must reach SQLite as given.
+    archive = _copy_writable(FIXTURE_ARCHIVE, tmp_path / folder_name / "results")
+    result = run_cli("archive", "list", "--path", str(archive))
+    assert result.exit_code == 0, result.output
+    assert len(result.output.splitlines()) == 8
+    assert (archive / ".pycomex_index" / "index.sqlite3").is_file()
+    elsewhere = tmp_path / folder_name / "elsewhere.sqlite3"
+    result = run_cli("archive", "list", "--path", str(archive), "--index", str(elsewhere))
+    assert result.exit_code == 0, result.output
+    assert elsewhere.is_file()
+    assert not (tmp_path / "pcAt").exists()
 
 
 def test_a_sqlalchemy_url_works_as_index(archive: Path, tmp_path: Path, run_cli) -> None:
@@ -180,17 +204,6 @@ def test_the_index_database_is_a_plain_sqlite_file_other_tools_can_read(archive:
 
 
 # ------------------------------------------------------------------------- a damaged or unwritable index heals
-
-import os  # noqa: E402
-import random  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-
-import pytest  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
-
-from pycomex_index.cli import cli  # noqa: E402
-from tests.conftest import make_metadata, write_meta  # noqa: E402
 
 DAMAGE_EXPERIMENTS = 300
 #: Which b-tree to damage, and a query that reads all of it (so the test can prove SQLite reports SQLITE_CORRUPT).
@@ -379,8 +392,6 @@ def _make_unwritable(path: Path, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["chattr", "chmod"])
 def test_an_unwritable_index_serves_reads_with_one_warning_and_refuses_writes(real_disk_folder: Path, run_cli, how: str) -> None:
-    from tests.conftest import FIXTURE_ARCHIVE, _copy_writable
-
     archive = _copy_writable(FIXTURE_ARCHIVE, real_disk_folder / "results")
     assert run_cli("archive", "list", "--path", str(archive)).exit_code == 0
     index_file = archive / ".pycomex_index" / "index.sqlite3"

@@ -96,3 +96,12 @@ def test_the_suite_tests_a_non_editable_install_from_the_checkout(wheel: Path, t
         env={key: value for key, value in os.environ.items() if key != "PYTHONPATH"},
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_an_install_path_with_a_percent_sign_creates_a_new_index(wheel: Path, archive: Path, tmp_path: Path) -> None:
+    # Alembic's Config is a ConfigParser: an unescaped "%" in script_location is an interpolation error.
+    environment = _venv_with(tmp_path / "lab%20share", "--force-reinstall", str(wheel))
+    result = _run_installed(environment, archive, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count('"rel_path"') == 8
+    assert (archive / ".pycomex_index" / "index.sqlite3").is_file()

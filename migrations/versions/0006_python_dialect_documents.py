@@ -26,14 +26,21 @@ depends_on = None
 
 # A migration is a snapshot: the bound is spelled out here (pycomex_index.discovery.SECONDS_LIMIT).
 _SECONDS_LIMIT = 253402300800.0
-_NINETEEN_DIGITS = "*" + "[0-9]" * 19 + "*"
+#: (SQLite GLOB, PostgreSQL regular expression): a number in exponent form; a run of 19 digits.
+_EXPONENT = ("*[0-9][eE]*", "[0-9][eE]")
+_NINETEEN_DIGITS = ("*" + "[0-9]" * 19 + "*", "[0-9]{19}")
 
 
-def _may_have_lost(document: str) -> str:
-    """True where ``document`` may hold a NaN or Infinity written as null, or a rounded or exact big number."""
+def _matches(document: str, pattern: tuple[str, str], dialect: str) -> str:
+    glob, regex = pattern
+    return f"{document} GLOB '{glob}'" if dialect == "sqlite" else f"{document} ~ '{regex}'"
+
+
+def _holds_numbers_or_markers(document: str, dialect: str) -> str:
+    """True where ``document`` holds NaN or Infinity text, or a number that may have been rounded."""
     return (
-        f"({document} LIKE '%null%' OR {document} LIKE '%NaN%' OR {document} LIKE '%Infinity%' "
-        f"OR {document} GLOB '*[0-9][eE]*' OR {document} GLOB '{_NINETEEN_DIGITS}')"
+        f"({document} LIKE '%NaN%' OR {document} LIKE '%Infinity%' "
+        f"OR {_matches(document, _EXPONENT, dialect)} OR {_matches(document, _NINETEEN_DIGITS, dialect)})"
     )
 
 
@@ -41,17 +48,19 @@ def upgrade() -> None:
     with op.batch_alter_table("experiment_fields") as batch:
         batch.add_column(sa.Column("needs_python", sa.Boolean(), nullable=False, server_default=sa.false()))
     connection = op.get_bind()
-    # The summary of nearly every run has "error_type": null, so only its numbers and NaN markers count there.
-    summary_lost = (
-        "(f.summary_json LIKE '%NaN%' OR f.summary_json LIKE '%Infinity%' "
-        f"OR f.summary_json GLOB '*[0-9][eE]*' OR f.summary_json GLOB '{_NINETEEN_DIGITS}')"
+    dialect = connection.dialect.name
+    # Parameters written as null may have been NaN or Infinity; the summary of nearly every run has
+    # "error_type": null, so only its numbers and NaN markers count there.
+    parameters_lost = (
+        f"(f.parameters_json LIKE '%null%' OR {_holds_numbers_or_markers('f.parameters_json', dialect)})"
     )
+    summary_lost = _holds_numbers_or_markers("f.summary_json", dialect)
     connection.execute(
         sa.text(
             "UPDATE experiments SET meta_size = -1 WHERE outcome <> 'error' AND (start_time IS NULL OR "
             f"ABS(start_time) >= {_SECONDS_LIMIT!r} OR ABS(end_time) >= {_SECONDS_LIMIT!r} "
             f"OR ABS(duration) >= {_SECONDS_LIMIT!r} OR id IN (SELECT f.experiment_id FROM experiment_fields f "
-            f"WHERE {_may_have_lost('f.parameters_json')} OR {summary_lost}))"
+            f"WHERE {parameters_lost} OR {summary_lost}))"
         )
     )
     connection.execute(sa.text("UPDATE folder_digests SET digest = NULL"))
