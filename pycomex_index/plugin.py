@@ -14,7 +14,7 @@ index and the commands are imported inside the hooks that use them.
 from __future__ import annotations
 
 import os
-import warnings
+import sys
 from typing import Any
 
 from pycomex.plugin import Plugin, hook
@@ -23,10 +23,16 @@ from pycomex.plugin import Plugin, hook
 _warned: set[str] = set()
 
 
-def warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        warnings.warn(f"pycomex-index: {message}", RuntimeWarning, stacklevel=3)
+def warn_once(message: str, cause: str | None = None) -> None:
+    """One line on stderr per cause (the message itself unless told). Not ``warnings.warn``: libraries pycomex loads filter warnings away."""
+    cause = message if cause is None else cause
+    if cause not in _warned:
+        _warned.add(cause)
+        try:
+            sys.stderr.write(f"Warning: pycomex-index: {message}\n")
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - a closed stderr is no reason to stop an experiment
+            pass
 
 
 def _archive_of(experiment: Any) -> tuple[str, str] | None:
@@ -41,6 +47,7 @@ def _archive_of(experiment: Any) -> tuple[str, str] | None:
 
 
 def _index_run(experiment: Any, moment: str) -> None:
+    location = None
     try:
         location = _archive_of(experiment)
         if location is None:
@@ -51,7 +58,8 @@ def _index_run(experiment: Any, moment: str) -> None:
     except Exception as error:  # noqa: BLE001 - an experiment never fails because of its index
         warn_once(
             f"the run could not be written into the archive's index at its {moment} ({type(error).__name__}: {error}); "
-            "the index catches up at its next sync"
+            "the index catches up at its next sync",
+            cause=f"run:{location[1] if location else id(experiment)}",  # one warning per run, not one per hook
         )
 
 
