@@ -31,7 +31,8 @@ SQL_INTEGER_MAX = 2**63 - 1
 
 
 def _nothing_found(select: str | None) -> None:
-    note("No experiments match the selection." if select else "There are no experiments in the archive.")
+    # "No experiments match" and "no archived experiments" are pycomex's words, which scripts look for.
+    note("No experiments match the selection." if select else "There are no archived experiments in the archive.")
 
 
 @click.command("list")
@@ -285,6 +286,8 @@ def scan_command(ctx, group_expression, select, explain, archive_path, index_loc
     selection = compile_or_fail(select)
     group_by = compile_or_fail(group_expression, what="--group")
     failures = EvaluationFailures()
+    if select:
+        note(f"Applying selection filter: {select}")  # pycomex's line, kept for scripts that look for it
     with opened_index(ctx, archive_path, index_location, read_only_ok=True) as index:
         result = scan_groups(index, group_by, selection, failures)
     if as_json:
@@ -295,6 +298,8 @@ def scan_command(ctx, group_expression, select, explain, archive_path, index_loc
     report_failures(result.group_failures, what="--group")
     if result.unreadable:
         note(f"Skipped {result.unreadable} experiment(s) with unreadable metadata.")
+    if not result.groups and not result.unreadable and not as_json:
+        _nothing_found(select)
 
 
 def _print_scan_table(index, result, select, group_expression) -> None:

@@ -83,7 +83,7 @@ def _selected_targets(index, selection, select: str | None, failures) -> list:
 
 
 def _nothing_selected(select: str | None) -> None:
-    note("No experiments match the selection; nothing was changed." if select else "There are no experiments in the archive.")
+    note("No experiments match the selection; nothing was changed." if select else "There are no archived experiments in the archive.")
 
 
 def _confirm(ctx: click.Context, question: str, yes: bool, what: str, no_terminal: str | None = None) -> None:
@@ -308,7 +308,7 @@ def modify_command(
     from pycomex_index.selection import EvaluationFailures
 
     if not modify_parameters and not modify_metadata:
-        raise click.UsageError("give the change to make: --modify-parameters CODE and/or --modify-metadata CODE")
+        raise click.UsageError("give at least one of --modify-parameters CODE and --modify-metadata CODE")
     _require_choice(select, select_all, "modify")
     selection = compile_or_fail(select)
     code = ModifyCode(
@@ -331,6 +331,8 @@ def modify_command(
                 run_id = result.run_id or run_id
                 if result.status == MODIFIED and (dry_run or verbose):
                     write_lines(["", f"Experiment: {index.display_path(result.rel_path)}", *_change_lines(result.changes)])
+                elif result.status == UNCHANGED and verbose:
+                    write_lines(["", f"Experiment: {index.display_path(result.rel_path)}", "  No changes"])
                 elif result.status == FAILED:
                     click.echo(f"Failed: {index.display_path(result.rel_path)}: {result.error}", err=True)
                 if on_progress and not dry_run:
@@ -338,12 +340,13 @@ def modify_command(
     if dry_run:
         write_lines(["", f"Would modify {plural(counts[MODIFIED], 'experiment')}."])
     else:
-        summary = f"Modified {plural(counts[MODIFIED], 'experiment')}"
+        # "Successfully modified" is pycomex's wording, which scripts written around pycomex look for.
+        summary = f"Successfully modified {plural(counts[MODIFIED], 'experiment')}"
         if counts[UNCHANGED]:
             summary += f" ({counts[UNCHANGED]} unchanged)"
         summary += "."
         if run_id is not None:
-            summary += f" Undo with: pycomex-index archive undo --id {run_id}"
+            summary += f" Undo with: {(ctx.find_object(dict) or {}).get('archive_command', 'pycomex-index archive')} undo --id {run_id}"
         write_lines(([""] if verbose and counts[MODIFIED] else []) + [summary])
     if counts[FAILED]:
         click.echo(f"Failed to modify {plural(counts[FAILED], 'experiment')}; their files are untouched.", err=True)

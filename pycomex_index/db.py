@@ -19,6 +19,7 @@ the library got wrong) stay as they are: they are bugs, not conditions.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -61,8 +62,25 @@ def masked_url(location: str) -> str:
     return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
 
 
+#: A shorter busy timeout for connections opened in this context (:func:`short_busy_timeout`).
+_busy_timeout_override: contextvars.ContextVar[float | None] = contextvars.ContextVar("busy_timeout", default=None)
+
+
+@contextlib.contextmanager
+def short_busy_timeout(seconds: float) -> Iterator[None]:
+    """Connections opened inside wait at most ``seconds`` for a lock: the pycomex plugin must not hold up an experiment."""
+    token = _busy_timeout_override.set(seconds)
+    try:
+        yield
+    finally:
+        _busy_timeout_override.reset(token)
+
+
 def busy_timeout_seconds() -> float:
     """The busy timeout: :data:`BUSY_TIMEOUT_ENV_VARIABLE` when set to a number, else the default."""
+    override = _busy_timeout_override.get()
+    if override is not None:
+        return override
     try:
         return max(0.0, float(os.environ[BUSY_TIMEOUT_ENV_VARIABLE]))
     except (KeyError, ValueError):

@@ -108,7 +108,8 @@ def compile_expression(source: str, *, mode: str = "eval", what: str = "--select
         tree = ast.parse(text, mode=mode)
     except SyntaxError as error:
         detail = error.msg + (f" (line {error.lineno})" if mode == "exec" and error.lineno else "")
-        raise SelectionError(f"{what} has a syntax error: {detail}: {source.strip()!r}") from None
+        # "Syntax error in" is pycomex's wording: scripts written around pycomex look for it.
+        raise SelectionError(f"Syntax error in {what}: {detail}: {source.strip()!r}") from None
     unknown = sorted(_unknown_names(tree))
     if unknown:
         names = ", ".join(repr(name) for name in unknown)

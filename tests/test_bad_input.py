@@ -138,10 +138,10 @@ def test_unreadable_metadata_is_selected_by_nothing(broken_archive: Path, run_cl
 @pytest.mark.parametrize(
     ("select", "message"),
     [
-        ("p['X' > 1", "syntax error"),
+        ("p['X' > 1", "Syntax error"),
         ("q['x'] == 1", "unknown name 'q'"),
         ("", "empty"),
-        ("m['status'] = 'done'", "syntax error"),
+        ("m['status'] = 'done'", "Syntax error"),
     ],
 )
 @pytest.mark.parametrize("command", READ_COMMANDS)

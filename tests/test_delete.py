@@ -266,7 +266,7 @@ def test_select_with_a_syntax_error_is_a_usage_error_before_anything_happens(spe
     before = experiments_on_disk(spec_archive)
     result = run_cli("archive", "delete", "--path", str(spec_archive), "--select", "m['status'] ==", "--yes")
     assert result.exit_code == 2
-    assert result.stderr.startswith("Error: --select has a syntax error")
+    assert result.stderr.startswith("Error: Syntax error in --select")
     assert experiments_on_disk(spec_archive) == before
     assert not (spec_archive / ".pycomex_index").exists()
 

@@ -16,6 +16,10 @@ import pycomex_index
 
 LIBRARY = Path(pycomex_index.__file__).parent
 
+#: Library modules that may import click: the pycomex plugin puts a click group into pycomex's CLI,
+#: and that group is built outside cli/ because importing cli/ would cost every experiment 25-45 ms.
+CLICK_ALLOWED = frozenset({"plugin"})
+
 #: Every library module's layer; a new module must be placed here, so its place is a decision.
 LAYERS: dict[str, int] = {
     # 0: disk helpers and plain values: no index, no other layer
@@ -48,9 +52,13 @@ LAYERS: dict[str, int] = {
     "pidfile": 3,
     "watcher": 3,
     "daemon": 3,
+    "live_runs": 3,
     # 4: the command line (the package's cli/ folder) and the entry points
     "cli": 4,
     "__main__": 4,
+    # pycomex's entry points: the plugin module pycomex imports, and the plugin it registers
+    "main": 4,
+    "plugin": 4,
     "__init__": 0,
     "migrations": 1,
 }
@@ -84,7 +92,7 @@ def test_a_library_module_imports_no_layer_above_its_own(module: str, path: Path
     above = []
     for name in _imported_modules(path):
         parts = name.split(".")
-        if parts[0] == "click":
+        if parts[0] == "click" and module not in CLICK_ALLOWED:
             above.append(name)
         elif parts[0] == "pycomex_index" and len(parts) > 1 and parts[1] in LAYERS:
             if LAYERS[parts[1]] > LAYERS[module]:

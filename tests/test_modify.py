@@ -256,13 +256,19 @@ def test_spec_modify_examples_change_exactly_what_they_say(modify_archive: Path,
             assert after[rel_path] == before[rel_path], rel_path
     for rel_path in failed:
         assert f"Failed: results/{rel_path}: " in result.stderr
-    shown = {line[len("Experiment: results/") :] for line in result.stdout.splitlines() if line.startswith("Experiment: ")}
+    lines = result.stdout.splitlines()
+    # --verbose also lists selected experiments the code left as they were, each with "  No changes" (pycomex's words).
+    shown = {
+        line[len("Experiment: results/") :]
+        for line, following in zip(lines, lines[1:] + [""])
+        if line.startswith("Experiment: ") and following != "  No changes"
+    }
     if dry_run:
         assert result.stdout.startswith("DRY RUN - No changes will be saved\n")
         assert result.stdout.endswith(f"\nWould modify {experiments(len(changed))}.\n")
         assert shown == changed
     else:
-        assert f"Modified {experiments(len(changed))}" in result.stdout
+        assert f"Successfully modified {experiments(len(changed))}" in result.stdout
         assert shown == (changed if "--verbose" in args else set())
     assert_index_matches_disk(modify_archive)  # the command updated the index itself
 
@@ -357,7 +363,7 @@ def test_values_json_cannot_hold_fail_that_experiment_only(modify_archive: Path,
     assert result.exit_code == 1
     assert f"Failed: results/{A}: p['TAGS'] = " in result.stderr
     assert "is not JSON-encodable (set); left untouched" in result.stderr
-    assert "Modified 3 experiments." in result.stdout
+    assert "Successfully modified 3 experiments." in result.stdout
     assert _files(modify_archive)[A] == before[A]
     assert read_meta(modify_archive / B)["parameters"]["TAGS"]["value"] == ["a"]
 
@@ -379,7 +385,7 @@ def test_code_that_raises_is_reported_and_the_others_go_on(modify_archive: Path,
 def test_code_is_checked_before_anything_is_read(modify_archive: Path, run_cli) -> None:
     before = _files_in(modify_archive)
     for option, code, message in (
-        ("--modify-parameters", "p['A'] = ", "Error: --modify-parameters has a syntax error"),
+        ("--modify-parameters", "p['A'] = ", "Error: Syntax error in --modify-parameters"),
         ("--modify-metadata", "m['x'] = q['y']", "Error: --modify-metadata uses unknown name 'q'"),
     ):
         result = run_cli("archive", "modify", "--path", str(modify_archive), "--all", option, code)
@@ -392,7 +398,7 @@ def test_code_is_checked_before_anything_is_read(modify_archive: Path, run_cli) 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--all"], "Error: give the change to make: --modify-parameters CODE and/or --modify-metadata CODE"),
+        (["--all"], "Error: give at least one of --modify-parameters CODE and --modify-metadata CODE"),
         (["--modify-metadata", "m['x'] = 1"], "Error: choose the experiments to modify: give --select EXPR, or --all"),
         (["--all", "--select", "True", "--modify-metadata", "m['x'] = 1"], "Error: give either --select or --all, not both"),
     ],
@@ -449,7 +455,7 @@ def test_unreadable_experiments_are_failed_and_untouched_with_all(modify_archive
     assert result.exit_code == 1
     assert "Failed: results/broken/run: metadata unreadable (experiment_meta.json is invalid JSON" in result.stderr
     assert (modify_archive / "broken" / "run" / "experiment_meta.json").read_text() == "{ not json"
-    assert "Modified 4 experiments." in result.stdout
+    assert "Successfully modified 4 experiments." in result.stdout
 
 
 def _modified(metadata: dict[str, Any], parameters_code: str | None = None, metadata_code: str | None = None, path: str = "/a/run"):

@@ -38,7 +38,7 @@ def test_wheel_maps_cli_and_migrations_into_the_package(wheel: Path) -> None:
     ):
         assert required in names, required
     assert not any(name.startswith(("cli/", "migrations/", "tests/", "benchmarks/")) for name in names)
-    assert "pycomex_index/main.py" not in names  # reserved for the pycomex plugin
+    assert "pycomex_index/main.py" in names  # the pycomex plugin: pycomex imports <package>.main
 
 
 def _venv_with(tmp_path: Path, *pip_arguments: str) -> Path:
