@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Iterator, NamedTuple
 
 from pycomex_index.paths import experiment_folder, holds_surrogates, path_in_index, path_on_disk
@@ -52,8 +52,12 @@ class FolderStat(NamedTuple):
 
 
 @dataclass(slots=True)
-class ExperimentRecord:
-    """Everything the index stores about one experiment, read from its folder."""
+class ExperimentColumns:
+    """The ``experiments`` table's columns about one experiment: their one definition.
+
+    The SQL that writes and reads them and the migrations' model
+    (:class:`pycomex_index.models.Experiment`, checked by a test) follow these fields.
+    """
 
     rel_path: str
     namespace: str
@@ -72,6 +76,16 @@ class ExperimentRecord:
     meta_size: int
     folder_mtime_ns: int
     read_error: str | None
+
+
+#: The names of :class:`ExperimentColumns`, in table order.
+EXPERIMENT_COLUMNS = tuple(column.name for column in fields(ExperimentColumns))
+
+
+@dataclass(slots=True)
+class ExperimentRecord(ExperimentColumns):
+    """Everything the index stores about one experiment, read from its folder: the columns and the documents."""
+
     summary_json: str | None
     parameters_json: str | None
     #: The documents hold what only Python's JSON dialect keeps exactly (see :func:`parse_metadata_document`).

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-from pycomex_index.discovery import read_metadata
+from pycomex_index.discovery import EXPERIMENT_COLUMNS, ExperimentColumns, read_metadata
 from pycomex_index.paths import experiment_folder, path_on_disk
 from pycomex_index.selection import (
     READS_DOCUMENT,
@@ -30,33 +30,12 @@ from pycomex_index.selection import (
 )
 from pycomex_index.store import ArchiveIndex
 
-_ROW_COLUMNS = tuple(
-    "e.id e.rel_path e.namespace e.name e.outcome e.has_error e.error_type e.start_time "
-    "e.end_time e.duration e.parameter_count e.asset_count e.disk_usage e.read_error".split()
-)
-_LISTING_COLUMNS = ("e.rel_path", "e.outcome", "e.duration")
-#: Whether the row's documents are in Python's JSON dialect (see ExperimentFields.needs_python).
-_NEEDS_PYTHON = "f.needs_python"
-
 
 @dataclass(slots=True)
-class ExperimentRow:
-    """One experiment as the index knows it; ``parameters`` is filled when asked for."""
+class ExperimentRow(ExperimentColumns):
+    """One experiment as the index knows it: its row, and ``parameters`` when asked for."""
 
     id: int
-    rel_path: str
-    namespace: str
-    name: str | None
-    outcome: str
-    has_error: bool | None
-    error_type: str | None
-    start_time: float | None
-    end_time: float | None
-    duration: float | None
-    parameter_count: int | None
-    asset_count: int
-    disk_usage: int
-    read_error: str | None
     parameters: dict[str, Any] | None = None
     evaluation_namespace: dict[str, Any] | None = None
     #: ``parameters`` may hold NaN or Infinity, which JSON output must spell out (see :func:`json_ready`).
@@ -68,6 +47,13 @@ class ExperimentRow:
         if row.has_error is not None:
             row.has_error = bool(row.has_error)  # SQLite stores booleans as 0/1
         return row
+
+
+#: The columns :meth:`ExperimentRow.from_columns` takes, in its fields' order.
+_ROW_COLUMNS = tuple(f"e.{column}" for column in EXPERIMENT_COLUMNS) + ("e.id",)
+_LISTING_COLUMNS = ("e.rel_path", "e.outcome", "e.duration")
+#: Whether the row's documents are in Python's JSON dialect (see ExperimentFields.needs_python).
+_NEEDS_PYTHON = "f.needs_python"
 
 
 def iter_experiments(
