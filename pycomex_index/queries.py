@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-from pycomex_index.discovery import EXPERIMENT_COLUMNS, ExperimentColumns, read_metadata
+from pycomex_index.discovery import EXPERIMENT_COLUMNS, ExperimentColumns, Outcome, read_metadata
 from pycomex_index.paths import experiment_folder, path_on_disk
 from pycomex_index.selection import (
     READS_DOCUMENT,
@@ -110,7 +110,7 @@ def iter_selected(
     where = "e.archive_id = :archive_id"
     params: dict[str, Any] = {"archive_id": index.archive_id}
     if not include_unreadable or expressions:
-        where += " AND e.outcome <> 'error'"
+        where += f" AND e.outcome <> '{Outcome.ERROR.value}'"
     prefilter = prefilter_for(selection, sqlite=index.db.url.startswith("sqlite")) if selection else None
     verdict_at = parameters_at = summary_at = path_at = needs_python_at = None
     if prefilter is not None:
@@ -229,7 +229,7 @@ def iter_listing(
         return (values for values, _, _ in rows)
     return index.db.execute(
         "SELECT rel_path, outcome, duration FROM experiments "
-        "WHERE archive_id = :archive_id AND outcome <> 'error' ORDER BY start_time, rel_path",
+        f"WHERE archive_id = :archive_id AND outcome <> '{Outcome.ERROR.value}' ORDER BY start_time, rel_path",
         {"archive_id": index.archive_id},
     )
 
@@ -238,7 +238,7 @@ def unreadable_experiments(index: ArchiveIndex) -> Iterator[ExperimentRow]:
     """Experiments whose metadata could not be read, by path (pycomex lists them last)."""
     sql = (
         f"SELECT {', '.join(_ROW_COLUMNS)} FROM experiments e "
-        "WHERE e.archive_id = :archive_id AND e.outcome = 'error' ORDER BY e.rel_path"
+        f"WHERE e.archive_id = :archive_id AND e.outcome = '{Outcome.ERROR.value}' ORDER BY e.rel_path"
     )
     for values in index.db.execute(sql, {"archive_id": index.archive_id}):
         yield ExperimentRow.from_columns(values)
