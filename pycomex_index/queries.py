@@ -27,6 +27,7 @@ from pycomex_index.selection import (
     build_metadata,
     evaluate,
     evaluation_globals,
+    rebind_evaluation_globals,
 )
 from pycomex_index.store import ArchiveIndex
 
@@ -37,7 +38,6 @@ class ExperimentRow(ExperimentColumns):
 
     id: int
     parameters: dict[str, Any] | None = None
-    evaluation_namespace: dict[str, Any] | None = None
     #: ``parameters`` may hold NaN or Infinity, which JSON output must spell out (see :func:`json_ready`).
     parameters_need_python: bool = False
 
@@ -66,9 +66,9 @@ def iter_experiments(
     # With the parameters comes the flag that says whether they need care in JSON output.
     columns = _ROW_COLUMNS + (_NEEDS_PYTHON,) if options.get("with_parameters") else _ROW_COLUMNS
     width = len(_ROW_COLUMNS)
-    for values, parameters, namespace in iter_selected(index, columns, selection, **options):
+    for values, parameters, _ in iter_selected(index, columns, selection, **options):
         row = ExperimentRow.from_columns(values[:width])
-        row.parameters, row.evaluation_namespace = parameters, namespace
+        row.parameters = parameters
         row.parameters_need_python = len(values) > width and bool(values[width])
         yield row
 
@@ -90,10 +90,11 @@ def iter_selected(
     ``values`` holds the SQL ``columns`` (over ``e`` = experiments);
     ``parameters`` the parameter values when ``with_parameters``;
     ``namespace`` the ``m``/``p`` namespace when ``also_evaluates`` (``scan
-    --group``) names a second expression the caller will run on it. Only
-    what the caller asked for is yielded: a listing of many rows must not
-    keep every m and p alive. ``failures`` counts rows on which ``selection``
-    raised (they are not selected).
+    --group``) names a second expression the caller will run on it: one dict
+    reused for every row (:func:`rebind_evaluation_globals`), so it is valid
+    until the next row is asked for. Only what the caller asked for is
+    yielded: a listing of many rows must not keep every m and p alive.
+    ``failures`` counts rows on which ``selection`` raised (they are not selected).
     """
     import json
 
@@ -158,13 +159,14 @@ def iter_selected(
     width = len(columns)
     fast_loads, exact_loads = orjson.loads, json.loads
     folder_prefix = index.root.rstrip("/") + "/"
+    namespace = evaluation_globals(None, None)
     kept = 0
     for values in index.db.execute(sql, params):
         # Where SQL found the selection true for certain, Python need not evaluate it again.
         decided = verdict_at is not None and values[verdict_at] == 1
         evaluates_selection = selection is not None and not decided
         builds_namespace = evaluates_selection or also_evaluates is not None
-        parameters = namespace = None
+        parameters = None
         loads = exact_loads if needs_python_at is not None and values[needs_python_at] else fast_loads
         if with_parameters or (builds_namespace and reads_parameters):
             text = values[parameters_at]
@@ -183,7 +185,7 @@ def iter_selected(
                     except ValueError as error:
                         failures.record(error)
                         continue
-            namespace = evaluation_globals(metadata, parameters)
+            namespace = rebind_evaluation_globals(namespace, metadata, parameters)
             if evaluates_selection:
                 failures.evaluated += 1
                 try:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pycomex_index.discovery import Outcome
-from pycomex_index.queries import experiments_table, iter_experiments, iter_selected
+from pycomex_index.queries import experiments_table, iter_selected
 from pycomex_index.selection import CompiledExpression, EvaluationFailures, evaluate
 from pycomex_index.store import ArchiveIndex
 
@@ -254,17 +254,21 @@ def _group(groups: dict[str, ScanGroup], key: str) -> ScanGroup:
     return group
 
 
+_GROUPED_COLUMNS = ("e.outcome", "e.end_time", "e.duration", "e.disk_usage")
+
+
 def _group_in_python(index, group_by, selection, failures, groups, group_failures) -> None:
-    for row in iter_experiments(index, selection, also_evaluates=group_by, failures=failures):
+    """Evaluate ``group_by`` per experiment, on plain rows of the few columns a group adds up."""
+    done = Outcome.DONE.value
+    rows = iter_selected(index, _GROUPED_COLUMNS, selection, also_evaluates=group_by, failures=failures)
+    for (outcome, end_time, duration, disk_usage), _, namespace in rows:
         try:
-            key = str(evaluate(group_by, row.evaluation_namespace))
+            key = str(evaluate(group_by, namespace))
         except Exception as error:
             group_failures.record(error)
             key = ERROR_GROUP
-        ran = row.duration is not None and row.duration > 0
-        _group(groups, key).add(
-            1, int(row.outcome == Outcome.DONE), row.end_time, row.duration if ran else 0.0, int(ran), row.disk_usage
-        )
+        ran = duration is not None and duration > 0
+        _group(groups, key).add(1, int(outcome == done), end_time, duration if ran else 0.0, int(ran), disk_usage)
 
 
 @dataclass(frozen=True)
