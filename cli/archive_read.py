@@ -76,13 +76,16 @@ def list_command(ctx, select, explain, archive_path, index_location, as_json) ->
 
 def _listing_lines(index, rows) -> Iterator[str]:
     """``✅ results/neural_net/<run> (2m 15s)``: one line per experiment, as the spec shows."""
+    from pycomex_index.discovery import Outcome
     from pycomex_index.formatting import STATUS_ICONS, format_duration, printable
 
     prefix = index.display_root + "/"
+    # The plain values: a str compares with a str faster than with an enum member, and this runs per row.
+    error, running = Outcome.ERROR.value, Outcome.RUNNING.value
     for rel_path, outcome, duration in rows:
-        if outcome == "error":
+        if outcome == error:
             suffix = " (metadata error)"
-        elif outcome == "running":
+        elif outcome == running:
             suffix = " (running)"
         elif duration is not None and duration > 0:
             suffix = f" ({format_duration(duration)})"
@@ -108,6 +111,7 @@ def tail_command(ctx, num, select, explain, archive_path, index_location, as_jso
       pycomex-index archive tail
       pycomex-index archive tail -n 10 --select "m['has_error'] == True"
     """
+    from pycomex_index.discovery import Outcome
     from pycomex_index.formatting import STATUS_ICONS, format_duration, format_time, printable, shorten
     from pycomex_index.queries import experiment_as_json, iter_experiments, load_metadata
     from pycomex_index.selection import EvaluationFailures
@@ -144,8 +148,8 @@ def tail_command(ctx, num, select, explain, archive_path, index_location, as_jso
                         f"Status: {row.outcome} {STATUS_ICONS[row.outcome]}"
                         + (f" ({printable(row.error_type)})" if row.error_type else ""),
                         f"Started: {format_time(row.start_time)}",
-                        f"Ended: {format_time(row.end_time) if row.outcome != 'running' else '(running)'}",
-                        f"Duration: {format_duration(row.duration) if row.outcome != 'running' else '(running)'}",
+                        f"Ended: {format_time(row.end_time) if row.outcome != Outcome.RUNNING else '(running)'}",
+                        f"Duration: {format_duration(row.duration) if row.outcome != Outcome.RUNNING else '(running)'}",
                         f"Description: {printable(shorten(descriptions[row.id], DESCRIPTION_LIMIT)) or '(none)'}",
                     ]
                 )

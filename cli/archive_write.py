@@ -128,7 +128,7 @@ def delete_command(ctx, select, select_all, yes, include_running, verbose, archi
       pycomex-index archive delete --select "m['duration'] < 5" --yes -v
       pycomex-index archive delete --all --yes
     """
-    from pycomex_index.delete import DELETED, SKIPPED, delete_experiments, plan_delete, remove_deletion_leftovers
+    from pycomex_index.delete import DELETED, FAILED, SKIPPED, delete_experiments, plan_delete, remove_deletion_leftovers
     from pycomex_index.selection import EvaluationFailures
 
     _require_choice(select, select_all, "delete")
@@ -168,7 +168,7 @@ def delete_command(ctx, select, select_all, yes, include_running, verbose, archi
             )
         _confirm(ctx, "Delete these experiments?", yes, "deleted")
 
-        counts = {DELETED: 0, SKIPPED: 0, "failed": 0}
+        counts = {DELETED: 0, SKIPPED: 0, FAILED: 0}
         with progress_bar("Deleting experiments") as on_progress:
             for done, outcome in enumerate(delete_experiments(index, plan.targets), start=1):
                 counts[outcome.status] += 1
@@ -184,10 +184,10 @@ def delete_command(ctx, select, select_all, yes, include_running, verbose, archi
                     on_progress(done, len(plan.targets))
     summary = f"Deleted {plural(counts[DELETED], 'experiment')}."
     extras = [f"{counts[SKIPPED]} skipped"] if counts[SKIPPED] else []
-    extras += [f"{counts['failed']} could not be deleted"] if counts["failed"] else []
+    extras += [f"{counts[FAILED]} could not be deleted"] if counts[FAILED] else []
     extras += [f"{len(refused)} refused: holding other experiments"] if refused else []
     click.echo(summary[:-1] + f" ({', '.join(extras)})." if extras else summary)
-    if counts["failed"] or refused:
+    if counts[FAILED] or refused:
         ctx.exit(1)
 
 

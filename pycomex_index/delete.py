@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 from pycomex_index.atomic import fsync_folder
-from pycomex_index.discovery import INDEX_FOLDER_NAME, METADATA_FILE_NAME
+from pycomex_index.discovery import INDEX_FOLDER_NAME, METADATA_FILE_NAME, Outcome
 from pycomex_index.exports import exported_paths
 from pycomex_index.formatting import plural
 from pycomex_index.operations import SelectedExperiment, select_experiments
@@ -76,7 +76,7 @@ def plan_delete(
     selected = select_experiments(index, selection, failures)
     plan = DeletePlan(targets=[])
     for experiment in selected:
-        if experiment.outcome == "running" and not include_running:
+        if experiment.outcome == Outcome.RUNNING and not include_running:
             plan.held_running.append(experiment)
         elif reason := _holds_other_experiments(index.root, experiment.rel_path):
             plan.holding_others.append((experiment, reason))

@@ -7,10 +7,11 @@ the error instead, so one broken run never stops a command.
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Iterator, NamedTuple
 
 from pycomex_index.paths import experiment_folder, holds_surrogates, path_in_index, path_on_disk
@@ -24,9 +25,19 @@ INDEX_FOLDER_NAME = ".pycomex_index"
 #: so an expression that only reads other keys never needs the full document.
 DOCUMENT_ONLY_KEYS = frozenset({"description", "parameters", "hooks", "__track__"})
 
-#: The classification every command shows: done (success), failed, running, or
-#: error (the metadata file could not be read).
-OUTCOMES = ("done", "failed", "running", "error")
+
+class Outcome(str, enum.Enum):
+    """The classification every command shows; a ``str``, so the index and ``--json`` hold the plain values."""
+
+    DONE = "done"  # success
+    FAILED = "failed"
+    RUNNING = "running"
+    ERROR = "error"  # the metadata file could not be read
+
+    # Written as the value in f-strings and str(), on every Python (3.11 changed Enum.__format__).
+    __str__ = str.__str__
+    __format__ = str.__format__
+
 
 #: Deeper documents are metadata errors. Python's own recursion (repr, ==, the
 #: indenting JSON encoder) takes up to three frames a level against a limit of
@@ -52,8 +63,12 @@ class FolderStat(NamedTuple):
 
 
 @dataclass(slots=True)
-class ExperimentRecord:
-    """Everything the index stores about one experiment, read from its folder."""
+class ExperimentColumns:
+    """The ``experiments`` table's columns about one experiment: their one definition.
+
+    The SQL that writes and reads them and the migrations' model
+    (:class:`pycomex_index.models.Experiment`, checked by a test) follow these fields.
+    """
 
     rel_path: str
     namespace: str
@@ -72,6 +87,16 @@ class ExperimentRecord:
     meta_size: int
     folder_mtime_ns: int
     read_error: str | None
+
+
+#: The names of :class:`ExperimentColumns`, in table order.
+EXPERIMENT_COLUMNS = tuple(column.name for column in fields(ExperimentColumns))
+
+
+@dataclass(slots=True)
+class ExperimentRecord(ExperimentColumns):
+    """Everything the index stores about one experiment, read from its folder: the columns and the documents."""
+
     summary_json: str | None
     parameters_json: str | None
     #: The documents hold what only Python's JSON dialect keeps exactly (see :func:`parse_metadata_document`).
@@ -341,14 +366,14 @@ def parameter_values(metadata: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def classify_outcome(metadata: dict[str, Any]) -> str:
-    """done (success), running, or failed, by the spec's rule."""
+def classify_outcome(metadata: dict[str, Any]) -> Outcome:
+    """done (success), running, or failed, by the spec's rule (on pycomex's own ``status`` and ``has_error``)."""
     status = metadata.get("status")
     if status == "done" and not metadata.get("has_error"):
-        return "done"
+        return Outcome.DONE
     if status == "running":
-        return "running"
-    return "failed"
+        return Outcome.RUNNING
+    return Outcome.FAILED
 
 
 def _seconds_or_none(value: Any) -> float | None:
@@ -400,7 +425,7 @@ def read_experiment(root: str, folder_stat: FolderStat) -> ExperimentRecord:
         rel_path=rel_path,
         namespace=namespace_of(rel_path),
         name=None,
-        outcome="error",
+        outcome=Outcome.ERROR.value,
         status=None,
         has_error=None,
         error_type=None,
@@ -440,7 +465,7 @@ def read_experiment(root: str, folder_stat: FolderStat) -> ExperimentRecord:
 
     record.namespace = _label_or_none(metadata.get("namespace")) or record.namespace
     record.name = _label_or_none(metadata.get("name"))
-    record.outcome = classify_outcome(metadata)
+    record.outcome = classify_outcome(metadata).value  # a plain str: every database driver stores it as text
     record.status = _text_or_none(metadata.get("status"))
     record.has_error = has_error if isinstance(has_error, bool) else None
     record.error_type = _text_or_none(metadata.get("error_type"))

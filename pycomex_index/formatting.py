@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 import time
 
-STATUS_ICONS = {"done": "✅", "failed": "❌", "running": "⏳", "error": "❌"}
+from pycomex_index.discovery import Outcome
+
+#: By outcome; a plain str from the index finds its icon too (an Outcome hashes as its value).
+STATUS_ICONS = {Outcome.DONE: "✅", Outcome.FAILED: "❌", Outcome.RUNNING: "⏳", Outcome.ERROR: "❌"}
 
 
 def format_duration(seconds: float | None) -> str:

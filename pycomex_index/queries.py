@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-from pycomex_index.discovery import read_metadata
+from pycomex_index.discovery import EXPERIMENT_COLUMNS, ExperimentColumns, Outcome, read_metadata
 from pycomex_index.paths import experiment_folder, path_on_disk
 from pycomex_index.selection import (
     READS_DOCUMENT,
@@ -27,16 +27,9 @@ from pycomex_index.selection import (
     build_metadata,
     evaluate,
     evaluation_globals,
+    rebind_evaluation_globals,
 )
 from pycomex_index.store import ArchiveIndex
-
-_ROW_COLUMNS = tuple(
-    "e.id e.rel_path e.namespace e.name e.outcome e.has_error e.error_type e.start_time "
-    "e.end_time e.duration e.parameter_count e.asset_count e.disk_usage e.read_error".split()
-)
-_LISTING_COLUMNS = ("e.rel_path", "e.outcome", "e.duration")
-#: Whether the row's documents are in Python's JSON dialect (see ExperimentFields.needs_python).
-_NEEDS_PYTHON = "f.needs_python"
 
 #: SQLite's own NULL order (NULL below every value), spelled out so PostgreSQL (NULL above) agrees; SQLite
 #: plans the same with it, since it is its default.
@@ -44,25 +37,11 @@ _NULLS = {"ASC": "NULLS FIRST", "DESC": "NULLS LAST"}
 
 
 @dataclass(slots=True)
-class ExperimentRow:
-    """One experiment as the index knows it; ``parameters`` is filled when asked for."""
+class ExperimentRow(ExperimentColumns):
+    """One experiment as the index knows it: its row, and ``parameters`` when asked for."""
 
     id: int
-    rel_path: str
-    namespace: str
-    name: str | None
-    outcome: str
-    has_error: bool | None
-    error_type: str | None
-    start_time: float | None
-    end_time: float | None
-    duration: float | None
-    parameter_count: int | None
-    asset_count: int
-    disk_usage: int
-    read_error: str | None
     parameters: dict[str, Any] | None = None
-    evaluation_namespace: dict[str, Any] | None = None
     #: ``parameters`` may hold NaN or Infinity, which JSON output must spell out (see :func:`json_ready`).
     parameters_need_python: bool = False
 
@@ -72,6 +51,13 @@ class ExperimentRow:
         if row.has_error is not None:
             row.has_error = bool(row.has_error)  # SQLite stores booleans as 0/1
         return row
+
+
+#: The columns :meth:`ExperimentRow.from_columns` takes, in its fields' order.
+_ROW_COLUMNS = tuple(f"e.{column}" for column in EXPERIMENT_COLUMNS) + ("e.id",)
+_LISTING_COLUMNS = ("e.rel_path", "e.outcome", "e.duration")
+#: Whether the row's documents are in Python's JSON dialect (see ExperimentFields.needs_python).
+_NEEDS_PYTHON = "f.needs_python"
 
 
 def iter_experiments(
@@ -84,9 +70,9 @@ def iter_experiments(
     # With the parameters comes the flag that says whether they need care in JSON output.
     columns = _ROW_COLUMNS + (_NEEDS_PYTHON,) if options.get("with_parameters") else _ROW_COLUMNS
     width = len(_ROW_COLUMNS)
-    for values, parameters, namespace in iter_selected(index, columns, selection, **options):
+    for values, parameters, _ in iter_selected(index, columns, selection, **options):
         row = ExperimentRow.from_columns(values[:width])
-        row.parameters, row.evaluation_namespace = parameters, namespace
+        row.parameters = parameters
         row.parameters_need_python = len(values) > width and bool(values[width])
         yield row
 
@@ -108,10 +94,11 @@ def iter_selected(
     ``values`` holds the SQL ``columns`` (over ``e`` = experiments);
     ``parameters`` the parameter values when ``with_parameters``;
     ``namespace`` the ``m``/``p`` namespace when ``also_evaluates`` (``scan
-    --group``) names a second expression the caller will run on it. Only
-    what the caller asked for is yielded: a listing of many rows must not
-    keep every m and p alive. ``failures`` counts rows on which ``selection``
-    raised (they are not selected).
+    --group``) names a second expression the caller will run on it: one dict
+    reused for every row (:func:`rebind_evaluation_globals`), so it is valid
+    until the next row is asked for. Only what the caller asked for is
+    yielded: a listing of many rows must not keep every m and p alive.
+    ``failures`` counts rows on which ``selection`` raised (they are not selected).
     """
     import json
 
@@ -128,7 +115,7 @@ def iter_selected(
     where = "e.archive_id = :archive_id"
     params: dict[str, Any] = {"archive_id": index.archive_id}
     if not include_unreadable or expressions:
-        where += " AND e.outcome <> 'error'"
+        where += f" AND e.outcome <> '{Outcome.ERROR.value}'"
     prefilter = prefilter_for(selection, sqlite=index.db.url.startswith("sqlite")) if selection else None
     verdict_at = parameters_at = summary_at = path_at = needs_python_at = None
     if prefilter is not None:
@@ -176,13 +163,14 @@ def iter_selected(
     width = len(columns)
     fast_loads, exact_loads = orjson.loads, json.loads
     folder_prefix = index.root.rstrip("/") + "/"
+    namespace = evaluation_globals(None, None)
     kept = 0
     for values in index.db.execute(sql, params):
         # Where SQL found the selection true for certain, Python need not evaluate it again.
         decided = verdict_at is not None and values[verdict_at] == 1
         evaluates_selection = selection is not None and not decided
         builds_namespace = evaluates_selection or also_evaluates is not None
-        parameters = namespace = None
+        parameters = None
         loads = exact_loads if needs_python_at is not None and values[needs_python_at] else fast_loads
         if with_parameters or (builds_namespace and reads_parameters):
             text = values[parameters_at]
@@ -201,7 +189,7 @@ def iter_selected(
                     except ValueError as error:
                         failures.record(error)
                         continue
-            namespace = evaluation_globals(metadata, parameters)
+            namespace = rebind_evaluation_globals(namespace, metadata, parameters)
             if evaluates_selection:
                 failures.evaluated += 1
                 try:
@@ -247,7 +235,7 @@ def iter_listing(
         return (values for values, _, _ in rows)
     return index.db.execute(
         "SELECT rel_path, outcome, duration FROM experiments "
-        "WHERE archive_id = :archive_id AND outcome <> 'error' ORDER BY start_time NULLS FIRST, rel_path",
+        f"WHERE archive_id = :archive_id AND outcome <> '{Outcome.ERROR.value}' ORDER BY start_time NULLS FIRST, rel_path",
         {"archive_id": index.archive_id},
     )
 
@@ -256,7 +244,7 @@ def unreadable_experiments(index: ArchiveIndex) -> Iterator[ExperimentRow]:
     """Experiments whose metadata could not be read, by path (pycomex lists them last)."""
     sql = (
         f"SELECT {', '.join(_ROW_COLUMNS)} FROM experiments e "
-        "WHERE e.archive_id = :archive_id AND e.outcome = 'error' ORDER BY e.rel_path"
+        f"WHERE e.archive_id = :archive_id AND e.outcome = '{Outcome.ERROR.value}' ORDER BY e.rel_path"
     )
     for values in index.db.execute(sql, {"archive_id": index.archive_id}):
         yield ExperimentRow.from_columns(values)

@@ -7,36 +7,17 @@ digest always describes the rows that are stored.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterable, Sequence
 
 from pycomex_index.db import IndexDatabase
-from pycomex_index.discovery import ExperimentRecord, namespace_of
-
-_EXPERIMENT_COLUMNS = (
-    "rel_path",
-    "namespace",
-    "name",
-    "outcome",
-    "status",
-    "has_error",
-    "error_type",
-    "start_time",
-    "end_time",
-    "duration",
-    "parameter_count",
-    "asset_count",
-    "disk_usage",
-    "meta_mtime_ns",
-    "meta_size",
-    "folder_mtime_ns",
-    "read_error",
-)
+from pycomex_index.discovery import EXPERIMENT_COLUMNS, ExperimentRecord, namespace_of
 
 _UPSERT_EXPERIMENT_SQL = (
-    f"INSERT INTO experiments (archive_id, {', '.join(_EXPERIMENT_COLUMNS)}) "
-    f"VALUES (:archive_id, {', '.join(':' + column for column in _EXPERIMENT_COLUMNS)}) "
+    f"INSERT INTO experiments (archive_id, {', '.join(EXPERIMENT_COLUMNS)}) "
+    f"VALUES (:archive_id, {', '.join(':' + column for column in EXPERIMENT_COLUMNS)}) "
     "ON CONFLICT (archive_id, rel_path) DO UPDATE SET "
-    + ", ".join(f"{column} = excluded.{column}" for column in _EXPERIMENT_COLUMNS[1:])
+    + ", ".join(f"{column} = excluded.{column}" for column in EXPERIMENT_COLUMNS[1:])
 )
 
 _EXPERIMENT_ID = "SELECT id FROM experiments WHERE archive_id = :archive_id AND rel_path = :rel_path"
@@ -66,10 +47,13 @@ def _clear_folder_digests(db: IndexDatabase, archive_id: int, rel_paths: Iterabl
     db.executemany(_CLEAR_FOLDER_DIGEST_SQL, [{"archive_id": archive_id, "folder": folder} for folder in folders])
 
 
+_RECORD_FIELDS = tuple(field.name for field in dataclasses.fields(ExperimentRecord))
+
+
 def store_records(db: IndexDatabase, archive_id: int, records: Iterable[ExperimentRecord]) -> int:
     """Insert or replace the rows of these experiments in one transaction; returns how many."""
     # Not dataclasses.asdict: it deep-copies every value, which was a third of a first build.
-    fields = ExperimentRecord.__slots__
+    fields = _RECORD_FIELDS
     rows = []
     for record in records:
         row = {field: getattr(record, field) for field in fields}

@@ -221,6 +221,28 @@ def evaluation_globals(metadata: dict[str, Any] | None, parameters: dict[str, An
     return namespace
 
 
+_NAMESPACE_SIZE = 1 + len(CONTEXT_NAMES)
+
+
+def rebind_evaluation_globals(
+    namespace: dict[str, Any], metadata: dict[str, Any] | None, parameters: dict[str, Any] | None
+) -> dict[str, Any]:
+    """``namespace`` (an :func:`evaluation_globals`) for the next experiment: equal to a fresh one, often the same dict.
+
+    Reusing one dict spares building one per experiment. Nothing an expression
+    did to it reaches the next experiment: the builtins and the six names are
+    set again, and a dict holding any other name (bound with ``:=``, or put in
+    through ``globals()``) is replaced by a fresh one.
+    """
+    # The names spelled out, not looped over: this runs per experiment (a test checks they are the six).
+    namespace["__builtins__"] = builtins
+    namespace["m"] = namespace["metadata"] = namespace["meta"] = metadata
+    namespace["p"] = namespace["parameters"] = namespace["params"] = parameters
+    if len(namespace) != _NAMESPACE_SIZE:
+        return evaluation_globals(metadata, parameters)
+    return namespace
+
+
 class ExpressionExit(Exception):
     """User code called ``exit()``/``sys.exit()``: a failed evaluation, never the command's own exit."""
 

@@ -10,7 +10,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pycomex_index.queries import experiments_table, iter_experiments, iter_selected
+from pycomex_index.discovery import Outcome
+from pycomex_index.queries import experiments_table, iter_selected
 from pycomex_index.selection import CompiledExpression, EvaluationFailures, evaluate
 from pycomex_index.store import ArchiveIndex
 
@@ -66,8 +67,8 @@ def _restrict_to_selection(index: ArchiveIndex, selection: CompiledExpression | 
 
 # Which error an experiment counts as in overview's error table: the rule the summary triggers of migration 0005 use.
 _ERROR_KIND_SQL = (
-    "CASE WHEN outcome = 'error' THEN '(metadata error)' "
-    "WHEN outcome = 'failed' THEN COALESCE(error_type, 'Unknown') ELSE '' END"
+    f"CASE WHEN outcome = '{Outcome.ERROR.value}' THEN '(metadata error)' "
+    f"WHEN outcome = '{Outcome.FAILED.value}' THEN COALESCE(error_type, 'Unknown') ELSE '' END"
 )
 _SUMMARY_COLUMNS = (
     "outcome, namespace, error_kind, experiments, disk_usage, duration_sum, duration_count, "
@@ -111,11 +112,11 @@ def archive_statistics(
     duration_sum = duration_count = parameter_sum = parameter_known = asset_sum = 0
     for outcome, namespace, error_kind, experiments, disk_usage, *sums in groups:
         statistics.total += experiments
-        statistics.successful += experiments if outcome == "done" else 0
-        statistics.running += experiments if outcome == "running" else 0
-        statistics.unreadable += experiments if outcome == "error" else 0
+        statistics.successful += experiments if outcome == Outcome.DONE else 0
+        statistics.running += experiments if outcome == Outcome.RUNNING else 0
+        statistics.unreadable += experiments if outcome == Outcome.ERROR else 0
         statistics.disk_usage += int(disk_usage)
-        if outcome in ("failed", "error"):
+        if outcome in (Outcome.FAILED, Outcome.ERROR):
             error_types[error_kind] = error_types.get(error_kind, 0) + experiments
         namespaces[namespace] = namespaces.get(namespace, 0) + experiments
         duration_sum += sums[0]
@@ -148,6 +149,10 @@ def archive_statistics(
     for name, value in zip(extremes, values):
         setattr(statistics, name, value)
     return statistics
+
+
+#: The group of the experiments on which the group expression raised (a group key, not an outcome).
+ERROR_GROUP = "error"
 
 
 @dataclass
@@ -231,7 +236,7 @@ def scan_groups(
     else:
         _group_in_python(index, group_by, selection, failures, groups, group_failures)
     unreadable = index.db.fetch_one(
-        "SELECT COUNT(*) FROM experiments WHERE archive_id = :archive_id AND outcome = 'error'",
+        f"SELECT COUNT(*) FROM experiments WHERE archive_id = :archive_id AND outcome = '{Outcome.ERROR.value}'",
         {"archive_id": index.archive_id},
     )[0]
     return ScanResult(
@@ -249,17 +254,21 @@ def _group(groups: dict[str, ScanGroup], key: str) -> ScanGroup:
     return group
 
 
+_GROUPED_COLUMNS = ("e.outcome", "e.end_time", "e.duration", "e.disk_usage")
+
+
 def _group_in_python(index, group_by, selection, failures, groups, group_failures) -> None:
-    for row in iter_experiments(index, selection, also_evaluates=group_by, failures=failures):
+    """Evaluate ``group_by`` per experiment, on plain rows of the few columns a group adds up."""
+    done = Outcome.DONE.value
+    rows = iter_selected(index, _GROUPED_COLUMNS, selection, also_evaluates=group_by, failures=failures)
+    for (outcome, end_time, duration, disk_usage), _, namespace in rows:
         try:
-            key = str(evaluate(group_by, row.evaluation_namespace))
+            key = str(evaluate(group_by, namespace))
         except Exception as error:
             group_failures.record(error)
-            key = "error"
-        ran = row.duration is not None and row.duration > 0
-        _group(groups, key).add(
-            1, int(row.outcome == "done"), row.end_time, row.duration if ran else 0.0, int(ran), row.disk_usage
-        )
+            key = ERROR_GROUP
+        ran = duration is not None and duration > 0
+        _group(groups, key).add(1, int(outcome == done), end_time, duration if ran else 0.0, int(ran), disk_usage)
 
 
 @dataclass(frozen=True)
@@ -316,18 +325,18 @@ def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_
     # aggregate, so each value is extracted once.
     rows = index.db.execute(
         "SELECT value, COUNT(*), "
-        "SUM(CASE WHEN outcome = 'done' THEN 1 ELSE 0 END), MAX(end_time), "
+        f"SUM(CASE WHEN outcome = '{Outcome.DONE.value}' THEN 1 ELSE 0 END), MAX(end_time), "
         "SUM(CASE WHEN duration > 0 THEN duration END), SUM(CASE WHEN duration > 0 THEN 1 ELSE 0 END), "
         "SUM(disk_usage) "
         f"FROM (SELECT {key_read.column} -> :path AS value, outcome, end_time, duration, disk_usage "
         f"FROM {experiments_table(index)} JOIN experiment_fields f ON f.experiment_id = id "
-        f"WHERE {where} AND outcome <> 'error' AND f.needs_python = 0 LIMIT -1) GROUP BY value",
+        f"WHERE {where} AND outcome <> '{Outcome.ERROR.value}' AND f.needs_python = 0 LIMIT -1) GROUP BY value",
         params,
     )
     for value, count, successful, last_end_time, duration_sum, duration_count, disk_usage in rows:
         if value is None and key_read.raises_when_missing:
             _count_missing_key(key_read, group_failures, count)
-            key = "error"
+            key = ERROR_GROUP
         elif value is None:
             key = str(key_read.default)
         else:
@@ -336,7 +345,7 @@ def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_
     in_python_dialect = index.db.execute(
         f"SELECT {key_read.column}, outcome, end_time, duration, disk_usage "
         f"FROM experiments JOIN experiment_fields f ON f.experiment_id = id "
-        f"WHERE {where} AND outcome <> 'error' AND f.needs_python = 1",
+        f"WHERE {where} AND outcome <> '{Outcome.ERROR.value}' AND f.needs_python = 1",
         params,
     )
     for document, outcome, end_time, duration, disk_usage in in_python_dialect:
@@ -345,11 +354,11 @@ def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_
             key = str(values[key_read.key])
         elif key_read.raises_when_missing:
             _count_missing_key(key_read, group_failures, 1)
-            key = "error"
+            key = ERROR_GROUP
         else:
             key = str(key_read.default)
         ran = duration is not None and duration > 0
-        _group(groups, key).add(1, int(outcome == "done"), end_time, duration if ran else 0.0, int(ran), disk_usage)
+        _group(groups, key).add(1, int(outcome == Outcome.DONE), end_time, duration if ran else 0.0, int(ran), disk_usage)
 
 
 def _count_missing_key(key_read: _KeyRead, group_failures: EvaluationFailures, count: int) -> None:

@@ -6,6 +6,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pycomex_index.discovery import Outcome
 from pycomex_index.exports import ExportSummary, recent_exports
 from pycomex_index.store import ArchiveIndex, stored_revision
 
@@ -29,7 +30,7 @@ class IndexStatus:
 def index_status(index: ArchiveIndex) -> IndexStatus:
     db = index.db
     experiments, unreadable = db.fetch_one(
-        "SELECT COUNT(*), SUM(CASE WHEN outcome = 'error' THEN 1 ELSE 0 END) FROM experiments "
+        f"SELECT COUNT(*), SUM(CASE WHEN outcome = '{Outcome.ERROR.value}' THEN 1 ELSE 0 END) FROM experiments "
         "WHERE archive_id = :archive_id",
         {"archive_id": index.archive_id},
     ) or (0, 0)

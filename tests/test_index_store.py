@@ -55,6 +55,14 @@ def test_a_new_index_is_created_at_head_and_matches_the_models(archive: Path) ->
     assert _schema_differences(location) == []
 
 
+def test_the_experiment_model_has_exactly_the_columns_of_the_one_definition() -> None:
+    from pycomex_index.discovery import EXPERIMENT_COLUMNS
+    from pycomex_index.models import Experiment
+
+    keys = ["id", "archive_id"]
+    assert [column.name for column in Experiment.__table__.columns] == keys + list(EXPERIMENT_COLUMNS)
+
+
 def test_an_index_at_the_first_revision_is_upgraded_keeping_its_rows(archive: Path, tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     old = SqliteFileDatabase(str(path))

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from pycomex_index.discovery import parameter_values
 from pycomex_index.pushdown import prefilter_for
-from pycomex_index.queries import iter_experiments
+from pycomex_index.queries import iter_experiments, iter_selected
 from pycomex_index.selection import (
     EvaluationFailures,
     build_metadata,
@@ -180,12 +180,12 @@ def test_rows_sql_decides_still_get_the_group_namespace(tmp_path_factory) -> Non
     group_by = compile_expression("m['status'] + str(p.get('MODEL'))")
     with open_archive_index(str(root)) as index:
         stats = EvaluationFailures()
-        rows = list(iter_experiments(index, selection, also_evaluates=group_by, failures=stats))
-    assert stats.selected_in_sql > 0
-    for row in rows:
-        folder_metadata = json.loads((root / row.rel_path / "experiment_meta.json").read_text())
-        expected = "done" + str(parameter_values(folder_metadata).get("MODEL"))
-        assert evaluate(group_by, row.evaluation_namespace) == expected
+        rows = iter_selected(index, ("e.rel_path",), selection, also_evaluates=group_by, failures=stats)
+        groups = {rel_path: evaluate(group_by, namespace) for (rel_path,), _, namespace in rows}
+    assert stats.selected_in_sql > 0 and groups
+    for rel_path, group in groups.items():
+        folder_metadata = json.loads((root / rel_path / "experiment_meta.json").read_text())
+        assert group == "done" + str(parameter_values(folder_metadata).get("MODEL"))
 
 
 def test_the_benchmark_select_is_pushed_down_entirely() -> None:

@@ -275,3 +275,14 @@ def test_a_command_whose_reader_went_away_stops_quietly(archive: Path, command: 
     process.stdout.close()  # before the command writes anything
     stderr = process.stderr.read().decode()
     assert (process.wait(timeout=60), stderr) == (141, "")
+
+
+@pytest.mark.parametrize("outcome", ["done", "failed", "running", "error"])
+def test_an_outcome_is_its_plain_value_in_text_json_and_the_icon_table(outcome: str) -> None:
+    from pycomex_index.discovery import Outcome
+    from pycomex_index.formatting import STATUS_ICONS
+
+    member = Outcome(outcome)
+    assert f"{member}" == str(member) == outcome
+    assert json.dumps({"status": member}) == json.dumps({"status": outcome})
+    assert STATUS_ICONS[outcome] == STATUS_ICONS[member]

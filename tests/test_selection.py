@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -87,3 +88,35 @@ def test_derived_keys_are_added_only_when_missing() -> None:
     assert isinstance(metadata["start_time"], PosixTime)
     kept = build_metadata({"name": "real", "path": "custom"}, path="/a/b", namespace="ns")
     assert (kept["name"], kept["path"]) == ("real", "custom")
+
+
+@pytest.mark.parametrize(
+    "leak",
+    [
+        "(seen := 1)",  # a walrus binds in the globals
+        "globals().update(seen=1)",
+        "globals().pop('m')",  # and a name goes missing
+        "globals().update(m=None, p=None, __builtins__=None)",
+    ],
+)
+def test_a_reused_namespace_is_fresh_again_for_the_next_experiment(leak: str) -> None:
+    from pycomex_index.selection import rebind_evaluation_globals
+
+    namespace = evaluation_globals({"row": 1}, {"A": 1})
+    evaluate(compile_expression(leak), namespace)
+    following = rebind_evaluation_globals(namespace, {"row": 2}, {"A": 2})
+    assert following == evaluation_globals({"row": 2}, {"A": 2})
+
+
+@pytest.mark.parametrize("command", ["list", "scan"])
+def test_no_experiment_sees_a_name_another_experiments_expression_bound(archive, run_cli, command: str) -> None:
+    # Evaluated on its own, each experiment finds `seen` unbound: all are selected, all fall in one group.
+    expression = "'seen' not in globals() and (seen := True)"
+    if command == "list":
+        selected = run_cli("archive", "list", "--select", expression, "--json", "--path", str(archive))
+        everything = run_cli("archive", "list", "--json", "--path", str(archive))
+        readable = [row for row in json.loads(everything.output) if row["metadata_error"] is None]
+        assert len(json.loads(selected.output)) == len(readable)
+    else:
+        result = run_cli("archive", "scan", "--group", expression, "--json", "--path", str(archive))
+        assert [group["group"] for group in json.loads(result.output)] == ["True"]

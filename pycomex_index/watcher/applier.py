@@ -21,6 +21,7 @@ from pycomex_index.discovery import (
     METADATA_FILE_NAME,
     ExperimentRecord,
     FolderStat,
+    Outcome,
     measure_assets,
     read_experiment,
     stat_experiment_folder,
@@ -189,7 +190,7 @@ class ChangeApplier:
 
         if not watches.active:
             return
-        if outcome != "running":
+        if outcome != Outcome.RUNNING:
             watches.unwatch(rel)  # finished: only the periodic re-walk looks at it again
             return
         already_watched = watches.kind(rel) is not None or watches.is_polled(rel)

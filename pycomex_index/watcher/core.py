@@ -20,6 +20,7 @@ import threading
 import time
 from typing import Any
 
+from pycomex_index.discovery import Outcome
 from pycomex_index.heartbeat import HEARTBEAT_INTERVAL_SECONDS, clear_heartbeat, write_heartbeat
 from pycomex_index.store import ArchiveIndex, open_archive_index
 from pycomex_index.watcher.applier import ChangeApplier
@@ -174,7 +175,7 @@ class ArchiveWatcher:
                 running = list(
                     index.db.execute(
                         "SELECT rel_path, meta_mtime_ns, meta_size FROM experiments "
-                        "WHERE archive_id = :archive_id AND outcome = 'running'",
+                        f"WHERE archive_id = :archive_id AND outcome = '{Outcome.RUNNING.value}'",
                         {"archive_id": index.archive_id},
                     )
                 )
