@@ -176,7 +176,10 @@ def configure_logging(log_path: str | None) -> None:
         from logging.handlers import RotatingFileHandler
 
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        handler = RotatingFileHandler(log_path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUP_COUNT, encoding="utf-8")
+        # backslashreplace: a real path in a message may hold a byte that is not UTF-8 (a lone surrogate).
+        handler = RotatingFileHandler(
+            log_path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUP_COUNT, encoding="utf-8", errors="backslashreplace"
+        )
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [pid %(process)d] %(message)s"))
     package_logger = logging.getLogger("pycomex_index")
     for existing in list(package_logger.handlers):

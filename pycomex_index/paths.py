@@ -23,6 +23,11 @@ def experiment_folder(root: str, rel_path: str) -> str:
     return os.path.join(root, *parts)
 
 
+def folder_on_disk(root: str, rel_path: str) -> str:
+    """The real folder of any folder stored (or queued) as ``rel_path``; ``""`` is ``root`` itself."""
+    return experiment_folder(root, rel_path) if rel_path else root
+
+
 def path_in_index(path: str) -> str:
     """How a path below the root is stored and shown: a backslash as ``\\\\``, a byte that is not UTF-8 as ``\\xNN``.
 
@@ -55,7 +60,7 @@ def path_on_disk(rel_path: str) -> str:
     """The real path (as Python's file functions take it) of a path stored by :func:`path_in_index`.
 
     A path that holds no escape is itself; so is one holding a lone
-    surrogate, which can only be a real path already (the watcher's).
+    surrogate, which can only be a real path already.
     """
     if "\\" not in rel_path or holds_surrogates(rel_path):
         return rel_path
