@@ -26,7 +26,7 @@ from pycomex_index.discovery import (
     stat_experiment_folder,
 )
 from pycomex_index.paths import folder_on_disk, path_in_index
-from pycomex_index.rows import remove_experiments, store_records, update_assets
+from pycomex_index.rows import remove_experiments, rows_below, store_records, update_assets
 from pycomex_index.store import ArchiveIndex
 from pycomex_index.watcher.changes import Batch, ChangeQueue
 from pycomex_index.watcher.reconcile import Reconciler
@@ -130,15 +130,7 @@ class ChangeApplier:
         self._watches.unwatch_below(rel)
 
     def _indexed_below(self, rel: str) -> list[str]:
-        return [
-            row[0]
-            for row in self._index.db.execute(
-                "SELECT rel_path FROM experiments "
-                "WHERE archive_id = :archive_id AND rel_path > :low AND rel_path < :high",
-                # '0' follows '/' in every collation SQLite uses by default: this is the range "rel/...".
-                {"archive_id": self._index.archive_id, "low": rel + "/", "high": rel + "0"},
-            )
-        ]
+        return [row[0] for row in rows_below(self._index.db, self._index.archive_id, rel)]
 
     def _reconsider(self, rel: str, changes: _Changes, stack: list[str]) -> None:
         """Look at one existing folder: an experiment to (re)index, or a namespace to watch and list."""

@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from pycomex_index.heartbeat import HEARTBEAT_INTERVAL_SECONDS, clear_heartbeat, write_heartbeat
+from pycomex_index.rows import rows_below
 from pycomex_index.store import ArchiveIndex, open_archive_index
 from pycomex_index.watcher.applier import ChangeApplier
 from pycomex_index.watcher.changes import Batch, ChangeQueue
@@ -192,15 +193,9 @@ class ArchiveWatcher:
     def _indexed_children(self, rel: str) -> IndexedChildren:
         """What the index holds directly in folder ``rel``: its experiments, and its folders holding some."""
         assert self._index is not None
-        parameters: dict[str, object] = {"archive_id": self._index.archive_id}
-        query = "SELECT rel_path FROM experiments WHERE archive_id = :archive_id"
-        if rel:
-            # '0' follows '/': the range holds exactly the paths below "rel/".
-            query += " AND rel_path > :low AND rel_path < :high"
-            parameters.update(low=rel + "/", high=rel + "0")
         start = len(rel) + 1 if rel else 0
         children = IndexedChildren(set(), set())
-        for (rel_path,) in self._index.db.execute(query, parameters):
+        for (rel_path,) in rows_below(self._index.db, self._index.archive_id, rel):
             name, slash, _ = rel_path[start:].partition("/")
             (children.folders if slash else children.experiments).add(name)
         return children
