@@ -20,8 +20,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from pycomex_index.daemon import pid_file_owner
-from pycomex_index.heartbeat import process_is_alive
-from pycomex_index.paths import path_in_index
+from pycomex_index.paths import path_in_index, process_is_alive
 
 from .test_watcher import ODD_RUNS, _write_odd_run, wait_until, write_run
 
