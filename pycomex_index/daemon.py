@@ -29,9 +29,8 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from pycomex_index.discovery import INDEX_FOLDER_NAME
-from pycomex_index.pidfile import (  # noqa: F401 - DaemonError and the pid-file functions are this module's API too
-    DaemonAlreadyRunningError,
-    DaemonError,
+from pycomex_index.errors import DaemonAlreadyRunningError, DaemonError  # noqa: F401 - this module's API too
+from pycomex_index.pidfile import (  # noqa: F401 - the pid-file functions are this module's API too
     held_pid_file,
     pid_file_owner,
     remove_stale_pid_file,

@@ -1,7 +1,8 @@
 """Path and process facts every layer may ask: where an experiment's folder is, what lies inside a root, who still runs.
 
-Low level on purpose: this module imports nothing of the project, so the
-disk helpers (``atomic``) can use it as freely as the write commands.
+Low level on purpose: this module imports nothing of the project but its
+exception types (``errors``, which imports nothing), so the disk helpers
+(``atomic``) can use it as freely as the write commands.
 """
 
 from __future__ import annotations
@@ -9,9 +10,7 @@ from __future__ import annotations
 import os
 import re
 
-
-class UnsafePathError(ValueError):
-    """An index row whose path would lead outside the archive root."""
+from pycomex_index.errors import UnsafePathError
 
 
 def experiment_folder(root: str, rel_path: str) -> str:

@@ -15,21 +15,9 @@ import logging
 import os
 from typing import Iterator
 
-from pycomex_index.errors import PycomexIndexError
+from pycomex_index.errors import DaemonAlreadyRunningError, DaemonError
 
 logger = logging.getLogger("pycomex_index.daemon")
-
-
-class DaemonError(PycomexIndexError):
-    """The daemon could not be started or stopped."""
-
-
-class DaemonAlreadyRunningError(DaemonError):
-    """Another watcher already serves this archive and index."""
-
-    def __init__(self, root: str, pid: int | None) -> None:
-        super().__init__(f"a watcher is already running for {root} (pid {pid})")
-        self.pid = pid
 
 
 def pid_file_owner(pid_path: str) -> tuple[int | None, bool]:

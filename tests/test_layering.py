@@ -99,3 +99,29 @@ def test_no_library_file_is_too_long_to_read() -> None:
         if (length := len(path.read_text().splitlines())) > 600
     }
     assert not too_long
+
+
+#: Exceptions defined outside errors.py: internal signals, each caught inside the library and never
+#: raised to its callers, so no caller needs to know them.
+INTERNAL_SIGNALS = {
+    "selection.ExpressionExit": "user code called exit(): counted as a failed evaluation",
+    "modify.ModificationFailed": "one experiment's change failed: reported in the modify report",
+    "watcher/reconcile.Stopping": "abandons a sync when the watcher stops",
+    "watcher/watches.WatchLimitReached": "switches the watcher to polling",
+}
+
+
+def _is_exception_class(node: ast.ClassDef) -> bool:
+    return any(isinstance(base, (ast.Name, ast.Attribute)) and ast.unparse(base).endswith(("Error", "Exception")) for base in node.bases)
+
+
+def test_the_library_defines_the_exceptions_it_raises_in_errors_only() -> None:
+    elsewhere = []
+    for _, path in _library_modules():
+        name = str(path.relative_to(LIBRARY).with_suffix(""))
+        if name == "errors":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ClassDef) and _is_exception_class(node) and f"{name}.{node.name}" not in INTERNAL_SIGNALS:
+                elsewhere.append(f"{name}.{node.name}")
+    assert not elsewhere, f"define these in pycomex_index/errors.py: {elsewhere}"
