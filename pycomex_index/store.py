@@ -22,7 +22,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from pycomex_index.db import IndexDatabase, SqlAlchemyDatabase, SqliteFileDatabase, translate_database_error
+import pycomex_index.migrations as migrations
+from pycomex_index.db import (
+    SQLITE_DAMAGE_CODES,
+    IndexDatabase,
+    SqlAlchemyDatabase,
+    SqliteFileDatabase,
+    sqlite_result_code,
+    translate_database_error,
+)
 from pycomex_index.discovery import INDEX_FOLDER_NAME
 from pycomex_index.errors import (
     ArchiveNotFoundError,
@@ -237,8 +245,6 @@ def is_damage_error(error: BaseException) -> bool:
     SQLAlchemy's wrappers of them (via ``.orig``) and the library's own
     :class:`IndexDamagedError`.
     """
-    from pycomex_index.db import SQLITE_DAMAGE_CODES, sqlite_result_code
-
     if isinstance(error, IndexDamagedError):
         return True
     return sqlite_result_code(error) in SQLITE_DAMAGE_CODES
@@ -550,8 +556,6 @@ def run_migrations(db: IndexDatabase, revision: str) -> None:
 
 
 def migrations_folder() -> str:
-    import pycomex_index.migrations as migrations
-
     return os.path.dirname(os.path.abspath(migrations.__file__))
 
 

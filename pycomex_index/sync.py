@@ -26,6 +26,7 @@ from pycomex_index.discovery import (
     measure_assets,
     read_experiment,
 )
+from pycomex_index.heartbeat import has_fresh_watcher
 from pycomex_index.paths import experiment_folder
 from pycomex_index.rows import remove_experiments, rows_below, store_records, update_assets
 from pycomex_index.store import ArchiveIndex
@@ -210,8 +211,6 @@ def refresh_index(index: ArchiveIndex, *, on_progress: ProgressCallback | None =
     since that second stat per experiment would double the cost of every
     command on a large archive.
     """
-    from pycomex_index.heartbeat import has_fresh_watcher
-
     if has_fresh_watcher(index):
         return None
     return sync_archive(index, check_assets=False, on_progress=on_progress)

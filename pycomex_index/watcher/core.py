@@ -22,7 +22,8 @@ from typing import Any
 
 from pycomex_index.heartbeat import HEARTBEAT_INTERVAL_SECONDS, clear_heartbeat, write_heartbeat
 from pycomex_index.rows import rows_below
-from pycomex_index.store import ArchiveIndex, open_archive_index
+from pycomex_index.store import ArchiveIndex, is_database_url, open_archive_index
+from pycomex_index.sync import sync_archive
 from pycomex_index.watcher.applier import ChangeApplier
 from pycomex_index.watcher.changes import Batch, ChangeQueue
 from pycomex_index.watcher.reconcile import Reconciler, Stopping, abandon_on_stop
@@ -207,8 +208,6 @@ class ArchiveWatcher:
 
     def _catch_up(self) -> None:
         """The first sync; retried with a growing pause (the index busy, a disk hiccup) until it succeeds."""
-        from pycomex_index.sync import sync_archive
-
         assert self._index is not None
         pause = 1.0
         while True:
@@ -339,8 +338,6 @@ class ArchiveWatcher:
 
 def _file_identity(location: str) -> tuple[int, int] | None:
     """(device, inode) of an index file; None for a database URL or a missing file."""
-    from pycomex_index.store import is_database_url
-
     if is_database_url(location):
         return None
     try:
@@ -352,7 +349,5 @@ def _file_identity(location: str) -> tuple[int, int] | None:
 
 def watch_once(path: str, index_location: str | None = None, *, on_progress: Any = None) -> tuple[str, Any]:
     """``watch --once``: catch up with the archive once; returns the archive root and the sync report."""
-    from pycomex_index.sync import sync_archive
-
     with open_archive_index(path, index_location) as index:
         return index.root, sync_archive(index, on_progress=on_progress)
