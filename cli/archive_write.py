@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from pycomex_index.formatting import plural
+from pycomex_index.formatting import plural, printable
 from pycomex_index.cli.common import (
     archive_options,
     compile_or_fail,
@@ -60,10 +60,15 @@ def _preview_limit() -> int:
     return max(10, shutil.get_terminal_size((80, 24)).lines - 10)
 
 
+def _shown(index, rel_path: str) -> str:
+    """An experiment's path as printed: a newline or an escape sequence in a folder name stays on its line, escaped."""
+    return printable(index.display_path(rel_path))
+
+
 def _path_preview(index, rel_paths: list[str], suffixes: list[str] | None = None) -> list[str]:
     limit = _preview_limit()
     shown = [
-        f"  {index.display_path(rel_path)}{suffixes[position] if suffixes else ''}"
+        f"  {_shown(index, rel_path)}{printable(suffixes[position]) if suffixes else ''}"
         for position, rel_path in enumerate(rel_paths[:limit])
     ]
     if len(rel_paths) > limit:
@@ -144,7 +149,9 @@ def delete_command(ctx, select, select_all, yes, include_running, verbose, archi
             f"Held back {plural(len(plan.held_running), 'running experiment')}; "
             f"add --include-running to delete {'it' if len(plan.held_running) == 1 else 'them'} too."
         )
-        refused = [f"Refused: {index.display_path(experiment.rel_path)}: {reason}" for experiment, reason in plan.holding_others]
+        refused = [
+            f"Refused: {_shown(index, experiment.rel_path)}: {printable(reason)}" for experiment, reason in plan.holding_others
+        ]
         if not plan.targets:
             if plan.held_running:
                 write_lines([held_back])
@@ -172,14 +179,15 @@ def delete_command(ctx, select, select_all, yes, include_running, verbose, archi
         with progress_bar("Deleting experiments") as on_progress:
             for done, outcome in enumerate(delete_experiments(index, plan.targets), start=1):
                 counts[outcome.status] += 1
-                shown = index.display_path(outcome.rel_path)
+                shown = _shown(index, outcome.rel_path)
+                message = printable(outcome.message or "")
                 if outcome.status == DELETED:
                     if verbose:
-                        click.echo(f"Deleted {shown}" + (f" ({outcome.message})" if outcome.message else ""))
+                        click.echo(f"Deleted {shown}" + (f" ({message})" if message else ""))
                 elif outcome.status == SKIPPED:
-                    warn(f"skipped {shown}: {outcome.message}")
+                    warn(f"skipped {shown}: {message}")
                 else:
-                    click.echo(f"Failed: {shown}: {outcome.message}", err=True)
+                    click.echo(f"Failed: {shown}: {message}", err=True)
                 if on_progress:
                     on_progress(done, len(plan.targets))
     summary = f"Deleted {plural(counts[DELETED], 'experiment')}."
@@ -232,16 +240,16 @@ def compress_command(ctx, select, select_all, name, overwrite, verbose, archive_
         replace = check_export_target(index.root, name).exists
         if replace:
             _confirm(
-                ctx, f"{name} already exists. Replace it?", overwrite, "written",
-                no_terminal=f"{name} already exists; add --overwrite to replace it. Nothing was written.",
+                ctx, f"{printable(name)} already exists. Replace it?", overwrite, "written",
+                no_terminal=f"{printable(name)} already exists; add --overwrite to replace it. Nothing was written.",
             )
         click.echo(f"Compressing {plural(len(targets), 'experiment')}...")
-        on_experiment = (lambda rel_path: click.echo(f"  {index.display_path(rel_path)}")) if verbose else None
+        on_experiment = (lambda rel_path: click.echo(f"  {_shown(index, rel_path)}")) if verbose else None
         with progress_bar("Compressing experiments") as on_progress:
             result = compress_experiments(
                 index, targets, name, overwrite=replace, on_experiment=on_experiment, on_progress=on_progress
             )
-    click.echo(f"Created: {name} ({format_size(result.size)})")
+    click.echo(f"Created: {printable(name)} ({format_size(result.size)})")
     if result.skipped:
         warn(f"{plural(len(result.skipped), 'experiment')} vanished before being compressed and are not in the ZIP.")
 
@@ -267,11 +275,11 @@ def _change_lines(changes) -> list[str]:
         if change.kind == "metadata":
             label = f"m[{change.name!r}]"
         elif change.field is not None:
-            label = f"{change.name}[{change.field!r}]"
+            label = f"{printable(change.name)}[{change.field!r}]"
         else:
-            label = change.name
+            label = printable(change.name)
         if change.renamed_from is not None:
-            lines.append(f"  {change.renamed_from} → {change.name} (renamed)")
+            lines.append(f"  {printable(change.renamed_from)} → {printable(change.name)} (renamed)")
             if change.before == change.after or change.after is change.before:
                 continue
         before = "(new)" if change.before is ABSENT and change.kind == "parameter" else _value(change.before)
@@ -330,11 +338,11 @@ def modify_command(
                 counts[result.status] += 1
                 run_id = result.run_id or run_id
                 if result.status == MODIFIED and (dry_run or verbose):
-                    write_lines(["", f"Experiment: {index.display_path(result.rel_path)}", *_change_lines(result.changes)])
+                    write_lines(["", f"Experiment: {_shown(index, result.rel_path)}", *_change_lines(result.changes)])
                 elif result.status == UNCHANGED and verbose:
-                    write_lines(["", f"Experiment: {index.display_path(result.rel_path)}", "  No changes"])
+                    write_lines(["", f"Experiment: {_shown(index, result.rel_path)}", "  No changes"])
                 elif result.status == FAILED:
-                    click.echo(f"Failed: {index.display_path(result.rel_path)}: {result.error}", err=True)
+                    click.echo(f"Failed: {_shown(index, result.rel_path)}: {printable(result.error or '')}", err=True)
                 if on_progress and not dry_run:
                     on_progress(done, len(targets))
     if dry_run:
@@ -408,10 +416,10 @@ def undo_command(ctx, run_id, yes, verbose, archive_path, index_location) -> Non
             if outcome.status == RESTORED:
                 restored += 1
                 if verbose:
-                    click.echo(f"Restored {index.display_path(outcome.rel_path)}")
+                    click.echo(f"Restored {_shown(index, outcome.rel_path)}")
             else:
                 refused += 1
-                click.echo(f"Not restored: {index.display_path(outcome.rel_path)}: {outcome.reason}", err=True)
+                click.echo(f"Not restored: {_shown(index, outcome.rel_path)}: {printable(outcome.reason or '')}", err=True)
     click.echo(f"Restored {plural(restored, 'file')}.")
     if refused:
         click.echo(

@@ -72,7 +72,8 @@ def watch_settings(
     quiet_after: float | None = None,
 ):
     """The :class:`~pycomex_index.watcher.WatchSettings` these options ask for; a usage error when invalid."""
-    from pycomex_index.watcher import InvalidWatchSettingsError, WatchSettings
+    from pycomex_index.errors import InvalidWatchSettingsError
+    from pycomex_index.watcher import WatchSettings
 
     try:
         return WatchSettings.from_options(
@@ -123,7 +124,8 @@ def watch_command(
         )
         return
 
-    from pycomex_index.daemon import EXIT_ALREADY_RUNNING, DaemonAlreadyRunningError, configure_logging, logger, run_watcher
+    from pycomex_index.daemon import EXIT_ALREADY_RUNNING, configure_logging, logger, run_watcher
+    from pycomex_index.errors import DaemonAlreadyRunningError
 
     configure_logging(log_file)
 

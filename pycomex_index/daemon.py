@@ -26,20 +26,21 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from logging.handlers import RotatingFileHandler
+from typing import Any, Callable
+
+from platformdirs import user_cache_dir
 
 from pycomex_index.discovery import INDEX_FOLDER_NAME
-from pycomex_index.pidfile import (  # noqa: F401 - DaemonError and the pid-file functions are this module's API too
-    DaemonAlreadyRunningError,
-    DaemonError,
+from pycomex_index.errors import DaemonAlreadyRunningError, DaemonError  # noqa: F401 - this module's API too
+from pycomex_index.heartbeat import read_watcher_state
+from pycomex_index.pidfile import (  # noqa: F401 - the pid-file functions are this module's API too
     held_pid_file,
     pid_file_owner,
     remove_stale_pid_file,
 )
-from pycomex_index.store import is_database_url, resolve_archive_root, resolve_index_location
-
-if TYPE_CHECKING:
-    from pycomex_index.watcher import WatchSettings, WatcherStatus
+from pycomex_index.store import is_database_url, open_archive_index, resolve_archive_root, resolve_index_location
+from pycomex_index.watcher import ArchiveWatcher, WatchSettings, WatcherStatus
 
 logger = logging.getLogger("pycomex_index.daemon")
 
@@ -94,8 +95,6 @@ def daemon_files(root: str, location: str) -> DaemonFiles:
         return DaemonFiles(f"{stem}.{PID_FILE_NAME}", f"{stem}.{LOG_FILE_NAME}")
     if os.path.isdir(archive_folder) and os.access(archive_folder, os.W_OK):
         return DaemonFiles(os.path.join(archive_folder, PID_FILE_NAME), os.path.join(archive_folder, LOG_FILE_NAME))
-    from platformdirs import user_cache_dir
-
     stem = os.path.join(user_cache_dir("pycomex-index"), f"{os.path.basename(root) or 'root'}-{_archive_tag(root)}")
     return DaemonFiles(f"{stem}.{PID_FILE_NAME}", f"{stem}.{LOG_FILE_NAME}")
 
@@ -127,8 +126,6 @@ def run_watcher(
     file removed. Raises :class:`DaemonAlreadyRunningError` when another
     watcher serves the archive.
     """
-    from pycomex_index.watcher import ArchiveWatcher
-
     root, location, files = _locate(path, index)
     stop = threading.Event()
     with held_pid_file(files.pid_path, root):
@@ -173,10 +170,11 @@ def configure_logging(log_path: str | None) -> None:
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     else:
-        from logging.handlers import RotatingFileHandler
-
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        handler = RotatingFileHandler(log_path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUP_COUNT, encoding="utf-8")
+        # backslashreplace: a real path in a message may hold a byte that is not UTF-8 (a lone surrogate).
+        handler = RotatingFileHandler(
+            log_path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUP_COUNT, encoding="utf-8", errors="backslashreplace"
+        )
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [pid %(process)d] %(message)s"))
     package_logger = logging.getLogger("pycomex_index")
     for existing in list(package_logger.handlers):
@@ -209,8 +207,6 @@ def start_daemon(
     timeout: float = START_TIMEOUT_SECONDS,
 ) -> DaemonStatus:
     """Start the archive's watcher as a detached background process and return once it runs."""
-    from pycomex_index.store import open_archive_index
-
     root, location, files = _locate(path, index)
     pid, alive = pid_file_owner(files.pid_path)
     if alive:
@@ -250,8 +246,6 @@ def start_daemon(
 
 def watcher_command(root: str, location: str, log_path: str, settings: WatchSettings | None = None) -> list[str]:
     """The command line of a daemon's watcher process: ``watch`` with these settings, logging to ``log_path``."""
-    from pycomex_index.watcher import WatchSettings
-
     settings = settings if settings is not None else WatchSettings()
     command = [sys.executable, "-m", "pycomex_index", "watch", "--path", root, "--index", location]
     return command + ["--log-file", log_path, *settings.to_argv()]
@@ -297,8 +291,6 @@ def stop_daemon(path: str, index: str | None = None, *, timeout: float = STOP_TI
 
 def daemon_status(path: str, index: str | None = None) -> DaemonStatus:
     """Whether a watcher runs for the archive and what its heartbeat says."""
-    from pycomex_index.heartbeat import read_watcher_state
-
     root, location, files = _locate(path, index)
     pid, alive = pid_file_owner(files.pid_path)
     status = DaemonStatus(
@@ -310,8 +302,6 @@ def daemon_status(path: str, index: str | None = None) -> DaemonStatus:
         return status
     with contextlib.suppress(OSError):
         status.since = os.stat(files.pid_path).st_mtime
-    from pycomex_index.store import open_archive_index
-
     with open_archive_index(root, location) as opened:
         state = read_watcher_state(opened)
     if state is not None and state.pid == pid:

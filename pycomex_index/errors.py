@@ -9,6 +9,10 @@ index was damaged" (65) and "the index cannot be written" (77).
 from __future__ import annotations
 
 
+class UnsafePathError(ValueError):
+    """An index row whose path would lead outside the archive root."""
+
+
 class PycomexIndexError(Exception):
     """Base class: anything the user can act on, reported without a traceback."""
 
@@ -80,3 +84,33 @@ class ExportError(PycomexIndexError):
 
 class UndoError(PycomexIndexError):
     """``undo`` cannot run: no such modify in this archive, or it was undone already."""
+
+
+class InvalidWatchSettingsError(PycomexIndexError):
+    """A watcher setting that cannot work (a zero or negative interval, a negative watch budget)."""
+
+    exit_code = 2
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field} {reason}")
+        #: The :class:`~pycomex_index.watcher.WatchSettings` field at fault, so a caller can name its own option
+        #: for it...
+        self.field = field
+        #: ...and what is wrong with the value, without the field's name.
+        self.reason = reason
+
+
+class DaemonError(PycomexIndexError):
+    """The daemon could not be started or stopped."""
+
+
+class DaemonAlreadyRunningError(DaemonError):
+    """Another watcher already serves this archive and index."""
+
+    def __init__(self, root: str, pid: int | None) -> None:
+        super().__init__(f"a watcher is already running for {root} (pid {pid})")
+        self.pid = pid
+
+
+class RunOutsideArchiveError(PycomexIndexError):
+    """The pycomex plugin's run folder is not below the archive root it names."""

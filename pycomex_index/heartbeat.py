@@ -13,6 +13,7 @@ import socket
 import time
 from dataclasses import dataclass
 
+from pycomex_index.paths import process_is_alive
 from pycomex_index.store import ArchiveIndex
 
 #: How often a healthy watcher writes its heartbeat.
@@ -41,22 +42,6 @@ class WatcherState:
         if self.mode not in LIVE_MODES or now - self.heartbeat_at > STALE_AFTER_SECONDS:
             return False
         return self.hostname != socket.gethostname() or process_is_alive(self.pid)
-
-
-def process_is_alive(pid: int) -> bool:
-    """True while ``pid`` runs; a killed process nobody has reaped yet (a zombie) counts as dead."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            state = file.read().rpartition(b")")[2].split()[:1]
-    except OSError:
-        return True  # no /proc (not Linux): the signal test is all there is
-    return state not in ([b"Z"], [b"X"])
 
 
 def read_watcher_state(index: ArchiveIndex) -> WatcherState | None:

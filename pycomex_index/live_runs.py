@@ -13,17 +13,13 @@ from __future__ import annotations
 import os
 
 from pycomex_index.db import short_busy_timeout
-from pycomex_index.errors import PycomexIndexError
+from pycomex_index.errors import RunOutsideArchiveError
 from pycomex_index.operations import reindex_experiment
 from pycomex_index.store import open_archive_index
 
 #: How long a run's start or end waits for a locked index. A daemon's or a command's write takes
 #: milliseconds; an index locked longer than this is left to catch up at its next sync.
 RUN_BUSY_TIMEOUT_SECONDS = 0.5
-
-
-class RunOutsideArchiveError(PycomexIndexError):
-    """The run's folder is not below the archive root it names."""
 
 
 def run_rel_path(archive_root: str, run_folder: str) -> str:

@@ -1,7 +1,8 @@
 """Path and process facts every layer may ask: where an experiment's folder is, what lies inside a root, who still runs.
 
-Low level on purpose: this module imports nothing of the project, so the
-disk helpers (``atomic``) can use it as freely as the write commands.
+Low level on purpose: this module imports nothing of the project but its
+exception types (``errors``, which imports nothing), so the disk helpers
+(``atomic``) can use it as freely as the write commands.
 """
 
 from __future__ import annotations
@@ -9,9 +10,7 @@ from __future__ import annotations
 import os
 import re
 
-
-class UnsafePathError(ValueError):
-    """An index row whose path would lead outside the archive root."""
+from pycomex_index.errors import UnsafePathError
 
 
 def experiment_folder(root: str, rel_path: str) -> str:
@@ -21,6 +20,11 @@ def experiment_folder(root: str, rel_path: str) -> str:
     if os.path.isabs(rel_path) or any(part in ("", ".", "..") for part in parts):
         raise UnsafePathError(f"{rel_path!r} is not a plain path below the archive root")
     return os.path.join(root, *parts)
+
+
+def folder_on_disk(root: str, rel_path: str) -> str:
+    """The real folder of any folder stored (or queued) as ``rel_path``; ``""`` is ``root`` itself."""
+    return experiment_folder(root, rel_path) if rel_path else root
 
 
 def path_in_index(path: str) -> str:
@@ -55,7 +59,7 @@ def path_on_disk(rel_path: str) -> str:
     """The real path (as Python's file functions take it) of a path stored by :func:`path_in_index`.
 
     A path that holds no escape is itself; so is one holding a lone
-    surrogate, which can only be a real path already (the watcher's).
+    surrogate, which can only be a real path already.
     """
     if "\\" not in rel_path or holds_surrogates(rel_path):
         return rel_path

@@ -11,31 +11,18 @@ name) in which the file is never visible empty or unlocked.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 from typing import Iterator
 
-from pycomex_index.errors import PycomexIndexError
+from pycomex_index.errors import DaemonAlreadyRunningError, DaemonError
 
 logger = logging.getLogger("pycomex_index.daemon")
 
 
-class DaemonError(PycomexIndexError):
-    """The daemon could not be started or stopped."""
-
-
-class DaemonAlreadyRunningError(DaemonError):
-    """Another watcher already serves this archive and index."""
-
-    def __init__(self, root: str, pid: int | None) -> None:
-        super().__init__(f"a watcher is already running for {root} (pid {pid})")
-        self.pid = pid
-
-
 def pid_file_owner(pid_path: str) -> tuple[int | None, bool]:
     """``(pid written in the file, whether a live process holds it)``; ``(None, False)`` without a file."""
-    import fcntl
-
     try:
         fd = os.open(pid_path, os.O_RDONLY)
     except FileNotFoundError:
@@ -61,8 +48,6 @@ def _read_pid(fd: int) -> int | None:
 
 def remove_stale_pid_file(pid_path: str) -> bool:
     """Remove a pid file no live process holds; False when its owner is alive after all."""
-    import fcntl
-
     try:
         fd = os.open(pid_path, os.O_RDONLY)
     except FileNotFoundError:
@@ -135,8 +120,6 @@ def _create_pid_file(pid_path: str) -> int | None:
 
 
 def _new_locked_file(path: str) -> int:
-    import fcntl
-
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     os.write(fd, f"{os.getpid()}\n".encode())

@@ -18,6 +18,7 @@ from typing import Any, Iterator, Sequence
 
 from pycomex_index.discovery import EXPERIMENT_COLUMNS, ExperimentColumns, Outcome, read_metadata
 from pycomex_index.paths import experiment_folder, path_on_disk
+from pycomex_index.pushdown import prefilter_for
 from pycomex_index.selection import (
     READS_DOCUMENT,
     READS_NO_METADATA,
@@ -103,8 +104,6 @@ def iter_selected(
     import json
 
     import orjson
-
-    from pycomex_index.pushdown import prefilter_for
 
     expressions = [expression for expression in (selection, also_evaluates) if expression is not None]
     reads_metadata = max((expression.reads_metadata for expression in expressions), default=READS_NO_METADATA)

@@ -8,9 +8,9 @@ digest always describes the rows that are stored.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
-from pycomex_index.db import IndexDatabase
+from pycomex_index.db import IndexDatabase, Row
 from pycomex_index.discovery import EXPERIMENT_COLUMNS, ExperimentRecord, namespace_of
 
 _UPSERT_EXPERIMENT_SQL = (
@@ -101,3 +101,26 @@ def remove_experiments(db: IndexDatabase, archive_id: int, rel_paths: Iterable[s
         db.executemany("DELETE FROM experiments WHERE archive_id = :archive_id AND rel_path = :rel_path", rows)
         _clear_folder_digests(db, archive_id, (row["rel_path"] for row in rows))
     return len(rows)
+
+
+# Rows below a folder: those whose path starts with "folder/". This test is exact under any collation
+# (a range on rel_path is not: PostgreSQL's en_US, say, all but ignores the '/' when it compares)...
+_BELOW_FOLDER = "substr(rel_path, 1, :prefix_length) = :prefix"
+# ...but no index serves it. SQLite compares rel_path bytewise (BINARY, the only collation it has for
+# it), so there the paths starting with "folder/" are exactly those between "folder/" and "folder0"
+# ('0' follows '/'), a range the unique index on (archive_id, rel_path) finds. Both tests together
+# cost SQLite a tenth more per row found for nothing.
+_BELOW_FOLDER_SQLITE = "rel_path > :prefix AND rel_path < :past_prefix"
+
+
+def rows_below(db: IndexDatabase, archive_id: int, folder: str, columns: str = "rel_path") -> Iterator[Row]:
+    """The ``columns`` of every experiment below ``folder`` (at any depth; every one for ``""``)."""
+    query = f"SELECT {columns} FROM experiments WHERE archive_id = :archive_id"
+    if not folder:
+        return db.execute(query, {"archive_id": archive_id})
+    prefix = folder + "/"
+    below = _BELOW_FOLDER_SQLITE if db.url.startswith("sqlite") else _BELOW_FOLDER
+    return db.execute(
+        f"{query} AND {below}",
+        {"archive_id": archive_id, "prefix": prefix, "prefix_length": len(prefix), "past_prefix": folder + "0"},
+    )

@@ -10,9 +10,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pycomex_index.discovery import Outcome
+from pycomex_index.discovery import DOCUMENT_ONLY_KEYS, Outcome
 from pycomex_index.queries import experiments_table, iter_selected
-from pycomex_index.selection import CompiledExpression, EvaluationFailures, evaluate
+from pycomex_index.selection import (
+    METADATA_NAMES,
+    PARAMETER_NAMES,
+    TIME_KEYS,
+    CompiledExpression,
+    EvaluationFailures,
+    evaluate,
+)
 from pycomex_index.store import ArchiveIndex
 
 
@@ -283,9 +290,6 @@ class _KeyRead:
 
 def _single_key_read(expression: CompiledExpression) -> _KeyRead | None:
     import ast
-
-    from pycomex_index.discovery import DOCUMENT_ONLY_KEYS
-    from pycomex_index.selection import METADATA_NAMES, PARAMETER_NAMES, TIME_KEYS
 
     body = expression.tree.body if isinstance(expression.tree, ast.Expression) else None
     if isinstance(body, ast.Subscript):

@@ -22,7 +22,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from pycomex_index.db import IndexDatabase, SqlAlchemyDatabase, SqliteFileDatabase, masked_url, translate_database_error
+import pycomex_index.migrations as migrations
+from pycomex_index.db import (
+    SQLITE_DAMAGE_CODES,
+    IndexDatabase,
+    SqlAlchemyDatabase,
+    SqliteFileDatabase,
+    masked_url,
+    sqlite_result_code,
+    translate_database_error,
+)
 from pycomex_index.discovery import INDEX_FOLDER_NAME
 from pycomex_index.errors import (
     ArchiveNotFoundError,
@@ -248,8 +257,6 @@ def is_damage_error(error: BaseException) -> bool:
     SQLAlchemy's wrappers of them (via ``.orig``) and the library's own
     :class:`IndexDamagedError`.
     """
-    from pycomex_index.db import SQLITE_DAMAGE_CODES, sqlite_result_code
-
     if isinstance(error, IndexDamagedError):
         return True
     return sqlite_result_code(error) in SQLITE_DAMAGE_CODES
@@ -562,8 +569,6 @@ def run_migrations(db: IndexDatabase, revision: str) -> None:
 
 
 def migrations_folder() -> str:
-    import pycomex_index.migrations as migrations
-
     return os.path.dirname(os.path.abspath(migrations.__file__))
 
 

@@ -23,8 +23,9 @@ from typing import Callable, Iterator
 from pycomex_index.db import IndexDatabase
 from pycomex_index.discovery import iter_folder_listings, listing_digest, measure_assets, read_experiment
 from pycomex_index.errors import IndexDamagedError, IndexReadOnlyError
+from pycomex_index.heartbeat import has_fresh_watcher
 from pycomex_index.paths import experiment_folder
-from pycomex_index.rows import remove_experiments, store_records, update_assets
+from pycomex_index.rows import remove_experiments, rows_below, store_records, update_assets
 from pycomex_index.store import ArchiveIndex, open_archive_index, recover_damaged_index
 
 #: ``on_progress(done, total)`` is called while files are read; total is known before the first call.
@@ -159,23 +160,16 @@ def _stored_digests(db: IndexDatabase, archive_id: int) -> dict[str, str | None]
     )
 
 
-_STAMP_COLUMNS = "SELECT rel_path, meta_mtime_ns, meta_size, folder_mtime_ns FROM experiments WHERE archive_id = :archive_id"
+_STAMP_COLUMNS = "rel_path, meta_mtime_ns, meta_size, folder_mtime_ns"
 
 
 def _stamps(db: IndexDatabase, archive_id: int, *, folder: str | None = None) -> dict[str, tuple]:
     """The stored stamps of every experiment, or of those directly in ``folder``, by rel_path."""
+    rows = rows_below(db, archive_id, folder or "", _STAMP_COLUMNS)
     if folder is None:
-        return {row[0]: row for row in db.execute(_STAMP_COLUMNS, {"archive_id": archive_id})}
-    if not folder:
-        rows = db.execute(_STAMP_COLUMNS, {"archive_id": archive_id})
-        return {row[0]: row for row in rows if "/" not in row[0]}
-    # Under SQLite's binary collation the paths below "F/" sort between "F/" and "F0" ('0' follows '/'),
-    # so the unique index on (archive_id, rel_path) finds them; deeper folders are filtered out here.
-    rows = db.execute(
-        _STAMP_COLUMNS + " AND rel_path > :low AND rel_path < :high",
-        {"archive_id": archive_id, "low": folder + "/", "high": folder + "0"},
-    )
-    depth = len(folder) + 1
+        return {row[0]: row for row in rows}
+    # Deeper folders' rows are filtered out here.
+    depth = len(folder) + 1 if folder else 0
     return {row[0]: row for row in rows if "/" not in row[0][depth:]}
 
 
@@ -214,8 +208,6 @@ def refresh_index(index: ArchiveIndex, *, on_progress: ProgressCallback | None =
     since that second stat per experiment would double the cost of every
     command on a large archive.
     """
-    from pycomex_index.heartbeat import has_fresh_watcher
-
     if has_fresh_watcher(index):
         return None
     return sync_archive(index, check_assets=False, on_progress=on_progress)

@@ -20,9 +20,9 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from pycomex_index.daemon import pid_file_owner
-from pycomex_index.heartbeat import process_is_alive
+from pycomex_index.paths import path_in_index, process_is_alive
 
-from .test_watcher import wait_until, write_run
+from .test_watcher import ODD_RUNS, _write_odd_run, wait_until, write_run
 
 MODES = {
     "inotify": [],
@@ -353,3 +353,32 @@ def test_commands_sync_themselves_until_the_daemons_catch_up_is_done_then_trust_
         pycomex_index("daemon", "stop", "--path", str(archive), check=False)
         if pid is not None and process_is_alive(pid) and is_this_archives_watcher(pid, archive):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_runs_in_folders_named_with_odd_bytes_are_followed_by_the_daemon_as_sync_stores_them(archive, daemon, tmp_path):
+    daemon()
+    stored = {path_in_index(os.fsdecode(rel)) for rel in ODD_RUNS}
+
+    def as_index_sync_stores_them() -> dict[str, str]:
+        other = tmp_path / "by-sync.sqlite3"
+        other.unlink(missing_ok=True)
+        pycomex_index("index", "sync", "--path", str(archive), "--index", str(other))
+        connection = sqlite3.connect(other)
+        try:
+            return dict(connection.execute("SELECT rel_path, outcome FROM experiments"))
+        finally:
+            connection.close()
+
+    for status in ("running", "done"):
+        for rel in ODD_RUNS:
+            _write_odd_run(archive, rel, status)
+        assert wait_until(lambda: all(index_outcomes(archive).get(path) == status for path in stored), timeout=5)
+        assert index_outcomes(archive) == as_index_sync_stores_them()
+        time.sleep(0.3)
+    for rel in ODD_RUNS:
+        shutil.rmtree(os.path.join(os.fsencode(archive), rel))
+    assert wait_until(lambda: not stored & index_outcomes(archive).keys(), timeout=5)
+    assert index_outcomes(archive) == as_index_sync_stores_them()
+    assert listed(archive).keys() == index_outcomes(archive).keys()
+    log = (archive / ".pycomex_index" / "daemon.log").read_text()
+    assert " ERROR " not in log and " WARNING " not in log and "Traceback" not in log, log

@@ -355,3 +355,17 @@ def test_deleted_run_never_shows_up_in_the_trash_as_an_experiment(spec_archive: 
     listed = run_cli("archive", "list", "--path", str(spec_archive))
     assert ".pycomex_index" not in listed.stdout
     assert_index_matches_disk(spec_archive)
+
+
+def test_preview_and_report_show_a_folder_name_with_control_characters_on_one_line(tmp_path: Path, run_cli) -> None:
+    archive = tmp_path / "results"
+    write_meta(archive / "ns" / "run\nDeleted everything\x1b[2J", make_metadata(status="failed", has_error=True))
+    write_meta(archive / "ns" / "kept", make_metadata())
+    preview = run_cli("archive", "delete", "--path", str(archive), "--select", "m['status'] == 'failed'")
+    assert "  results/ns/run\\nDeleted everything\\x1b[2J\n" in preview.stdout
+    assert "\x1b" not in preview.output and "\nDeleted everything" not in preview.output
+    deleted = run_cli("archive", "delete", "--path", str(archive), "--select", "m['status'] == 'failed'", "--yes", "-v")
+    assert deleted.exit_code == 0, deleted.output
+    assert "Deleted results/ns/run\\nDeleted everything\\x1b[2J\n" in deleted.stdout
+    assert "\x1b" not in deleted.output
+    assert experiments_on_disk(archive) == {"ns/kept"}

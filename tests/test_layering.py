@@ -3,12 +3,17 @@
 A module may import its own layer and the layers below it, never one above;
 the library never imports click (the CLI is the only place that does). Read
 from the source with ``ast``, so a lazy import inside a function counts too.
+The project's own modules are imported at the top of a module, never inside
+a function, so the order of imports is plain to see.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -107,3 +112,86 @@ def test_no_library_file_is_too_long_to_read() -> None:
         if (length := len(path.read_text().splitlines())) > 600
     }
     assert not too_long
+
+
+#: Exceptions defined outside errors.py: internal signals, each caught inside the library and never
+#: raised to its callers, so no caller needs to know them.
+INTERNAL_SIGNALS = {
+    "selection.ExpressionExit": "user code called exit(): counted as a failed evaluation",
+    "modify.ModificationFailed": "one experiment's change failed: reported in the modify report",
+    "watcher/reconcile.Stopping": "abandons a sync when the watcher stops",
+    "watcher/watches.WatchLimitReached": "switches the watcher to polling",
+}
+
+
+def _is_exception_class(node: ast.ClassDef) -> bool:
+    return any(isinstance(base, (ast.Name, ast.Attribute)) and ast.unparse(base).endswith(("Error", "Exception")) for base in node.bases)
+
+
+def test_the_library_defines_the_exceptions_it_raises_in_errors_only() -> None:
+    elsewhere = []
+    for _, path in _library_modules():
+        name = str(path.relative_to(LIBRARY).with_suffix(""))
+        if name == "errors":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ClassDef) and _is_exception_class(node) and f"{name}.{node.name}" not in INTERNAL_SIGNALS:
+                elsewhere.append(f"{name}.{node.name}")
+    assert not elsewhere, f"define these in pycomex_index/errors.py: {elsewhere}"
+
+
+#: Imports of the project's own modules made inside a function, each kept there on purpose (an import cycle,
+#: an import budget): ``"module: imported module"`` -> why. Third-party modules (SQLAlchemy, Alembic, watchdog, rich)
+#: are another matter: they stay lazy so that start-up stays fast.
+FUNCTION_LEVEL_IMPORTS: dict[str, str] = {
+    "plugin: pycomex_index.live_runs": "pycomex imports the plugin in every experiment process: the index "
+    "layer loads only when a run starts or ends (the plugin's import budget is 5 ms)",
+    "plugin: pycomex_index.cli.pycomex_commands": "the indexed commands cost 25-45 ms to import: built only "
+    "when `pycomex archive` is used, not at every pycomex start",
+}
+
+
+def _function_level_imports(tree: ast.AST) -> Iterator[str]:
+    """The project modules imported inside a function (relative imports count as the project's)."""
+    for function in ast.walk(tree):
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        for node in ast.walk(function):
+            if isinstance(node, ast.Import):
+                yield from (alias.name for alias in node.names if alias.name.split(".")[0] == "pycomex_index")
+            elif isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == "pycomex_index"):
+                yield "." * node.level + (node.module or "")
+
+
+def test_library_modules_import_the_project_at_the_top_not_inside_functions() -> None:
+    found = set()
+    for _, path in _library_modules():
+        name = str(path.relative_to(LIBRARY).with_suffix(""))
+        found.update(f"{name}: {module}" for module in _function_level_imports(ast.parse(path.read_text(), str(path))))
+    assert found - FUNCTION_LEVEL_IMPORTS.keys() == set(), "move these imports to the top of their module"
+    assert FUNCTION_LEVEL_IMPORTS.keys() - found == set(), "no longer imported inside a function: drop from the list"
+
+
+IMPORT_EACH_ALONE = """
+import importlib, sys
+failed = []
+for name in sys.argv[1:]:
+    for loaded in [module for module in sys.modules if module == "pycomex_index" or module.startswith("pycomex_index.")]:
+        del sys.modules[loaded]
+    try:
+        importlib.import_module(name)
+    except ImportError as error:
+        failed.append(f"{name}: {error}")
+print("\\n".join(failed))
+"""
+
+
+def test_every_library_module_can_be_imported_first_so_no_top_level_import_makes_a_cycle() -> None:
+    names = sorted(
+        "pycomex_index." + ".".join(path.relative_to(LIBRARY).with_suffix("").parts).removesuffix(".__init__")
+        for _, path in _library_modules()
+        if path.name != "__main__.py"
+    )
+    result = subprocess.run([sys.executable, "-c", IMPORT_EACH_ALONE, *names], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""

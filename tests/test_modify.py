@@ -634,3 +634,23 @@ def test_transform_metadata_returns_new_metadata_changes_and_renames_and_leaves_
         ("LEARNING_RATE", 0.01, 0.01, "LERNING_RATE"),
         ("EPOCHS", 5, 6, None),
     ]
+
+
+def test_dry_run_and_undo_show_names_with_control_characters_on_one_line(tmp_path: Path, run_cli) -> None:
+    archive = tmp_path / "results"
+    write_meta(archive / "ns" / "run\nExperiment: forged\x1b[2J", make_metadata(parameters={"LR": 0.1}))
+    change = "p['LR\\nforged\\x1b'] = p.pop('LR')"
+    dry_run = run_cli("archive", "modify", "--path", str(archive), "--all", "--dry-run", "--modify-parameters", change)
+    assert dry_run.exit_code == 0, dry_run.output
+    assert dry_run.stdout.splitlines()[2:4] == [
+        "Experiment: results/ns/run\\nExperiment: forged\\x1b[2J",
+        "  LR → LR\\nforged\\x1b (renamed)",
+    ]
+    assert "\x1b" not in dry_run.output
+    modified = run_cli("archive", "modify", "--path", str(archive), "--all", "--modify-parameters", change)
+    assert modified.exit_code == 0, modified.output
+    undo = run_cli("archive", "undo", "--path", str(archive), "--yes", "-v")
+    assert undo.exit_code == 0, undo.output
+    assert "  results/ns/run\\nExperiment: forged\\x1b[2J\n" in undo.stdout
+    assert "Restored results/ns/run\\nExperiment: forged\\x1b[2J\n" in undo.stdout
+    assert "\x1b" not in undo.output

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pycomex_index.pidfile import DaemonAlreadyRunningError, held_pid_file
+from pycomex_index.errors import DaemonAlreadyRunningError
+from pycomex_index.pidfile import held_pid_file
 
 
 def test_one_watcher_per_archive_by_the_pid_file(tmp_path):

@@ -10,12 +10,8 @@ import pytest
 
 from pycomex_index.cli.watch_commands import watch_command, watch_settings
 from pycomex_index.daemon import watcher_command
-from pycomex_index.watcher import (
-    DEFAULT_POLL_INTERVAL_SECONDS,
-    DEFAULT_RECONCILE_INTERVAL_SECONDS,
-    InvalidWatchSettingsError,
-    WatchSettings,
-)
+from pycomex_index.errors import InvalidWatchSettingsError
+from pycomex_index.watcher import DEFAULT_POLL_INTERVAL_SECONDS, DEFAULT_RECONCILE_INTERVAL_SECONDS, WatchSettings
 
 SETTINGS = [
     WatchSettings(),

@@ -8,6 +8,7 @@ descriptor would drop the watcher's SQLite locks in this same process.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -20,6 +21,7 @@ import pytest
 
 from pycomex_index.db import SqliteFileDatabase
 from pycomex_index.heartbeat import has_fresh_watcher, read_watcher_state
+from pycomex_index.paths import path_in_index
 from pycomex_index.store import ArchiveIndex
 from pycomex_index.watcher import ArchiveWatcher, WatchSettings, filesystem_type, is_network_filesystem
 
@@ -358,3 +360,92 @@ def test_watcher_stops_when_its_index_is_deleted_under_it(archive, start_watcher
     shutil.rmtree(archive / ".pycomex_index")
     assert wait_until(lambda: not watcher.is_alive(), timeout=5)
     assert watcher.error is None
+
+
+#: Folder names that are not plain text: bytes that are not UTF-8, a backslash (stored doubled), one
+#: that looks like an escape, and a namespace whose name holds such a byte.
+ODD_RUNS = [b"neural_net/run-\xff", b"neural_net/run\\x", b"neural_net/lookalike-\\xff", b"odd-\xfe/deep\\er/run-\xfa"]
+
+
+def _write_odd_run(archive: Path, rel: bytes, status: str) -> None:
+    folder = os.path.join(os.fsencode(archive), rel)
+    os.makedirs(folder, exist_ok=True)
+    metadata = make_metadata(status=status, parameters={"X": 1})
+    if status == "running":
+        metadata.update(end_time=None, duration=0.0)
+    with open(os.path.join(folder, b"experiment_meta.json"), "w") as file:
+        json.dump(metadata, file, indent=4, sort_keys=True)
+
+
+def _rows_as_sync_stores_them(archive: Path, tmp_path: Path) -> dict[str, tuple]:
+    """What ``index sync`` stores for the archive, in an index of its own (the watcher's is left alone)."""
+    from pycomex_index.store import open_archive_index
+    from pycomex_index.sync import sync_archive
+
+    with open_archive_index(str(archive), str(tmp_path / "by-sync.sqlite3")) as index:
+        sync_archive(index)
+        return {row[0]: tuple(row[1:]) for row in index.db.execute(f"SELECT {_COMPARED_COLUMNS} FROM experiments")}
+
+
+_COMPARED_COLUMNS = "rel_path, namespace, name, outcome, status, asset_count, disk_usage, meta_mtime_ns, meta_size"
+
+
+class _Complaints(logging.Handler):
+    """Every warning or error the watcher logs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def complaints() -> Iterator[list[str]]:
+    handler = _Complaints()
+    watcher_logger = logging.getLogger("pycomex_index.watcher")
+    watcher_logger.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        watcher_logger.removeHandler(handler)
+
+
+@pytest.mark.parametrize("polling", [False, True], ids=["inotify", "polling"])
+def test_runs_in_folders_named_with_odd_bytes_are_indexed_as_sync_stores_them(
+    archive, start_watcher, reader, tmp_path, complaints, polling
+):
+    stored = {rel: path_in_index(os.fsdecode(rel)) for rel in ODD_RUNS}
+    assert stored[b"neural_net/run\\x"] == "neural_net/run\\\\x"
+    _write_odd_run(archive, b"neural_net/there-before-start-\xfb", "running")
+    watcher = start_watcher(polling=polling, poll_interval=0.2)
+
+    def indexed_as_sync_would() -> bool:
+        connection = sqlite3.connect(reader.path)
+        try:
+            rows = connection.execute(f"SELECT {_COMPARED_COLUMNS} FROM experiments").fetchall()
+        finally:
+            connection.close()
+        return {row[0]: tuple(row[1:]) for row in rows} == _rows_as_sync_stores_them(archive, tmp_path)
+
+    for rel in ODD_RUNS:
+        _write_odd_run(archive, rel, "running")
+    assert wait_until(lambda: all(reader.outcomes().get(path) == "running" for path in stored.values()))
+    assert wait_until(indexed_as_sync_would)
+    if not polling:
+        assert wait_until(lambda: watcher.status().watch_count == FIXTURE_WATCHES + 1 + 2 + 4)  # runs, odd-\xfe/deep\er
+    time.sleep(0.3)
+    for rel in ODD_RUNS:
+        _write_odd_run(archive, rel, "done")
+    assert wait_until(lambda: all(reader.outcomes().get(path) == "done" for path in stored.values()))
+    assert wait_until(indexed_as_sync_would)
+    if not polling:
+        assert wait_until(lambda: watcher.status().watch_count == FIXTURE_WATCHES + 1 + 2)
+    for rel in ODD_RUNS:
+        shutil.rmtree(os.path.join(os.fsencode(archive), rel))
+    shutil.rmtree(os.path.join(os.fsencode(archive), b"odd-\xfe"))
+    assert wait_until(lambda: not set(stored.values()) & set(reader.outcomes()))
+    assert wait_until(indexed_as_sync_would)
+    assert watcher.is_alive() and watcher.error is None
+    assert complaints == []

@@ -26,7 +26,8 @@ from pycomex_index.discovery import (
     read_experiment,
     stat_experiment_folder,
 )
-from pycomex_index.rows import remove_experiments, store_records, update_assets
+from pycomex_index.paths import folder_on_disk, path_in_index
+from pycomex_index.rows import remove_experiments, rows_below, store_records, update_assets
 from pycomex_index.store import ArchiveIndex
 from pycomex_index.watcher.changes import Batch, ChangeQueue
 from pycomex_index.watcher.reconcile import Reconciler
@@ -90,7 +91,7 @@ class ChangeApplier:
         existing = []
         # Vanished folders first, so a folder renamed in this batch loses its old watch before it gets a new one.
         for rel in sorted(targets):
-            folder = os.path.join(self._root, rel) if rel else self._root
+            folder = folder_on_disk(self._root, rel)
             if os.path.isdir(folder) and not (rel and is_alias(folder, self._real_root)):
                 existing.append(rel)
             elif rel:
@@ -130,15 +131,7 @@ class ChangeApplier:
         self._watches.unwatch_below(rel)
 
     def _indexed_below(self, rel: str) -> list[str]:
-        return [
-            row[0]
-            for row in self._index.db.execute(
-                "SELECT rel_path FROM experiments "
-                "WHERE archive_id = :archive_id AND rel_path > :low AND rel_path < :high",
-                # '0' follows '/' in every collation SQLite uses by default: this is the range "rel/...".
-                {"archive_id": self._index.archive_id, "low": rel + "/", "high": rel + "0"},
-            )
-        ]
+        return [row[0] for row in rows_below(self._index.db, self._index.archive_id, rel)]
 
     def _reconsider(self, rel: str, changes: _Changes, stack: list[str]) -> None:
         """Look at one existing folder: an experiment to (re)index, or a namespace to watch and list."""
@@ -154,7 +147,7 @@ class ChangeApplier:
             if not watches.active or watches.kind(rel) == NAMESPACE:
                 return  # polling sees it at the next pass; a watched namespace reports its own changes
             try:
-                folder_stat = os.stat(os.path.join(self._root, rel))
+                folder_stat = os.stat(folder_on_disk(self._root, rel))
             except OSError:
                 return
             if watches.watched_elsewhere((folder_stat.st_dev, folder_stat.st_ino), rel):
@@ -184,7 +177,7 @@ class ChangeApplier:
             outcome = record.outcome
         else:
             if row[2] != current.folder_mtime_ns:
-                asset_count, disk_usage = measure_assets(os.path.join(self._root, rel))
+                asset_count, disk_usage = measure_assets(folder_on_disk(self._root, rel))
                 changes.assets[rel] = (asset_count, disk_usage, current.folder_mtime_ns)
             outcome = row[3]
 
@@ -201,7 +194,7 @@ class ChangeApplier:
 
     def _child_folders(self, rel: str) -> list[str]:
         """Every folder directly in ``rel``."""
-        folder = os.path.join(self._root, rel)
+        folder = folder_on_disk(self._root, rel)
         try:
             entries = list(os.scandir(folder))
         except OSError:
@@ -210,7 +203,7 @@ class ChangeApplier:
         for entry in entries:
             try:
                 if entry.is_dir() and not is_alias(entry.path, self._real_root):
-                    children.append(f"{rel}/{entry.name}")
+                    children.append(f"{rel}/{path_in_index(entry.name)}")
             except OSError:
                 continue
         return children

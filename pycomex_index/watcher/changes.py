@@ -24,7 +24,8 @@ MAX_BATCH_DELAY_SECONDS = 0.5
 
 @dataclass
 class Batch:
-    """What the worker applies next; both sets hold paths relative to the archive root ("" is the root)."""
+    """What the worker applies next; both sets hold paths relative to the archive root ("" is the root),
+    as the index stores them (:func:`~pycomex_index.paths.path_in_index`)."""
 
     #: Paths events were reported for (a file or a folder).
     paths: set[str] = field(default_factory=set)

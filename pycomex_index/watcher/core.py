@@ -22,7 +22,9 @@ from typing import Any
 
 from pycomex_index.discovery import Outcome
 from pycomex_index.heartbeat import HEARTBEAT_INTERVAL_SECONDS, clear_heartbeat, write_heartbeat
-from pycomex_index.store import ArchiveIndex, open_archive_index
+from pycomex_index.rows import rows_below
+from pycomex_index.store import ArchiveIndex, is_database_url, open_archive_index
+from pycomex_index.sync import sync_archive
 from pycomex_index.watcher.applier import ChangeApplier
 from pycomex_index.watcher.changes import Batch, ChangeQueue
 from pycomex_index.watcher.reconcile import Reconciler, Stopping, abandon_on_stop
@@ -193,15 +195,9 @@ class ArchiveWatcher:
     def _indexed_children(self, rel: str) -> IndexedChildren:
         """What the index holds directly in folder ``rel``: its experiments, and its folders holding some."""
         assert self._index is not None
-        parameters: dict[str, object] = {"archive_id": self._index.archive_id}
-        query = "SELECT rel_path FROM experiments WHERE archive_id = :archive_id"
-        if rel:
-            # '0' follows '/': the range holds exactly the paths below "rel/".
-            query += " AND rel_path > :low AND rel_path < :high"
-            parameters.update(low=rel + "/", high=rel + "0")
         start = len(rel) + 1 if rel else 0
         children = IndexedChildren(set(), set())
-        for (rel_path,) in self._index.db.execute(query, parameters):
+        for (rel_path,) in rows_below(self._index.db, self._index.archive_id, rel):
             name, slash, _ = rel_path[start:].partition("/")
             (children.folders if slash else children.experiments).add(name)
         return children
@@ -213,8 +209,6 @@ class ArchiveWatcher:
 
     def _catch_up(self) -> None:
         """The first sync; retried with a growing pause (the index busy, a disk hiccup) until it succeeds."""
-        from pycomex_index.sync import sync_archive
-
         assert self._index is not None
         pause = 1.0
         while True:
@@ -345,8 +339,6 @@ class ArchiveWatcher:
 
 def _file_identity(location: str) -> tuple[int, int] | None:
     """(device, inode) of an index file; None for a database URL or a missing file."""
-    from pycomex_index.store import is_database_url
-
     if is_database_url(location):
         return None
     try:
@@ -358,7 +350,5 @@ def _file_identity(location: str) -> tuple[int, int] | None:
 
 def watch_once(path: str, index_location: str | None = None, *, on_progress: Any = None) -> tuple[str, Any]:
     """``watch --once``: catch up with the archive once; returns the archive root and the sync report."""
-    from pycomex_index.sync import sync_archive
-
     with open_archive_index(path, index_location) as index:
         return index.root, sync_archive(index, on_progress=on_progress)

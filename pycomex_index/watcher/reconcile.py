@@ -17,6 +17,7 @@ import time
 from typing import Callable
 
 from pycomex_index.store import ArchiveIndex
+from pycomex_index.sync import sync_archive
 from pycomex_index.watcher.changes import ChangeQueue
 
 logger = logging.getLogger("pycomex_index.watcher")
@@ -119,8 +120,6 @@ class Reconciler:
         return True
 
     def _run(self, index: ArchiveIndex, period: float) -> None:
-        from pycomex_index.sync import sync_archive
-
         started = time.monotonic()
         seconds = None
         try:

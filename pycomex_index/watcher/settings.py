@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from pycomex_index.errors import PycomexIndexError
+from pycomex_index.errors import InvalidWatchSettingsError
 
 DEFAULT_POLL_INTERVAL_SECONDS = 2.0
 #: How often inotify mode re-walks the whole archive for edits no watch can see (finished runs).
@@ -21,19 +21,6 @@ DEFAULT_RECONCILE_INTERVAL_SECONDS = 300.0
 #: (killed runs stay "running" forever): it is polled every minute instead of watched. A day, so that only
 #: a run silent for a whole day (no metadata rewrite, no file added) waits up to a minute to be seen done.
 DEFAULT_QUIET_AFTER_SECONDS = 86400.0
-
-
-class InvalidWatchSettingsError(PycomexIndexError):
-    """A watcher setting that cannot work (a zero or negative interval, a negative watch budget)."""
-
-    exit_code = 2
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field} {reason}")
-        #: The :class:`WatchSettings` field at fault, so a caller can name its own option for it...
-        self.field = field
-        #: ...and what is wrong with the value, without the field's name.
-        self.reason = reason
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from pycomex_index.discovery import INDEX_FOLDER_NAME, FolderStat, stat_experiment_folder
+from pycomex_index.paths import folder_on_disk, path_in_index
 from pycomex_index.watcher.changes import ChangeQueue
 from pycomex_index.watcher.system import MAX_WATCHES_ENV_VARIABLE, is_alias
 
@@ -111,7 +112,9 @@ class EventRecorder:
             if rel is None:
                 return  # unwatched meanwhile
             self._last_event_at[event.wd] = time.monotonic()
-        name = os.fsdecode(event.name)
+        # Queued as stored (paths.path_in_index), like every path the worker handles: an odd byte or a
+        # backslash in a name would otherwise fail in SQL or name another folder's row.
+        name = path_in_index(os.fsdecode(event.name))
         self._queue.add_paths([f"{rel}/{name}" if rel and name else name or rel])
 
     def on_watch_deleted(self, wd: int) -> None:
@@ -299,7 +302,7 @@ class WatchSet:
                 f"the archive needs more than {self.limit} inotify watches (one per namespace folder "
                 f"and running experiment); set {MAX_WATCHES_ENV_VARIABLE} or raise fs.inotify.max_user_watches"
             )
-        folder = os.path.join(self.root, rel) if rel else self.root
+        folder = folder_on_disk(self.root, rel)
         try:
             folder_stat = os.stat(folder)
             identity = (folder_stat.st_dev, folder_stat.st_ino)
@@ -381,7 +384,7 @@ class WatchSet:
 
     def _child_namespaces(self, rel: str, indexed_children: Callable[[str], IndexedChildren] | None) -> Iterator[str]:
         """Folders directly in ``rel`` that are not experiments (and not already watched under another name)."""
-        folder = os.path.join(self.root, rel) if rel else self.root
+        folder = folder_on_disk(self.root, rel)
         try:
             entries = list(os.scandir(folder))
         except OSError:
@@ -391,17 +394,18 @@ class WatchSet:
         for entry in entries:
             if not rel and entry.name == INDEX_FOLDER_NAME:
                 continue
-            if entry.name in indexed.experiments:
-                indexed.experiments.discard(entry.name)
+            name = path_in_index(entry.name)
+            if name in indexed.experiments:
+                indexed.experiments.discard(name)
                 continue
-            indexed.folders.discard(entry.name)
+            indexed.folders.discard(name)
             try:
                 if not entry.is_dir() or (entry.is_symlink() and is_alias(entry.path, self.real_root)):
                     continue
                 identity = entry.stat()
             except OSError:
                 continue
-            child = prefix + entry.name
+            child = prefix + name
             if self.watched_elsewhere((identity.st_dev, identity.st_ino), child):
                 continue
             if stat_experiment_folder(self.root, child) is None:
