@@ -5,7 +5,13 @@ from __future__ import annotations
 import math
 import time
 
-STATUS_ICONS = {"done": "✅", "failed": "❌", "running": "⏳", "error": "❌"}
+#: By status, plus ``interrupted``: a run whose status says running but whose process is gone (pycomex_index.liveness).
+STATUS_ICONS = {"done": "✅", "failed": "❌", "running": "⏳", "error": "❌", "interrupted": "💀"}
+
+
+def shown_status(outcome: str, state: str | None) -> str:
+    """The word (and key of :data:`STATUS_ICONS`) a run is shown with: its status, or ``interrupted``."""
+    return "interrupted" if outcome == "running" and state == "interrupted" else outcome
 
 
 def format_duration(seconds: float | None) -> str:
