@@ -19,8 +19,8 @@ Two sources, from certain to guessed:
   protection of running runs in ``delete`` and ``modify``.
 - **The folder name** (``…__p11237__…``) for runs made without the plugin: the
   run is taken for interrupted when that pid is not alive on this host (or is
-  alive but started after the run began: a reused pid) *and* none of its files
-  changed for :data:`QUIET_AFTER_SECONDS`. pycomex records no host, so on a
+  alive but started after the run began: a reused pid) *and* its folder,
+  metadata and log have not changed for :data:`QUIET_AFTER_SECONDS`. pycomex records no host, so on a
   shared filesystem the file age is the only sign that the run is not alive
   elsewhere. A *guess*: delete and modify still want ``--include-running``.
 """
@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pycomex_index.db import IndexDatabase
+from pycomex_index.discovery import METADATA_FILE_NAME
 from pycomex_index.paths import UnsafePathError, experiment_folder, process_is_alive
 from pycomex_index.store import ArchiveIndex
 
@@ -52,6 +53,9 @@ QUIET_AFTER_SECONDS = 3600.0
 QUIET_AFTER_VARIABLE = "PYCOMEX_INDEX_INTERRUPTED_AFTER"
 #: Process start times are read in clock ticks against a boot time that NTP may move by a second.
 START_TIME_SLACK_SECONDS = 2.0
+
+#: The log pycomex appends to while a run prints.
+LOG_FILE_NAME = "experiment_out.log"
 
 _FOLDER_PID = re.compile(r"__p(\d{1,9})__")
 
@@ -272,19 +276,20 @@ class RunStates:
         return Judgement(INTERRUPTED)
 
     def _age_of_files(self, rel_path: str) -> float | None:
-        """Seconds since anything in the run's folder (itself and what lies directly in it) last changed."""
+        """Seconds since the run's folder, its metadata or its log last changed.
+
+        Three stats, no listing: the folder's own time moves whenever a file is
+        added or removed in it, and pycomex appends to its log as the run prints.
+        """
         try:
             folder = experiment_folder(self.index.root, rel_path)
         except UnsafePathError:
             return None
-        try:
-            newest = os.stat(folder).st_mtime
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    try:
-                        newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
-                    except OSError:
-                        continue
-        except OSError:
-            return None
-        return self.now - newest
+        newest = None
+        for path in (folder, os.path.join(folder, METADATA_FILE_NAME), os.path.join(folder, LOG_FILE_NAME)):
+            try:
+                modified = os.stat(path).st_mtime
+            except OSError:
+                continue
+            newest = modified if newest is None else max(newest, modified)
+        return None if newest is None else self.now - newest
