@@ -50,34 +50,39 @@ def list_command(ctx, select, explain, archive_path, index_location, as_json) ->
       pycomex-index archive list --select "m['status'] == 'done'"
       pycomex-index archive list --json | jq '.[0]'
     """
+    from pycomex_index.liveness import RunStates
     from pycomex_index.queries import experiment_as_json, iter_experiments, iter_listing, unreadable_experiments
     from pycomex_index.selection import EvaluationFailures
 
     selection = compile_or_fail(select)
     failures = EvaluationFailures()
     with opened_index(ctx, archive_path, index_location, read_only_ok=True) as index:
+        run_states = RunStates(index)
         if as_json:
             experiments = iter_experiments(
                 index, selection, include_unreadable=False, with_parameters=True, failures=failures
             )
             if selection is None:
                 experiments = itertools.chain(experiments, unreadable_experiments(index))
-            count = write_json_array(experiment_as_json(index, row) for row in experiments)
+            count = write_json_array(experiment_as_json(index, row, run_states) for row in experiments)
         else:
             rows = iter_listing(index, selection, failures)
             if selection is None:
                 unreadable = ((row.rel_path, row.outcome, row.duration) for row in unreadable_experiments(index))
                 rows = itertools.chain(rows, unreadable)
-            count = write_lines(_listing_lines(index, rows))
+            count = write_lines(_listing_lines(index, rows, run_states))
     report_failures(failures, explain=explain and selection is not None)
     if not count and not as_json:
         _nothing_found(select)
 
 
-def _listing_lines(index, rows) -> Iterator[str]:
-    """``✅ results/neural_net/<run> (2m 15s)``: one line per experiment, as the spec shows."""
+def _listing_lines(index, rows, run_states) -> Iterator[str]:
+    """``✅ results/neural_net/<run> (2m 15s)``: one line per experiment, as the spec shows.
+
+    A run whose status says running is judged (live or interrupted) here, and only such a run.
+    """
     from pycomex_index.discovery import Outcome
-    from pycomex_index.formatting import STATUS_ICONS, format_duration, printable
+    from pycomex_index.formatting import STATUS_ICONS, format_duration, printable, shown_status
 
     prefix = index.display_root + "/"
     # The plain values: a str compares with a str faster than with an enum member, and this runs per row.
@@ -86,7 +91,8 @@ def _listing_lines(index, rows) -> Iterator[str]:
         if outcome == error:
             suffix = " (metadata error)"
         elif outcome == running:
-            suffix = " (running)"
+            outcome = shown_status(outcome, run_states.state(rel_path, outcome))
+            suffix = f" ({outcome})"
         elif duration is not None and duration > 0:
             suffix = f" ({format_duration(duration)})"
         else:
@@ -112,7 +118,8 @@ def tail_command(ctx, num, select, explain, archive_path, index_location, as_jso
       pycomex-index archive tail -n 10 --select "m['has_error'] == True"
     """
     from pycomex_index.discovery import Outcome
-    from pycomex_index.formatting import STATUS_ICONS, format_duration, format_time, printable, shorten
+    from pycomex_index.formatting import STATUS_ICONS, format_duration, format_time, printable, shorten, shown_status
+    from pycomex_index.liveness import RunStates
     from pycomex_index.queries import experiment_as_json, iter_experiments, load_metadata
     from pycomex_index.selection import EvaluationFailures
 
@@ -130,13 +137,15 @@ def tail_command(ctx, num, select, explain, archive_path, index_location, as_jso
                 failures=failures,
             )
         )
+        run_states = RunStates(index)
+        shown = {row.id: shown_status(row.outcome, run_states.state(row.rel_path, row.outcome)) for row in rows}
         descriptions = {}
         for row in rows:
             metadata = load_metadata(index, row) or {}
             description = metadata.get("short_description") or metadata.get("description") or ""
             descriptions[row.id] = description if isinstance(description, str) else str(description)
     if as_json:
-        write_json([{**experiment_as_json(index, row), "description": descriptions[row.id]} for row in rows])
+        write_json([{**experiment_as_json(index, row, run_states), "description": descriptions[row.id]} for row in rows])
     else:
         blocks = []
         for row in rows:
@@ -145,11 +154,11 @@ def tail_command(ctx, num, select, explain, archive_path, index_location, as_jso
                     [
                         f"Experiment: {printable(row.name or row.namespace)}",
                         f"Path: {printable(index.display_path(row.rel_path))}",
-                        f"Status: {row.outcome} {STATUS_ICONS[row.outcome]}"
+                        f"Status: {shown[row.id]} {STATUS_ICONS[shown[row.id]]}"
                         + (f" ({printable(row.error_type)})" if row.error_type else ""),
                         f"Started: {format_time(row.start_time)}",
-                        f"Ended: {format_time(row.end_time) if row.outcome != Outcome.RUNNING else '(running)'}",
-                        f"Duration: {format_duration(row.duration) if row.outcome != Outcome.RUNNING else '(running)'}",
+                        f"Ended: {format_time(row.end_time) if row.outcome != Outcome.RUNNING else f'({shown[row.id]})'}",
+                        f"Duration: {format_duration(row.duration) if row.outcome != Outcome.RUNNING else f'({shown[row.id]})'}",
                         f"Description: {printable(shorten(descriptions[row.id], DESCRIPTION_LIMIT)) or '(none)'}",
                     ]
                 )
@@ -174,6 +183,7 @@ def _statistics_lines(statistics, heading: str, index, select: str | None, with_
         f"Successful: {statistics.successful} ({format_percent(statistics.successful, total)})",
         f"Failed: {statistics.failed} ({format_percent(statistics.failed, total)})",
         f"Running: {statistics.running} ({format_percent(statistics.running, total)})",
+        f"Interrupted: {statistics.interrupted} ({format_percent(statistics.interrupted, total)})",
         f"Total Disk Space: {format_size(statistics.disk_usage)}",
         "",
         "Timing Statistics",
@@ -354,6 +364,12 @@ def _render_scan_table(console, index, result, select, group_expression) -> None
         )
     console.print(table)
     console.print(f"Summary: {len(result.groups)} group(s), {sum(group.count for group in result.groups)} experiment(s)")
+    if result.interrupted:
+        console.print(
+            f"💀 {result.interrupted} interrupted: status 'running', but the process is gone "
+            "(select them with --select \"m['state'] == 'interrupted'\")",
+            markup=False,
+        )
 
 
 def register(group: click.Group) -> None:

@@ -87,6 +87,18 @@ def _selected_targets(index, selection, select: str | None, failures) -> list:
     return targets
 
 
+def _held_back_line(count: int, look_interrupted: int, verb: str) -> str:
+    """``Held back 2 running experiments (1 looks interrupted, ...); add --include-running to delete them too.``"""
+    guessed = ""
+    if look_interrupted:
+        who = "it looks" if count == 1 else f"{look_interrupted} of them look"
+        guessed = f" ({who} interrupted, but that is a guess from a folder name's pid and the files' age)"
+    return (
+        f"Held back {plural(count, 'running experiment')}{guessed}; "
+        f"add --include-running to {verb} {'it' if count == 1 else 'them'} too."
+    )
+
+
 def _nothing_selected(select: str | None) -> None:
     note("No experiments match the selection; nothing was changed." if select else "There are no archived experiments in the archive.")
 
@@ -116,7 +128,11 @@ def _confirm(ctx: click.Context, question: str, yes: bool, what: str, no_termina
 @select_option
 @all_option
 @yes_option
-@click.option("--include-running", is_flag=True, help="Also delete experiments whose status is 'running'.")
+@click.option(
+    "--include-running",
+    is_flag=True,
+    help="Also delete experiments whose status is 'running' (not needed for runs certainly interrupted).",
+)
 @verbose_option
 @archive_options
 @click.pass_context
@@ -125,7 +141,8 @@ def delete_command(ctx, select, select_all, yes, include_running, verbose, archi
 
     Shows what will be deleted and asks first (--yes skips the question; with
     no terminal on stdin it refuses instead of asking). Running experiments
-    are kept unless --include-running is given.
+    are kept unless --include-running is given, but for runs certainly
+    interrupted (the pycomex plugin recorded their process, now gone).
 
     \b
     Examples:
@@ -145,13 +162,8 @@ def delete_command(ctx, select, select_all, yes, include_running, verbose, archi
             note(f"Finished removing {plural(leftovers, 'experiment')} an interrupted delete had already taken out of the archive.")
         plan = plan_delete(index, selection, include_running=include_running, failures=failures)
         report_failures(failures)
-        held_back = (
-            f"Held back {plural(len(plan.held_running), 'running experiment')}; "
-            f"add --include-running to delete {'it' if len(plan.held_running) == 1 else 'them'} too."
-        )
-        refused = [
-            f"Refused: {_shown(index, experiment.rel_path)}: {printable(reason)}" for experiment, reason in plan.holding_others
-        ]
+        held_back = _held_back_line(len(plan.held_running), plan.held_looking_interrupted, "delete")
+        refused = [f"Refused: {_shown(index, experiment.rel_path)}: {printable(reason)}" for experiment, reason in plan.holding_others]
         if not plan.targets:
             if plan.held_running:
                 write_lines([held_back])

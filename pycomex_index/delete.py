@@ -1,6 +1,6 @@
 """``archive delete``: remove experiment folders from the disk and their rows from the index.
 
-:func:`plan_delete` decides what would go (running experiments held back,
+:func:`plan_delete` decides what would go (running experiments held back unless certainly dead,
 folders that hold other experiments refused, experiments never exported
 counted) without touching anything; the CLI shows that plan and asks.
 :func:`delete_experiments` then removes exactly the planned experiments, one
@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 from pycomex_index.atomic import fsync_folder
-from pycomex_index.discovery import INDEX_FOLDER_NAME, METADATA_FILE_NAME, Outcome
+from pycomex_index.discovery import INDEX_FOLDER_NAME, METADATA_FILE_NAME
 from pycomex_index.exports import exported_paths
 from pycomex_index.formatting import plural
-from pycomex_index.operations import SelectedExperiment, select_experiments
+from pycomex_index.operations import SelectedExperiment, hold_back_running, select_experiments
 from pycomex_index.paths import UnsafePathError, experiment_folder, is_within, owner_still_running
 from pycomex_index.rows import remove_experiments
 from pycomex_index.selection import CompiledExpression, EvaluationFailures
@@ -49,7 +49,10 @@ class DeletePlan:
     """What a delete would remove, and what it holds back."""
 
     targets: list[SelectedExperiment]
+    #: Running experiments not certainly dead (see operations.hold_back_running), kept unless include_running.
     held_running: list[SelectedExperiment] = field(default_factory=list)
+    #: How many of them look interrupted, by a guess that does not lift the protection.
+    held_looking_interrupted: int = 0
     #: Experiments whose folder holds other experiments (below a stray experiment_meta.json): never deleted.
     holding_others: list[tuple[SelectedExperiment, str]] = field(default_factory=list)
     #: How many of the targets no ``compress`` of this archive ever put into a ZIP.
@@ -73,12 +76,10 @@ def plan_delete(
     failures: EvaluationFailures | None = None,
 ) -> DeletePlan:
     """Choose the experiments to delete (``selection`` None means all) without changing anything."""
-    selected = select_experiments(index, selection, failures)
-    plan = DeletePlan(targets=[])
+    selected, held = hold_back_running(index, select_experiments(index, selection, failures), include_running=include_running)
+    plan = DeletePlan(targets=[], held_running=held.experiments, held_looking_interrupted=held.look_interrupted)
     for experiment in selected:
-        if experiment.outcome == Outcome.RUNNING and not include_running:
-            plan.held_running.append(experiment)
-        elif reason := _holds_other_experiments(index.root, experiment.rel_path):
+        if reason := _holds_other_experiments(index.root, experiment.rel_path):
             plan.holding_others.append((experiment, reason))
         else:
             plan.targets.append(experiment)

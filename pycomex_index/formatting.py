@@ -7,8 +7,20 @@ import time
 
 from pycomex_index.discovery import Outcome
 
-#: By outcome; a plain str from the index finds its icon too (an Outcome hashes as its value).
-STATUS_ICONS = {Outcome.DONE: "✅", Outcome.FAILED: "❌", Outcome.RUNNING: "⏳", Outcome.ERROR: "❌"}
+#: By outcome, plus ``interrupted``: a run whose status says running but whose process is gone
+#: (pycomex_index.liveness). A plain str from the index finds its icon too (an Outcome hashes as its value).
+STATUS_ICONS: dict[str, str] = {
+    Outcome.DONE: "✅",
+    Outcome.FAILED: "❌",
+    Outcome.RUNNING: "⏳",
+    Outcome.ERROR: "❌",
+    "interrupted": "💀",
+}
+
+
+def shown_status(outcome: str, state: str | None) -> str:
+    """The word (and key of :data:`STATUS_ICONS`) a run is shown with: its outcome, or ``interrupted``."""
+    return "interrupted" if outcome == Outcome.RUNNING and state == "interrupted" else outcome
 
 
 def format_duration(seconds: float | None) -> str:

@@ -219,3 +219,29 @@ class Watcher(Base):
     last_change_at: Mapped[Optional[float]] = mapped_column(Float)
     backlog: Mapped[int] = mapped_column(Integer)
     note: Mapped[Optional[str]] = mapped_column(Text)
+
+
+class RunLiveness(Base):
+    """A run the pycomex plugin saw start: where its process runs, and when it last said it was alive.
+
+    Written by the experiment process itself (its start hook, then a heartbeat
+    every ``heartbeat_interval`` seconds from a background thread) and removed
+    when the run ends. Read only for experiments whose status says running,
+    to tell a live run from an interrupted one (:mod:`pycomex_index.liveness`).
+    Keyed by path, not by experiment id: a sync may replace the experiment's row.
+    """
+
+    __tablename__ = "run_liveness"
+
+    archive_id: Mapped[int] = mapped_column(ForeignKey("archives.id", ondelete="CASCADE"), primary_key=True)
+    rel_path: Mapped[str] = mapped_column(PathText, primary_key=True)
+    hostname: Mapped[str] = mapped_column(Text)
+    #: The process's pid namespace (``/proc/self/ns/pid``): a container on the same host name has its own pids.
+    pid_namespace: Mapped[Optional[str]] = mapped_column(Text)
+    pid: Mapped[int] = mapped_column(Integer)
+    #: When the process started (``/proc/<pid>/stat`` starttime + boot time), so a reused pid is told apart.
+    process_started_at: Mapped[Optional[float]] = mapped_column(Float)
+    started_at: Mapped[float] = mapped_column(Float)
+    heartbeat_at: Mapped[float] = mapped_column(Float)
+    #: Seconds between heartbeats; NULL when the heartbeat is off (then only the host's own check tells).
+    heartbeat_interval: Mapped[Optional[float]] = mapped_column(Float)

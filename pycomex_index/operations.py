@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pycomex_index.discovery import read_experiment, stat_experiment_folder
+from pycomex_index.liveness import INTERRUPTED, RunStates
 from pycomex_index.queries import iter_experiments
 from pycomex_index.rows import remove_experiments, store_records
 from pycomex_index.selection import CompiledExpression, EvaluationFailures
@@ -43,6 +44,37 @@ def select_experiments(
         SelectedExperiment(row.rel_path, row.namespace, row.outcome, row.read_error)
         for row in iter_experiments(index, selection, include_unreadable=True, failures=failures)
     ]
+
+
+@dataclass
+class RunningHeldBack:
+    """The running experiments a write command leaves alone, and how many of them look interrupted (a guess)."""
+
+    experiments: list[SelectedExperiment]
+    look_interrupted: int = 0
+
+
+def hold_back_running(
+    index: ArchiveIndex, selected: list[SelectedExperiment], *, include_running: bool
+) -> tuple[list[SelectedExperiment], RunningHeldBack]:
+    """Split ``selected`` into what a write command may change and the running experiments it must not.
+
+    An experiment whose status says running is held back unless
+    ``include_running``, or unless its death is certain: the plugin's record
+    shows its process gone on this host, or its heartbeat stale
+    (:mod:`pycomex_index.liveness`). A run only guessed interrupted (the pid in
+    its folder name, its file age) is held back all the same.
+    """
+    kept: list[SelectedExperiment] = []
+    held = RunningHeldBack([])
+    run_states = RunStates(index)
+    for experiment in selected:
+        if experiment.outcome != "running" or include_running or run_states.certainly_dead(experiment.rel_path):
+            kept.append(experiment)
+        else:
+            held.experiments.append(experiment)
+            held.look_interrupted += run_states.judge(experiment.rel_path).state == INTERRUPTED
+    return kept, held
 
 
 def reindex_experiment(index: ArchiveIndex, rel_path: str) -> bool:

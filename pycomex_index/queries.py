@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from pycomex_index.discovery import EXPERIMENT_COLUMNS, ExperimentColumns, Outcome, read_metadata
+from pycomex_index.liveness import RunStates
 from pycomex_index.paths import experiment_folder, path_on_disk
 from pycomex_index.pushdown import prefilter_for
 from pycomex_index.selection import (
-    READS_DOCUMENT,
     READS_NO_METADATA,
     READS_SUMMARY,
     CompiledExpression,
@@ -142,7 +142,7 @@ def iter_selected(
         selected.append(_NEEDS_PYTHON)
     if reads_metadata != READS_NO_METADATA:
         path_at = len(selected)
-        selected += ["e.rel_path", "e.namespace"]
+        selected += ["e.rel_path", "e.namespace", "e.outcome"]
     if parameters_at is not None or summary_at is not None or (prefilter is not None and prefilter.uses_fields):
         join = " LEFT JOIN experiment_fields f ON f.experiment_id = e.id"
     direction = "DESC" if newest_first else "ASC"
@@ -163,6 +163,7 @@ def iter_selected(
     fast_loads, exact_loads = orjson.loads, json.loads
     folder_prefix = index.root.rstrip("/") + "/"
     namespace = evaluation_globals(None, None)
+    run_states = RunStates(index)
     kept = 0
     for values in index.db.execute(sql, params):
         # Where SQL found the selection true for certain, Python need not evaluate it again.
@@ -188,6 +189,7 @@ def iter_selected(
                     except ValueError as error:
                         failures.record(error)
                         continue
+                _derive_state(metadata, run_states, values[path_at], values[path_at + 2])
             namespace = rebind_evaluation_globals(namespace, metadata, parameters)
             if evaluates_selection:
                 failures.evaluated += 1
@@ -203,6 +205,15 @@ def iter_selected(
         kept += 1
         if limit is not None and kept >= limit:
             return
+
+
+def _derive_state(metadata: dict[str, Any], run_states: RunStates, rel_path: str, outcome: str) -> None:
+    """``m['state']``: live / finished / interrupted (see :mod:`pycomex_index.liveness`); a file's own key wins.
+
+    Judged only for the rows whose status says running; the others are finished.
+    """
+    if "state" not in metadata:
+        metadata["state"] = run_states.state(rel_path, outcome)
 
 
 def experiments_table(index: ArchiveIndex) -> str:
@@ -257,14 +268,16 @@ def load_metadata(index: ArchiveIndex, row: ExperimentRow) -> dict[str, Any] | N
         return None
 
 
-def experiment_as_json(index: ArchiveIndex, row: ExperimentRow) -> dict[str, Any]:
-    """The ``--json`` form of one experiment (list and tail)."""
+def experiment_as_json(index: ArchiveIndex, row: ExperimentRow, run_states: RunStates | None = None) -> dict[str, Any]:
+    """The ``--json`` form of one experiment (list and tail); ``state`` is derived, ``status`` as on disk."""
+    run_states = run_states if run_states is not None else RunStates(index)
     return {
         "path": os.path.join(index.root, row.rel_path),
         "rel_path": row.rel_path,
         "namespace": row.namespace,
         "name": row.name,
         "status": row.outcome,
+        "state": run_states.state(row.rel_path, row.outcome),
         "has_error": row.has_error,
         "error_type": row.error_type,
         "start_time": row.start_time,

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pycomex_index.discovery import DOCUMENT_ONLY_KEYS, Outcome
+from pycomex_index.liveness import INTERRUPTED, RunStates
 from pycomex_index.queries import experiments_table, iter_selected
 from pycomex_index.selection import (
     METADATA_NAMES,
@@ -30,7 +31,9 @@ class ArchiveStatistics:
     total: int = 0
     successful: int = 0
     failed: int = 0
+    #: Status running and live; the interrupted ones (status running, process gone) are counted apart.
     running: int = 0
+    interrupted: int = 0
     unreadable: int = 0
     disk_usage: int = 0
     first_start_time: float | None = None
@@ -132,6 +135,8 @@ def archive_statistics(
         parameter_known += sums[3]
         asset_sum += sums[4]
     statistics.failed = statistics.total - statistics.successful - statistics.running
+    statistics.interrupted = count_interrupted(index, where)
+    statistics.running -= statistics.interrupted
     statistics.error_types = sorted(error_types.items(), key=lambda item: (-item[1], item[0]))
     statistics.namespaces = sorted(namespaces.items())
     if duration_count:
@@ -160,6 +165,22 @@ def archive_statistics(
 
 #: The group of the experiments on which the group expression raised (a group key, not an outcome).
 ERROR_GROUP = "error"
+
+
+def count_interrupted(index: ArchiveIndex, where: str = "archive_id = :archive_id", rel_paths: list[str] | None = None) -> int:
+    """How many of the running experiments (those ``where`` keeps, or ``rel_paths``) are interrupted.
+
+    Only the rows whose status says running are read and judged (:mod:`pycomex_index.liveness`).
+    """
+    if rel_paths is None:
+        rel_paths = [
+            rel_path
+            for (rel_path,) in index.db.execute(
+                f"SELECT rel_path FROM experiments WHERE {where} AND outcome = '{Outcome.RUNNING.value}'", {"archive_id": index.archive_id}
+            )
+        ]
+    run_states = RunStates(index)
+    return sum(run_states.state(rel_path, Outcome.RUNNING) == INTERRUPTED for rel_path in rel_paths)
 
 
 @dataclass
@@ -219,6 +240,8 @@ class ScanResult:
     unreadable: int
     group_failures: EvaluationFailures
     now: float
+    #: Selected experiments whose status says running but whose process is gone.
+    interrupted: int = 0
 
 
 def scan_groups(
@@ -238,10 +261,13 @@ def scan_groups(
     groups: dict[str, ScanGroup] = {}
     group_failures = EvaluationFailures()
     key_read = _single_key_read(group_by) if index.db.url.startswith("sqlite") and sql_grouping else None
+    running: list[str] = []
     if key_read is not None:
-        _group_in_sql(index, key_read, selection, failures, groups, group_failures)
+        where = _group_in_sql(index, key_read, selection, failures, groups, group_failures)
+        interrupted = count_interrupted(index, where)
     else:
-        _group_in_python(index, group_by, selection, failures, groups, group_failures)
+        _group_in_python(index, group_by, selection, failures, groups, group_failures, running)
+        interrupted = count_interrupted(index, rel_paths=running)
     unreadable = index.db.fetch_one(
         f"SELECT COUNT(*) FROM experiments WHERE archive_id = :archive_id AND outcome = '{Outcome.ERROR.value}'",
         {"archive_id": index.archive_id},
@@ -251,6 +277,7 @@ def scan_groups(
         unreadable=unreadable,
         group_failures=group_failures,
         now=time.time(),
+        interrupted=interrupted,
     )
 
 
@@ -261,14 +288,16 @@ def _group(groups: dict[str, ScanGroup], key: str) -> ScanGroup:
     return group
 
 
-_GROUPED_COLUMNS = ("e.outcome", "e.end_time", "e.duration", "e.disk_usage")
+_GROUPED_COLUMNS = ("e.outcome", "e.end_time", "e.duration", "e.disk_usage", "e.rel_path")
 
 
-def _group_in_python(index, group_by, selection, failures, groups, group_failures) -> None:
+def _group_in_python(index, group_by, selection, failures, groups, group_failures, running: list[str]) -> None:
     """Evaluate ``group_by`` per experiment, on plain rows of the few columns a group adds up."""
-    done = Outcome.DONE.value
+    done, running_outcome = Outcome.DONE.value, Outcome.RUNNING.value
     rows = iter_selected(index, _GROUPED_COLUMNS, selection, also_evaluates=group_by, failures=failures)
-    for (outcome, end_time, duration, disk_usage), _, namespace in rows:
+    for (outcome, end_time, duration, disk_usage, rel_path), _, namespace in rows:
+        if outcome == running_outcome:
+            running.append(rel_path)  # judged afterwards, once (see count_interrupted)
         try:
             key = str(evaluate(group_by, namespace))
         except Exception as error:
@@ -307,12 +336,13 @@ def _single_key_read(expression: CompiledExpression) -> _KeyRead | None:
     if subject.id in PARAMETER_NAMES:
         return _KeyRead("f.parameters_json", key, default, raises)
     # path and name are derived when the file lacks them, times become floats, the big keys are not in the summary.
-    if subject.id in METADATA_NAMES and key not in DOCUMENT_ONLY_KEYS | {"path", "name", *TIME_KEYS}:
+    # state is derived per run (pycomex_index.liveness), never stored.
+    if subject.id in METADATA_NAMES and key not in DOCUMENT_ONLY_KEYS | {"path", "name", "state", *TIME_KEYS}:
         return _KeyRead("f.summary_json", key, default, raises)
     return None
 
 
-def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_failures) -> None:
+def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_failures) -> str:
     """One GROUP BY on the value's JSON text; Python turns each distinct text into pycomex's ``str(value)``.
 
     Documents in Python's JSON dialect (NaN, big integers...), which SQLite
@@ -363,6 +393,7 @@ def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_
             key = str(key_read.default)
         ran = duration is not None and duration > 0
         _group(groups, key).add(1, int(outcome == Outcome.DONE), end_time, duration if ran else 0.0, int(ran), disk_usage)
+    return where  # the selected experiments, for counting the interrupted ones
 
 
 def _count_missing_key(key_read: _KeyRead, group_failures: EvaluationFailures, count: int) -> None:

@@ -51,6 +51,11 @@ def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delenv("PYCOMEX_INDEX", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
     monkeypatch.setenv("PYCOMEX_INDEX_NO_PROGRESS", "1")
+    # A run made without the plugin, whose folder names a pid that is gone, counts as interrupted once its
+    # files are an hour old (pycomex_index.liveness). The fixture archive's files are as old as the checkout,
+    # so with the default the killed run would flip from running to interrupted an hour after checking out:
+    # tests take file age out of it, and tests/test_liveness.py checks the threshold itself.
+    monkeypatch.setenv("PYCOMEX_INDEX_INTERRUPTED_AFTER", "0")
 
 
 def _copy_writable(source: Path, target: Path) -> Path:

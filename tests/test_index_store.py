@@ -95,6 +95,24 @@ def test_an_index_at_the_first_revision_is_upgraded_keeping_its_rows(archive: Pa
     assert _schema_differences(path) == []
 
 
+def test_an_index_at_revision_0007_gains_the_liveness_table_keeping_its_rows(archive: Path, tmp_path: Path) -> None:
+    path = tmp_path / "0007.sqlite3"
+    old = SqliteFileDatabase(str(path))
+    run_migrations(old, "0007")
+    old.execute("INSERT INTO archives (id, root, created_at) VALUES (1, :root, 0)", {"root": str(archive)})
+    old.execute(
+        "INSERT INTO experiments (id, archive_id, rel_path, namespace, outcome, asset_count, disk_usage, "
+        "meta_mtime_ns, meta_size, folder_mtime_ns) VALUES (7, 1, 'old/run', 'old', 'running', 1, 10, 1, 1, 1)"
+    )
+    old.close()
+
+    with open_archive_index(str(archive), str(path)) as index:
+        assert index.db.fetch_one("SELECT version_num FROM alembic_version")[0] == HEAD_REVISION == "0008"
+        assert index.db.fetch_one("SELECT rel_path, outcome FROM experiments") == ("old/run", "running")
+        assert index.db.fetch_one("SELECT COUNT(*) FROM run_liveness")[0] == 0
+    assert _schema_differences(path) == []
+
+
 def test_the_index_is_in_wal_mode(archive: Path) -> None:
     with open_archive_index(str(archive)) as index:
         assert index.db.fetch_one("PRAGMA journal_mode")[0] == "wal"

@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
     "rows": 1,
     "exports": 1,
     "heartbeat": 1,
+    "liveness": 1,
     "sync": 1,
     # 2: questions asked of the index
     "selection": 2,

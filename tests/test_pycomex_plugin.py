@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -118,6 +119,7 @@ def test_successful_and_failing_runs_are_in_the_index_when_they_end(
     outcomes = {json.loads((folder / "experiment_meta.json").read_text())["status"] for folder in folders}
     assert outcomes == {"done", "failed"}
     assert sorted(indexed_rows(archive).values()) == ["done", "failed"]
+    assert liveness_rows(archive) == []  # the end hook removes the run's liveness record
     assert not plugin_warnings(done.stderr + failed.stderr)
 
     listed = subprocess.run(
@@ -127,13 +129,28 @@ def test_successful_and_failing_runs_are_in_the_index_when_they_end(
     assert [line[0] for line in listed.stdout.splitlines()] == ["✅", "❌"]
 
 
-def test_a_killed_run_stays_in_the_index_as_running(tmp_path: Path, plugin_env: dict[str, str], experiment_module: Path) -> None:
+def liveness_rows(archive: Path) -> list[tuple]:
+    connection = sqlite3.connect(archive / ".pycomex_index" / "index.sqlite3")
+    try:
+        return list(connection.execute("SELECT hostname, pid, process_started_at, heartbeat_at, heartbeat_interval FROM run_liveness"))
+    finally:
+        connection.close()
+
+
+def test_a_live_run_shows_as_running_and_once_killed_as_interrupted_and_deletable(
+    tmp_path: Path, plugin_env: dict[str, str], experiment_module: Path, run_cli, monkeypatch
+) -> None:
+    # The folder-name guess must not be what finds it dead: its files are seconds old, far below this threshold.
+    monkeypatch.setenv("PYCOMEX_INDEX_INTERRUPTED_AFTER", "3600")
     archive = tmp_path / "results"
     archive.mkdir()
     started = tmp_path / "started"
     process = subprocess.Popen(
         [sys.executable, str(experiment_module)],
-        env={**plugin_env, "ARCHIVE": str(archive), "MODE": "hang", "STARTED": str(started)},
+        env={
+            **plugin_env, "ARCHIVE": str(archive), "MODE": "hang", "STARTED": str(started),
+            "PYCOMEX_INDEX_HEARTBEAT_INTERVAL": "0.2",
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -143,12 +160,34 @@ def test_a_killed_run_stays_in_the_index_as_running(tmp_path: Path, plugin_env: 
             assert process.poll() is None, "the experiment ended before it began its work"
             assert time.monotonic() < deadline, "the experiment did not start"
             time.sleep(0.05)
-        # The start hook ran before the experiment's own code: the run is already in the index.
+        # The start hook ran before the experiment's own code: the run is already in the index, with its process.
         assert list(indexed_rows(archive).values()) == ["running"]
+        [(hostname, pid, process_started_at, first_beat, interval)] = liveness_rows(archive)
+        assert (hostname, pid, interval) == (socket.gethostname(), process.pid, 0.2)
+        assert process_started_at is not None and abs(process_started_at - time.time()) < 120
+        listed = run_cli("archive", "list", "--path", str(archive))
+        assert listed.stdout.startswith("⏳ ") and listed.stdout.endswith(" (running)\n"), listed.output
+        kept = run_cli("archive", "delete", "--path", str(archive), "--all", "--yes")
+        assert "Held back 1 running experiment; add --include-running" in kept.stdout
+        # The daemon thread refreshes the heartbeat while the experiment sleeps.
+        deadline = time.monotonic() + 30
+        while liveness_rows(archive)[0][3] == first_beat:
+            assert time.monotonic() < deadline, "no heartbeat"
+            time.sleep(0.1)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    assert list(indexed_rows(archive).values()) == ["running"]
+    assert list(indexed_rows(archive).values()) == ["running"]  # the status on disk and in the index stays
+
+    # Right away (no heartbeat threshold on this host): its recorded process is gone.
+    listed = run_cli("archive", "list", "--path", str(archive), "--select", "m['state'] == 'interrupted'")
+    assert listed.stdout.startswith("💀 ") and listed.stdout.endswith(" (interrupted)\n"), listed.output
+    assert "Interrupted: 1 (100.0%)" in run_cli("archive", "overview", "--path", str(archive)).stdout.splitlines()
+    # A certain death lifts the protection: no --include-running needed.
+    deleted = run_cli("archive", "delete", "--path", str(archive), "--all", "--yes")
+    assert deleted.exit_code == 0, deleted.output
+    assert "Held back" not in deleted.stdout
+    assert run_folders(archive) == []
 
 
 @pytest.mark.parametrize("damage", ["a folder", "locked"])

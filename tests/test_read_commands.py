@@ -34,7 +34,8 @@ def test_list_prints_one_line_per_experiment_sorted_by_start_time(archive: Path,
     assert [line.split(" ")[1] for line in lines] == [f"results/{rel}" for rel in _expected_order()]
     by_path = {line.split(" ")[1]: line for line in lines}
     assert by_path[f"results/{RUNS['done']}"] == f"✅ results/{RUNS['done']} (0.08s)"
-    assert by_path[f"results/{RUNS['killed']}"] == f"⏳ results/{RUNS['killed']} (running)"
+    # Its status says running, but the process that made it is long gone (tests/test_liveness.py).
+    assert by_path[f"results/{RUNS['killed']}"] == f"💀 results/{RUNS['killed']} (interrupted)"
     assert by_path[f"results/{RUNS['value_error']}"].startswith("❌ ")
 
 
@@ -79,7 +80,9 @@ def test_list_json_is_one_array_with_the_documented_fields(archive: Path, run_cl
     assert done["parameters"] == {name: info["value"] for name, info in meta["parameters"].items()}
     assert by_rel[RUNS["value_error"]]["status"] == "failed"
     assert by_rel[RUNS["value_error"]]["error_type"] == "ValueError"
-    assert by_rel[RUNS["killed"]]["status"] == "running"
+    assert by_rel[RUNS["killed"]]["status"] == "running"  # as on disk; the state is derived
+    assert by_rel[RUNS["killed"]]["state"] == "interrupted"
+    assert {by_rel[RUNS[name]]["state"] for name in RUNS if name != "killed"} == {"finished"}
     assert by_rel[RUNS["killed"]]["end_time"] is None
 
 
@@ -89,6 +92,8 @@ def test_list_json_is_one_array_with_the_documented_fields(archive: Path, run_cl
         ("m['status'] == 'done'", {"done", "sweep", "debug"}),
         ("m['has_error'] == True", {"value_error", "zero_division", "prefixed", "key_error"}),
         ("m['status'] == 'running'", {"killed"}),
+        ("m['state'] == 'interrupted'", {"killed"}),
+        ("m['state'] == 'finished' and m['status'] == 'done'", {"done", "sweep", "debug"}),
         ("m['name'].startswith('debug')", {"key_error", "debug"}),
         ("'debug' in m['path']", {"key_error", "debug"}),
         ("m['error_type'] in ('ValueError', 'KeyError')", {"value_error", "key_error"}),
@@ -156,7 +161,7 @@ def test_overview_figures_match_the_files(archive: Path, run_cli) -> None:
     metas = [read_meta(archive / rel) for rel in RUNS.values()]
     durations = [meta["duration"] for meta in metas if meta["duration"] > 0]
     assert figures["total"] == 8
-    assert (figures["successful"], figures["failed"], figures["running"]) == (3, 4, 1)
+    assert (figures["successful"], figures["failed"], figures["running"], figures["interrupted"]) == (3, 4, 0, 1)
     assert figures["first_start_time"] == min(meta["start_time"] for meta in metas)
     assert figures["last_start_time"] == max(meta["start_time"] for meta in metas)
     assert figures["maximum_duration"] == max(durations)
@@ -183,7 +188,8 @@ def test_overview_text_has_the_spec_sections(archive: Path, run_cli) -> None:
         "Total Experiments: 8",
         "Successful: 3 (37.5%)",
         "Failed: 4 (50.0%)",
-        "Running: 1 (12.5%)",
+        "Running: 0 (0.0%)",
+        "Interrupted: 1 (12.5%)",
         "Parameters per Experiment:",
         "Assets per Experiment:",
         "Error Types:",

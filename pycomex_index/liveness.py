@@ -1,0 +1,295 @@
+"""Whether an experiment whose status says "running" still runs: *live*, or *interrupted* (its process is gone).
+
+pycomex writes ``"status": "running"`` when a run starts and its outcome when
+it ends; a run killed in between (SIGKILL, out of memory, a reboot) stays
+"running" on disk forever. The status on disk is never changed here: the
+state (``live``/``finished``/``interrupted``) is derived when shown or
+selected, and only for the rows whose status says running, so a listing of
+100,000 runs pays nothing for the rest.
+
+Two sources, from certain to guessed:
+
+- **The plugin's record** (table ``run_liveness``, written by the experiment
+  process through :mod:`pycomex_index.live_runs`): its host, pid namespace, pid
+  and the process's start time, and a heartbeat refreshed every
+  ``heartbeat_interval`` seconds. On the same host (and pid namespace) the run
+  is interrupted when that process is gone or the pid now belongs to a process
+  that started later; on another host, when its heartbeat is older than
+  :data:`MISSED_HEARTBEATS` intervals. Both are *certain*: they lift the
+  protection of running runs in ``delete`` and ``modify``.
+- **The folder name** (``…__p11237__…``) for runs made without the plugin: the
+  run is taken for interrupted when that pid is not alive on this host (or is
+  alive but started after the run began: a reused pid) *and* its folder,
+  metadata and log have not changed for :data:`QUIET_AFTER_SECONDS`. pycomex records no host, so on a
+  shared filesystem the file age is the only sign that the run is not alive
+  elsewhere. A *guess*: delete and modify still want ``--include-running``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pycomex_index.db import IndexDatabase
+from pycomex_index.discovery import METADATA_FILE_NAME
+from pycomex_index.paths import UnsafePathError, experiment_folder, process_is_alive
+from pycomex_index.store import ArchiveIndex
+
+LIVE, FINISHED, INTERRUPTED = "live", "finished", "interrupted"
+
+#: How often the plugin's thread refreshes a run's heartbeat (``PYCOMEX_INDEX_HEARTBEAT_INTERVAL``; 0 turns it off).
+HEARTBEAT_INTERVAL_SECONDS = 30.0
+HEARTBEAT_INTERVAL_VARIABLE = "PYCOMEX_INDEX_HEARTBEAT_INTERVAL"
+#: A heartbeat older than this many intervals means the run's process is gone (``PYCOMEX_INDEX_MISSED_HEARTBEATS``).
+MISSED_HEARTBEATS = 3.0
+MISSED_HEARTBEATS_VARIABLE = "PYCOMEX_INDEX_MISSED_HEARTBEATS"
+#: A run without the plugin's record whose pid is gone is taken for interrupted once its files are this old
+#: (``PYCOMEX_INDEX_INTERRUPTED_AFTER``).
+QUIET_AFTER_SECONDS = 3600.0
+QUIET_AFTER_VARIABLE = "PYCOMEX_INDEX_INTERRUPTED_AFTER"
+#: Process start times are read in clock ticks against a boot time that NTP may move by a second.
+START_TIME_SLACK_SECONDS = 2.0
+
+#: The log pycomex appends to while a run prints.
+LOG_FILE_NAME = "experiment_out.log"
+
+_FOLDER_PID = re.compile(r"__p(\d{1,9})__")
+
+
+def seconds_from_environment(variable: str, default: float) -> float:
+    """A non-negative number of seconds from the environment; the default when unset or not a number."""
+    try:
+        value = float(os.environ.get(variable, ""))
+    except ValueError:
+        return default
+    return value if value >= 0 and value == value and value != float("inf") else default
+
+
+# ------------------------------------------------------------------------------------ process facts
+
+
+def this_host() -> str:
+    return socket.gethostname()
+
+
+def this_pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def process_started_at(pid: int) -> float | None:
+    """When ``pid`` started, as a POSIX time (``/proc/<pid>/stat`` starttime + boot time); None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            fields = file.read().rpartition(b")")[2].split()
+        ticks = int(fields[19])  # field 22 of the whole line: starttime, in clock ticks after boot
+        return _boot_time() + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _boot_time() -> float:
+    with open("/proc/stat", "rb") as file:
+        for line in file:
+            if line.startswith(b"btime "):
+                return float(line.split()[1])
+    raise ValueError("no btime in /proc/stat")
+
+
+def _runs_since(pid: int, started_at: float | None) -> bool:
+    """True when a process ``pid`` is alive and is the one that started at ``started_at`` (or none is known)."""
+    if not process_is_alive(pid):
+        return False
+    if started_at is None:
+        return True
+    now_started = process_started_at(pid)
+    return now_started is None or abs(now_started - started_at) <= START_TIME_SLACK_SECONDS
+
+
+# ----------------------------------------------------------------------------- the plugin's record
+
+
+def record_run_start(db: IndexDatabase, archive_id: int, rel_path: str, *, heartbeat_interval: float | None) -> None:
+    """Record that this process runs the experiment ``rel_path`` from now on (and drop records of ended runs)."""
+    now = time.time()
+    pid = os.getpid()
+    row = {
+        "archive_id": archive_id,
+        "rel_path": rel_path,
+        "hostname": this_host(),
+        "pid_namespace": this_pid_namespace(),
+        "pid": pid,
+        "process_started_at": process_started_at(pid),
+        "now": now,
+        "interval": heartbeat_interval,
+    }
+    with db.transaction():
+        db.execute(
+            "INSERT INTO run_liveness (archive_id, rel_path, hostname, pid_namespace, pid, process_started_at, "
+            "started_at, heartbeat_at, heartbeat_interval) VALUES (:archive_id, :rel_path, :hostname, :pid_namespace, "
+            ":pid, :process_started_at, :now, :now, :interval) ON CONFLICT (archive_id, rel_path) DO UPDATE SET "
+            "hostname = excluded.hostname, pid_namespace = excluded.pid_namespace, pid = excluded.pid, "
+            "process_started_at = excluded.process_started_at, started_at = excluded.started_at, "
+            "heartbeat_at = excluded.heartbeat_at, heartbeat_interval = excluded.heartbeat_interval",
+            row,
+        )
+        # Records of runs that ended without their end hook (or were deleted) are of no use to anyone.
+        db.execute(
+            "DELETE FROM run_liveness WHERE archive_id = :archive_id AND rel_path NOT IN "
+            "(SELECT rel_path FROM experiments WHERE archive_id = :archive_id AND outcome = 'running')",
+            {"archive_id": archive_id},
+        )
+
+
+def record_heartbeat(db: IndexDatabase, archive_id: int, rel_path: str) -> None:
+    """Refresh this process's heartbeat for ``rel_path``; a record already removed (the run ended) stays removed."""
+    with db.transaction():
+        db.execute(
+            "UPDATE run_liveness SET heartbeat_at = :now WHERE archive_id = :archive_id AND rel_path = :rel_path "
+            "AND pid = :pid AND hostname = :hostname",
+            {"archive_id": archive_id, "rel_path": rel_path, "now": time.time(), "pid": os.getpid(), "hostname": this_host()},
+        )
+
+
+def forget_run(db: IndexDatabase, archive_id: int, rel_path: str) -> None:
+    """The run ended: its status on disk says how, its record is no longer needed."""
+    with db.transaction():
+        db.execute(
+            "DELETE FROM run_liveness WHERE archive_id = :archive_id AND rel_path = :rel_path",
+            {"archive_id": archive_id, "rel_path": rel_path},
+        )
+
+
+# ---------------------------------------------------------------------------------- judging a run
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """The state of a run whose status says running; ``certain`` when the plugin's record proves its death."""
+
+    state: str
+    certain: bool = False
+
+
+_UNKNOWN_LIVE = Judgement(LIVE)
+
+
+class RunStates:
+    """The derived state of an archive's experiments, judged once per running row when first asked.
+
+    Nothing is read until the first running row is asked about; then the
+    archive's running rows (their start times) and the plugin's records are
+    read in two small queries, and each running row is judged at most once.
+    """
+
+    def __init__(self, index: ArchiveIndex, *, now: float | None = None) -> None:
+        self.index = index
+        self.now = now
+        self._loaded = False
+        self._start_times: dict[str, float | None] = {}
+        self._records: dict[str, tuple[Any, ...]] = {}
+        self._judged: dict[str, Judgement] = {}
+
+    def state(self, rel_path: str, outcome: str) -> str | None:
+        """``finished`` (done or failed), ``live`` or ``interrupted`` (running), None (metadata unreadable)."""
+        if outcome == "running":
+            return self.judge(rel_path).state
+        return FINISHED if outcome in ("done", "failed") else None
+
+    def certainly_dead(self, rel_path: str) -> bool:
+        judgement = self.judge(rel_path)
+        return judgement.state == INTERRUPTED and judgement.certain
+
+    def judge(self, rel_path: str) -> Judgement:
+        judgement = self._judged.get(rel_path)
+        if judgement is None:
+            self._load()
+            try:
+                judgement = self._judge(rel_path)
+            except (OSError, ValueError):
+                judgement = _UNKNOWN_LIVE
+            self._judged[rel_path] = judgement
+        return judgement
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        if self.now is None:
+            self.now = time.time()
+        self.host, self.pid_namespace = this_host(), this_pid_namespace()
+        self.missed = seconds_from_environment(MISSED_HEARTBEATS_VARIABLE, MISSED_HEARTBEATS)
+        self.quiet_after = seconds_from_environment(QUIET_AFTER_VARIABLE, QUIET_AFTER_SECONDS)
+        params = {"archive_id": self.index.archive_id}
+        db = self.index.db
+        self._start_times = dict(
+            db.execute(
+                "SELECT rel_path, start_time FROM experiments WHERE archive_id = :archive_id AND outcome = 'running'",
+                params,
+            )
+        )
+        self._records = {
+            row[0]: tuple(row[1:])
+            for row in db.execute(
+                "SELECT rel_path, hostname, pid_namespace, pid, process_started_at, heartbeat_at, heartbeat_interval "
+                "FROM run_liveness WHERE archive_id = :archive_id",
+                params,
+            )
+        }
+
+    def _judge(self, rel_path: str) -> Judgement:
+        record = self._records.get(rel_path)
+        if record is not None:
+            return self._judge_record(*record)
+        return self._guess_from_folder(rel_path)
+
+    def _judge_record(self, hostname, pid_namespace, pid, started_at, heartbeat_at, interval) -> Judgement:
+        here = hostname == self.host and (
+            pid_namespace is None or self.pid_namespace is None or pid_namespace == self.pid_namespace
+        )
+        if here:
+            return Judgement(LIVE) if _runs_since(pid, started_at) else Judgement(INTERRUPTED, certain=True)
+        if interval and self.now - heartbeat_at > self.missed * interval:
+            return Judgement(INTERRUPTED, certain=True)
+        return Judgement(LIVE)
+
+    def _guess_from_folder(self, rel_path: str) -> Judgement:
+        match = _FOLDER_PID.search(rel_path.rpartition("/")[2])
+        if match is None:
+            return _UNKNOWN_LIVE  # nothing tells: trust the status
+        pid = int(match.group(1))
+        if process_is_alive(pid):
+            run_start = self._start_times.get(rel_path)
+            process_start = process_started_at(pid)
+            # The run's process started before the run did; one that started later took over a freed pid.
+            if run_start is None or process_start is None or process_start <= run_start + START_TIME_SLACK_SECONDS:
+                return _UNKNOWN_LIVE
+        age = self._age_of_files(rel_path)
+        if age is None or age < self.quiet_after:
+            return _UNKNOWN_LIVE
+        return Judgement(INTERRUPTED)
+
+    def _age_of_files(self, rel_path: str) -> float | None:
+        """Seconds since the run's folder, its metadata or its log last changed.
+
+        Three stats, no listing: the folder's own time moves whenever a file is
+        added or removed in it, and pycomex appends to its log as the run prints.
+        """
+        try:
+            folder = experiment_folder(self.index.root, rel_path)
+        except UnsafePathError:
+            return None
+        newest = None
+        for path in (folder, os.path.join(folder, METADATA_FILE_NAME), os.path.join(folder, LOG_FILE_NAME)):
+            try:
+                modified = os.stat(path).st_mtime
+            except OSError:
+                continue
+            newest = modified if newest is None else max(newest, modified)
+        return None if newest is None else self.now - newest

@@ -1,0 +1,189 @@
+"""Running, finished or interrupted: the derived state of runs whose status says running (pycomex_index.liveness).
+
+The real-pycomex side (a live run, a SIGKILLed one) is in tests/test_pycomex_plugin.py;
+here the two other sources are simulated: the plugin's record of a run on another
+host, and the pid in the folder name of a run made without the plugin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_metadata, write_meta
+
+NAMESPACE = "ns"
+
+
+def _running_run(archive: Path, name: str, *, start_time: float | None = None) -> str:
+    start = time.time() - 60 if start_time is None else start_time
+    write_meta(archive / NAMESPACE / name, make_metadata(status="running", end_time=None, duration=0, start_time=start))
+    return f"{NAMESPACE}/{name}"
+
+
+def _finished_run(archive: Path) -> str:
+    write_meta(archive / NAMESPACE / "finished", make_metadata())
+    return f"{NAMESPACE}/finished"
+
+
+def _states(run_cli, archive: Path) -> dict[str, str]:
+    result = run_cli("archive", "list", "--path", str(archive), "--json")
+    assert result.exit_code == 0, result.output
+    return {item["rel_path"]: item["state"] for item in json.loads(result.stdout)}
+
+
+def _write_record(archive: Path, rel_path: str, *, hostname: str, pid: int, heartbeat_age: float, interval: float = 30.0) -> None:
+    """A run_liveness row as the plugin writes it, for a process on ``hostname``."""
+    from pycomex_index.store import open_archive_index
+
+    now = time.time()
+    with open_archive_index(str(archive)) as index:
+        with index.db.transaction():
+            index.db.execute(
+                "INSERT INTO run_liveness (archive_id, rel_path, hostname, pid_namespace, pid, process_started_at, "
+                "started_at, heartbeat_at, heartbeat_interval) VALUES (:archive_id, :rel_path, :hostname, NULL, :pid, "
+                ":started, :started, :heartbeat, :interval)",
+                {
+                    "archive_id": index.archive_id, "rel_path": rel_path, "hostname": hostname, "pid": pid,
+                    "started": now - 600, "heartbeat": now - heartbeat_age, "interval": interval,
+                },
+            )
+
+
+def _backdate(folder: Path, seconds: float) -> None:
+    moment = time.time() - seconds
+    for path in [folder, *folder.iterdir()]:
+        os.utime(path, (moment, moment))
+
+
+def test_a_run_on_another_host_is_interrupted_once_its_heartbeat_is_stale(
+    tmp_path: Path, run_cli, index_backend: str
+) -> None:
+    archive = tmp_path / "results"
+    stale = _running_run(archive, "stale")
+    fresh = _running_run(archive, "fresh")
+    finished = _finished_run(archive)
+    assert run_cli("index", "sync", "--path", str(archive)).exit_code == 0
+    # pid 1 runs here too: on another host it must not matter whether this host has such a pid.
+    _write_record(archive, stale, hostname="elsewhere.example", pid=1, heartbeat_age=91)  # > 3 × 30 s
+    _write_record(archive, fresh, hostname="elsewhere.example", pid=1, heartbeat_age=60)
+
+    assert _states(run_cli, archive) == {stale: "interrupted", fresh: "live", finished: "finished"}
+    listed = run_cli("archive", "list", "--path", str(archive)).stdout
+    assert f"💀 results/{stale} (interrupted)\n" in listed and f"⏳ results/{fresh} (running)\n" in listed
+    overview = json.loads(run_cli("archive", "info", "--path", str(archive), "--json").stdout)
+    assert (overview["running"], overview["interrupted"], overview["successful"], overview["failed"]) == (1, 1, 1, 0)
+
+    # A certain death: delete needs no --include-running for it, and still holds back the live one.
+    deleted = run_cli("archive", "delete", "--path", str(archive), "--select", "m['status'] == 'running'", "--yes")
+    assert deleted.exit_code == 0, deleted.output
+    assert "Held back 1 running experiment; add --include-running to delete it too." in deleted.stdout
+    assert not (archive / stale).exists() and (archive / fresh).exists()
+
+
+def test_the_number_of_missed_heartbeats_is_configurable(tmp_path: Path, run_cli, monkeypatch) -> None:
+    archive = tmp_path / "results"
+    run = _running_run(archive, "quiet")
+    assert run_cli("index", "sync", "--path", str(archive)).exit_code == 0
+    _write_record(archive, run, hostname="elsewhere.example", pid=1, heartbeat_age=200)
+    assert _states(run_cli, archive) == {run: "interrupted"}
+    monkeypatch.setenv("PYCOMEX_INDEX_MISSED_HEARTBEATS", "10")
+    assert _states(run_cli, archive) == {run: "live"}
+
+
+def test_a_record_on_this_host_is_judged_by_its_process_not_its_heartbeat(tmp_path: Path, run_cli) -> None:
+    from pycomex_index.liveness import process_started_at
+
+    archive = tmp_path / "results"
+    alive = _running_run(archive, "alive")
+    reused = _running_run(archive, "reused")
+    assert run_cli("index", "sync", "--path", str(archive)).exit_code == 0
+    # This very process, with an old heartbeat: alive on this host, so live.
+    _write_record(archive, alive, hostname=socket.gethostname(), pid=os.getpid(), heartbeat_age=10_000)
+    # This process's pid, recorded with another start time: the pid was reused, the run's process is gone.
+    _write_record(archive, reused, hostname=socket.gethostname(), pid=os.getpid(), heartbeat_age=1)
+    from pycomex_index.store import open_archive_index
+
+    with open_archive_index(str(archive)) as index:
+        index.db.execute(
+            "UPDATE run_liveness SET process_started_at = :started WHERE rel_path = :rel_path",
+            {"started": process_started_at(os.getpid()) - 3600, "rel_path": reused},
+        )
+        index.db.execute(
+            "UPDATE run_liveness SET process_started_at = :started WHERE rel_path = :rel_path",
+            {"started": process_started_at(os.getpid()), "rel_path": alive},
+        )
+    assert _states(run_cli, archive) == {alive: "live", reused: "interrupted"}
+
+
+def test_a_run_without_the_plugin_is_guessed_interrupted_only_after_the_file_age_threshold(
+    tmp_path: Path, run_cli, monkeypatch
+) -> None:
+    monkeypatch.setenv("PYCOMEX_INDEX_INTERRUPTED_AFTER", "3600")  # the default (conftest sets 0 for the fixture)
+    archive = tmp_path / "results"
+    pid_gone = 2**22 + 12345  # above Linux's largest pid (pid_max is at most 2**22): never alive
+    guessed = _running_run(archive, f"26_11_2026__14_03_50__p{pid_gone}__wKXG")
+    # The folder names this very process, which started after the run did: a reused pid.
+    reused = _running_run(archive, f"26_11_2026__14_03_51__p{os.getpid()}__aBcD", start_time=1_700_000_000.0)
+    # The folder names this very process, which started before the run: it may be the run's, so live.
+    own = _running_run(archive, f"26_11_2026__14_03_52__p{os.getpid()}__eFgH", start_time=time.time())
+    unnamed = _running_run(archive, "no_pid_in_the_name")
+    fresh = _states(run_cli, archive)
+    assert set(fresh.values()) == {"live"}  # files younger than an hour: the run may live on another host
+
+    for rel_path in (guessed, reused, own, unnamed):
+        _backdate(archive / rel_path, 2 * 3600)
+    assert _states(run_cli, archive) == {guessed: "interrupted", reused: "interrupted", own: "live", unnamed: "live"}
+    assert "Interrupted: 2 (50.0%)" in run_cli("archive", "overview", "--path", str(archive)).stdout.splitlines()
+
+    # Only a guess: delete holds it back without --include-running.
+    selection = "m['state'] == 'interrupted'"
+    held = run_cli("archive", "delete", "--path", str(archive), "--select", selection, "--yes")
+    assert held.exit_code == 0, held.output
+    assert "Held back 2 running experiments (2 of them look interrupted" in held.stdout
+    assert (archive / guessed).exists() and (archive / reused).exists()
+    gone = run_cli("archive", "delete", "--path", str(archive), "--select", selection, "--yes", "--include-running")
+    assert gone.exit_code == 0, gone.output
+    assert not (archive / guessed).exists() and not (archive / reused).exists() and (archive / own).exists()
+
+
+def test_the_fixture_archives_killed_run_is_interrupted_by_default_once_its_files_are_old(
+    archive: Path, run_cli, monkeypatch
+) -> None:
+    monkeypatch.delenv("PYCOMEX_INDEX_INTERRUPTED_AFTER")
+    killed = archive / "neural_net" / "26_11_2026__14_03_50__p11237__wKXG"
+    _backdate(killed, 3601)  # as the run's files are, an hour after a fresh checkout
+    listed = run_cli("archive", "list", "--path", str(archive)).stdout
+    assert "💀 results/neural_net/26_11_2026__14_03_50__p11237__wKXG (interrupted)\n" in listed
+    tail = run_cli("archive", "tail", "--path", str(archive), "-n", "8").stdout
+    assert "Status: interrupted 💀" in tail and "Ended: (interrupted)" in tail
+    scan = run_cli("archive", "scan", "--path", str(archive)).stdout
+    assert "💀 1 interrupted: status 'running', but the process is gone" in scan
+
+
+def test_the_state_is_selected_in_python_and_grouped_by(archive: Path, run_cli) -> None:
+    from pycomex_index.pushdown import prefilter_for
+    from pycomex_index.selection import compile_expression
+
+    assert prefilter_for(compile_expression("m['state'] == 'interrupted'"), sqlite=True) is None
+    both = prefilter_for(compile_expression("m['status'] == 'running' and m['state'] == 'interrupted'"), sqlite=True)
+    assert both is not None and both.pushed == ["m['status'] == 'running'"]  # the state part is Python's
+
+    for select in ("m['state'] == 'interrupted'", "m['status'] == 'running' and m['state'] == 'interrupted'"):
+        result = run_cli("archive", "list", "--path", str(archive), "--select", select)
+        assert result.stdout == "💀 results/neural_net/26_11_2026__14_03_50__p11237__wKXG (interrupted)\n", select
+    groups = json.loads(run_cli("archive", "scan", "--path", str(archive), "--group", "m['state']", "--json").stdout)
+    assert {group["group"]: group["count"] for group in groups} == {"finished": 7, "interrupted": 1}
+
+
+@pytest.mark.parametrize("value", ["", "soon", "-5", "nan"])
+def test_a_threshold_that_is_no_number_falls_back_to_the_default(monkeypatch, value: str) -> None:
+    from pycomex_index.liveness import QUIET_AFTER_SECONDS, QUIET_AFTER_VARIABLE, seconds_from_environment
+
+    monkeypatch.setenv(QUIET_AFTER_VARIABLE, value)
+    assert seconds_from_environment(QUIET_AFTER_VARIABLE, QUIET_AFTER_SECONDS) == QUIET_AFTER_SECONDS
