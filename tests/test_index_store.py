@@ -95,10 +95,10 @@ def test_an_index_at_the_first_revision_is_upgraded_keeping_its_rows(archive: Pa
     assert _schema_differences(path) == []
 
 
-def test_an_index_at_0007_gets_its_parameter_columns_filled(archive: Path, tmp_path: Path) -> None:
+def test_an_index_at_0008_gets_its_parameter_columns_filled(archive: Path, tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     old = SqliteFileDatabase(str(path))
-    run_migrations(old, "0007")
+    run_migrations(old, "0008")
     old.execute("INSERT INTO archives (id, root, created_at) VALUES (1, :root, 0)", {"root": str(archive)})
     documents = {
         7: ('{"A":0.30000000000000004,"B":"x","C":true,"D":null,"E":[1],"F":9007199254740993,"__PREFIX__":1e-05}', 0),

@@ -14,8 +14,8 @@ typed values are SQLite's own reading of the documents (``json_each``), which
 is what the pushdown compared before; on PostgreSQL the table stays empty, as
 its pushdown does not read parameters.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-04
 """
 
@@ -24,8 +24,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
