@@ -87,6 +87,10 @@ class ExperimentColumns:
     meta_size: int
     folder_mtime_ns: int
     read_error: str | None
+    #: pycomex's own parameters (``__PREFIX__``, ``__DEBUG__``...: see :func:`is_special_parameter`) as a small
+    #: JSON object, so that grouping by one of them reads neither experiment_fields nor the whole parameter
+    #: document. NULL where the documents need Python's JSON dialect (and for unreadable metadata).
+    special_parameters_json: str | None
 
 
 #: The names of :class:`ExperimentColumns`, in table order.
@@ -401,6 +405,16 @@ def _label_or_none(value: Any) -> str | None:
     return _text_or_none(value) or value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def is_special_parameter(name: str) -> bool:
+    """Whether a parameter is one of pycomex's own (``__NAME__``), kept in ``experiments.special_parameters_json``."""
+    return len(name) > 4 and name.startswith("__") and name.endswith("__")
+
+
+def special_parameters(values: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of ``values`` that :func:`is_special_parameter` names, in their order."""
+    return {name: value for name, value in values.items() if is_special_parameter(name)}
+
+
 def namespace_of(rel_path: str) -> str:
     """The namespace a folder lies in: its parent below the archive root."""
     parent = rel_path.rpartition("/")[0]
@@ -439,6 +453,7 @@ def read_experiment(root: str, folder_stat: FolderStat) -> ExperimentRecord:
         meta_size=folder_stat.meta_size,
         folder_mtime_ns=folder_stat.folder_mtime_ns,
         read_error=None,
+        special_parameters_json=None,
         summary_json=None,
         parameters_json=None,
     )
@@ -456,6 +471,7 @@ def read_experiment(root: str, folder_stat: FolderStat) -> ExperimentRecord:
         try:
             summary_json = orjson.dumps(summary).decode()
             parameters_json = orjson.dumps(values).decode()
+            special_json = orjson.dumps(special_parameters(values)).decode()
         except TypeError:  # orjson.JSONEncodeError: nothing it parsed should fail, but the json module is exact
             needs_python = True
     if needs_python:
@@ -477,5 +493,7 @@ def read_experiment(root: str, folder_stat: FolderStat) -> ExperimentRecord:
     )
     record.summary_json = summary_json
     record.parameters_json = parameters_json
+    # Python's dialect is for Python alone: SQL reads such rows' parameters from experiment_fields, in Python.
+    record.special_parameters_json = None if needs_python else special_json
     record.needs_python = needs_python
     return record

@@ -94,6 +94,8 @@ class Experiment(Base):
     meta_size: Mapped[int] = mapped_column(BigInteger)
     folder_mtime_ns: Mapped[int] = mapped_column(BigInteger)
     read_error: Mapped[Optional[str]] = mapped_column(Text)
+    #: pycomex's own ``__NAME__`` parameters, a small JSON object (NULL: needs Python's dialect; see migration 0008).
+    special_parameters_json: Mapped[Optional[str]] = mapped_column(Text)
 
 
 class ExperimentFields(Base):
@@ -113,6 +115,39 @@ class ExperimentFields(Base):
     #: The documents are in Python's JSON dialect (NaN, Infinity, integers beyond 64 bits, lone surrogates),
     #: which SQLite's JSON functions reject or cannot hold exactly: SQL leaves these rows to Python.
     needs_python: Mapped[bool] = mapped_column(default=False, server_default=false())
+
+
+class ParameterName(Base):
+    """Every parameter name ``experiment_parameters`` holds, once: its rows carry this small id instead."""
+
+    __tablename__ = "parameter_names"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, unique=True)
+
+
+class ExperimentParameter(Base):
+    """One scalar parameter value of one experiment, typed, so a ``--select`` on it reads no JSON.
+
+    Filled from the parameter document when it is written (SQLite's
+    ``json_each``; see :func:`pycomex_index.rows.store_records`) for the rows
+    whose documents are not in Python's dialect. Only numbers, booleans (as
+    1/0) and strings have a row: a missing, null, list or dict parameter has
+    none, and SQL leaves such a comparison to Python. ``number`` holds a number
+    a float represents exactly (NULL for an integer beyond 2**53), ``text`` a
+    string. On PostgreSQL the table stays empty: its ``--select`` reads
+    parameters in Python (see :mod:`pycomex_index.pushdown`).
+    """
+
+    __tablename__ = "experiment_parameters"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    name_id: Mapped[int] = mapped_column(ForeignKey("parameter_names.id"), primary_key=True)
+    number: Mapped[Optional[float]] = mapped_column(Float)
+    text: Mapped[Optional[str]] = mapped_column(Text)
 
 
 class FolderDigest(Base):

@@ -14,13 +14,14 @@ Translated, on either side of ``==, <, <=, >, >=`` with a constant:
 - ``m['status']``, ``m['error_type']`` (string constants, ``==`` only),
 - ``m['start_time']``, ``m['end_time']``, ``m['duration']`` (numbers; start and
   end times also against ISO date strings),
-- ``p['NAME']`` (numbers or strings; SQLite only, through its JSON functions),
+- ``p['NAME']`` (numbers or strings; SQLite only, from the typed values of
+  ``experiment_parameters``, one join per parameter named),
 
 combined with ``and`` / ``or``. Number columns hold a value only when the
 file's value is a finite number of plausible size, text columns only when it
 is a string SQLite can store; a row whose column is NULL is left to Python,
 and so is a row whose documents are in Python's JSON dialect (NaN, Infinity,
-big integers), which SQLite's JSON functions never see.
+big integers), which has no typed parameter values.
 """
 
 from __future__ import annotations
@@ -44,17 +45,19 @@ _EXACT_FLOAT_LIMIT = 2.0**53
 
 @dataclass
 class Prefilter:
-    """SQL (over ``e`` = experiments, ``f`` = experiment_fields) that decides the expression where it can.
+    """SQL (over ``e`` = experiments and the ``joins``) that decides the expression where it can.
 
     ``verdict`` is 1 (Python finds the expression true without raising), 0
     (false without raising) or NULL (undecided: evaluate in Python);
-    ``condition`` keeps the rows whose verdict is not 0.
+    ``condition`` keeps the rows whose verdict is not 0. ``joins`` are LEFT
+    JOINs the query must add (one typed parameter each, at most one row per
+    experiment, so they never multiply rows).
     """
 
     verdict: str
     params: dict[str, Any]
     pushed: list[str] = field(default_factory=list)
-    uses_fields: bool = False
+    joins: list[str] = field(default_factory=list)
 
     @property
     def condition(self) -> str:
@@ -71,7 +74,7 @@ def prefilter_for(expression: CompiledExpression, *, sqlite: bool) -> Prefilter 
     verdict = translator.verdict(expression.tree.body)
     if not verdict.can_be_false:
         return None
-    return Prefilter(verdict.sql, translator.params, translator.pushed, translator.uses_fields)
+    return Prefilter(verdict.sql, translator.params, translator.pushed, list(translator.joins.values()))
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,9 @@ class _Translator:
         self.sqlite = sqlite
         self.params: dict[str, Any] = {}
         self.pushed: list[str] = []
-        self.uses_fields = False
+        #: parameter name -> its LEFT JOIN of experiment_parameters (alias in ``aliases``)
+        self.joins: dict[str, str] = {}
+        self.aliases: dict[str, str] = {}
 
     def verdict(self, node: ast.AST) -> _Verdict:
         if isinstance(node, ast.BoolOp):
@@ -158,42 +163,36 @@ class _Translator:
         return _Verdict(f"CASE WHEN {inexact} THEN NULL{_when(true_test, false_test)} END")
 
     def _parameter_verdict(self, name: str, operator_type: type, constant: Any) -> _Verdict:
-        verdict = self._json_parameter_verdict(name, operator_type, constant)
-        if verdict is _UNDECIDED:
-            return verdict
-        # A document in Python's JSON dialect (NaN, Infinity, integers beyond 64 bits, lone surrogates) is
-        # malformed to SQLite or read inexactly: such rows stay undecided, and SQLite never parses them.
-        return _Verdict(f"CASE WHEN f.needs_python = 0 THEN {verdict.sql} END")
-
-    def _json_parameter_verdict(self, name: str, operator_type: type, constant: Any) -> _Verdict:
         if not self.sqlite:
             return _UNDECIDED
-        self.uses_fields = True
-        # json_extract gives NULL for a missing parameter (KeyError in Python) and for null, 1/0 for
-        # true/false (Python compares bools as 0/1), numbers as numbers, strings, lists and objects as text.
-        # Each JSON function call parses the document again, so the common outcomes take as few as they can.
-        path = self._bind('$."' + name.replace('"', '""') + '"')
-        value = f"json_extract(f.parameters_json, {path})"
         if isinstance(constant, str):
             if operator_type is not ast.Eq:
                 return _UNDECIDED
-            # Unequal as SQL values is unequal in Python; equal text is equal only if it was a JSON string.
-            text = self._bind(constant)
-            return _Verdict(
-                f"CASE WHEN {value} <> {text} THEN 0 WHEN json_type(f.parameters_json, {path}) = 'text' THEN 1 END"
-            )
-        if not isinstance(constant, (int, float)) or abs(constant) >= _EXACT_FLOAT_LIMIT:
+        elif not isinstance(constant, (int, float)) or abs(constant) >= _EXACT_FLOAT_LIMIT:
             return _UNDECIDED
-        true_test, false_test = self._number_tests(value, operator_type, float(constant))
-        # SQLite sorts text above every number, so a "greater than" test is also true for text, on which
-        # Python's < and > raise: such a test must also see a number (below any text). On ==, text is
-        # merely unequal, and a "less than" test is only ever true for numbers.
-        is_number = f"{value} < ''"
-        if operator_type in (ast.Gt, ast.GtE):
-            true_test = f"{true_test} AND {is_number}"
-        elif operator_type in (ast.Lt, ast.LtE):
-            false_test = f"{false_test} AND {is_number}"
+        # Numbers and booleans (1/0: Python compares bools as 0/1) are in ``number``, strings in ``text``.
+        # No row (missing: KeyError in Python; null, list, dict; an integer a float cannot hold; a document in
+        # Python's dialect) leaves both NULL, and the comparison to Python.
+        number, text = self._typed_parameter(name)
+        if isinstance(constant, str):
+            value = self._bind(constant)
+            return _Verdict(f"CASE WHEN {text} = {value} THEN 1 WHEN {text} IS NOT NULL OR {number} IS NOT NULL THEN 0 END")
+        true_test, false_test = self._number_tests(number, operator_type, float(constant))
+        if operator_type is ast.Eq:
+            # A string is merely unequal to a number; on < and > Python raises, so a string stays undecided.
+            false_test = f"({false_test} OR {text} IS NOT NULL)"
         return _Verdict(f"CASE{_when(true_test, false_test)} END")
+
+    def _typed_parameter(self, name: str) -> tuple[str, str]:
+        """The number and text columns of parameter ``name``, joined once however often the expression reads it."""
+        alias = self.aliases.get(name)
+        if alias is None:
+            alias = self.aliases[name] = f"pv{len(self.aliases)}"
+            self.joins[name] = (
+                f"LEFT JOIN experiment_parameters {alias} ON {alias}.experiment_id = e.id AND {alias}.name_id = "
+                f"(SELECT id FROM parameter_names WHERE name = {self._bind(name)})"
+            )
+        return f"{alias}.number", f"{alias}.text"
 
     def _number_tests(self, column: str, operator_type: type, constant: float) -> tuple[str | None, str]:
         """Tests that ``column op constant`` is certainly true (None: never certain) and certainly false.

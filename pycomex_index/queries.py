@@ -143,8 +143,10 @@ def iter_selected(
     if reads_metadata != READS_NO_METADATA:
         path_at = len(selected)
         selected += ["e.rel_path", "e.namespace", "e.outcome"]
-    if parameters_at is not None or summary_at is not None or (prefilter is not None and prefilter.uses_fields):
+    if parameters_at is not None or summary_at is not None:
         join = " LEFT JOIN experiment_fields f ON f.experiment_id = e.id"
+    if prefilter is not None:
+        join += "".join(" " + parameter_join for parameter_join in prefilter.joins)
     direction = "DESC" if newest_first else "ASC"
     # Reading every row, it is faster to let SQLite sort them than to walk the start-time index, which
     # fetches each row out of storage order (+ keeps the index from serving the ORDER BY); a limited

@@ -35,6 +35,26 @@ _UPSERT_FIELDS_SQL = (
 # An experiment whose metadata became unreadable keeps its row but loses what was read from it.
 _DELETE_UNREADABLE_SQL = f"DELETE FROM experiment_fields WHERE experiment_id IN ({_EXPERIMENT_ID})"
 
+#: The JSON types (of SQLite's json_each) that have a row in experiment_parameters (see models.ExperimentParameter).
+_SCALAR_TYPES = "('integer', 'real', 'true', 'false', 'text')"
+_DELETE_PARAMETERS_SQL = f"DELETE FROM experiment_parameters WHERE experiment_id IN ({_EXPERIMENT_ID})"
+_ADD_PARAMETER_NAMES_SQL = (
+    "INSERT INTO parameter_names (name) SELECT key FROM json_each(:parameters_json) "
+    f"WHERE type IN {_SCALAR_TYPES} ON CONFLICT (name) DO NOTHING"
+)
+#: json_each's atom is SQLite's own reading of the value: the same json_extract gave the pushdown before.
+#: An integer a float cannot hold exactly keeps no number (SQL leaves it to Python).
+PARAMETER_VALUES_SQL = (
+    "CASE WHEN j.type = 'text' OR (j.type = 'integer' AND ABS(j.atom) >= 9007199254740992) THEN NULL "
+    "ELSE j.atom END, CASE WHEN j.type = 'text' THEN j.atom END"
+)
+_ADD_PARAMETERS_SQL = (
+    "INSERT INTO experiment_parameters (experiment_id, name_id, number, text) "
+    f"SELECT e.id, n.id, {PARAMETER_VALUES_SQL} "
+    "FROM experiments e, json_each(:parameters_json) j JOIN parameter_names n ON n.name = j.key "
+    f"WHERE e.archive_id = :archive_id AND e.rel_path = :rel_path AND j.type IN {_SCALAR_TYPES}"
+)
+
 
 _CLEAR_FOLDER_DIGEST_SQL = (
     "INSERT INTO folder_digests (archive_id, folder, digest) VALUES (:archive_id, :folder, NULL) "
@@ -67,8 +87,19 @@ def store_records(db: IndexDatabase, archive_id: int, records: Iterable[Experime
         db.executemany(_UPSERT_EXPERIMENT_SQL, rows)
         db.executemany(_UPSERT_FIELDS_SQL, readable)
         db.executemany(_DELETE_UNREADABLE_SQL, unreadable)
+        _store_typed_parameters(db, rows, readable)
         _clear_folder_digests(db, archive_id, (row["rel_path"] for row in rows))
     return len(rows)
+
+
+def _store_typed_parameters(db: IndexDatabase, rows: list[dict], readable: list[dict]) -> None:
+    """Replace the rows' experiment_parameters; SQLite only (json_each), and not for Python's dialect."""
+    if not db.url.startswith("sqlite"):
+        return
+    db.executemany(_DELETE_PARAMETERS_SQL, rows)
+    typed = [row for row in readable if not row["needs_python"]]
+    db.executemany(_ADD_PARAMETER_NAMES_SQL, typed)
+    db.executemany(_ADD_PARAMETERS_SQL, typed)
 
 
 def update_assets(db: IndexDatabase, archive_id: int, changes: Sequence[tuple[str, int, int, int]]) -> None:

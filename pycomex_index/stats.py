@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pycomex_index.discovery import DOCUMENT_ONLY_KEYS, Outcome
+from pycomex_index.discovery import DOCUMENT_ONLY_KEYS, Outcome, is_special_parameter
 from pycomex_index.liveness import INTERRUPTED, RunStates
 from pycomex_index.queries import experiments_table, iter_selected
 from pycomex_index.selection import (
@@ -346,14 +346,27 @@ def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_
     """One GROUP BY on the value's JSON text; Python turns each distinct text into pycomex's ``str(value)``.
 
     Documents in Python's JSON dialect (NaN, big integers...), which SQLite
-    cannot parse, are grouped one by one in Python, by the same rule.
+    cannot parse, are grouped one by one in Python, by the same rule. One of
+    pycomex's own parameters (``__PREFIX__``...) is read from the small
+    ``experiments.special_parameters_json``: no join, and a document of a few
+    values to parse instead of all of them; it is NULL exactly for the rows in
+    Python's dialect.
     """
     import json
 
     import orjson
 
+
     where = _restrict_to_selection(index, selection, failures if failures is not None else EvaluationFailures())
     params = {"archive_id": index.archive_id, "path": '$."' + key_read.key.replace('"', '""') + '"'}
+    readable = f"outcome <> '{Outcome.ERROR.value}'"
+    if key_read.column == "f.parameters_json" and is_special_parameter(key_read.key):
+        column, table = "e.special_parameters_json", experiments_table(index)
+        sql_rows, python_rows = f"{column} IS NOT NULL", f"{column} IS NULL"
+    else:
+        column = key_read.column
+        table = f"{experiments_table(index)} JOIN experiment_fields f ON f.experiment_id = e.id"
+        sql_rows, python_rows = "f.needs_python = 0", "f.needs_python = 1"
     # Grouping by an expression, SQLite computes it once for the sort and again for the result column:
     # twice parsing every JSON document. A subquery with a LIMIT (-1: none) is not merged into the
     # aggregate, so each value is extracted once.
@@ -362,9 +375,8 @@ def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_
         f"SUM(CASE WHEN outcome = '{Outcome.DONE.value}' THEN 1 ELSE 0 END), MAX(end_time), "
         "SUM(CASE WHEN duration > 0 THEN duration END), SUM(CASE WHEN duration > 0 THEN 1 ELSE 0 END), "
         "SUM(disk_usage) "
-        f"FROM (SELECT {key_read.column} -> :path AS value, outcome, end_time, duration, disk_usage "
-        f"FROM {experiments_table(index)} JOIN experiment_fields f ON f.experiment_id = id "
-        f"WHERE {where} AND outcome <> '{Outcome.ERROR.value}' AND f.needs_python = 0 LIMIT -1) GROUP BY value",
+        f"FROM (SELECT {column} -> :path AS value, outcome, end_time, duration, disk_usage "
+        f"FROM {table} WHERE {where} AND {readable} AND {sql_rows} LIMIT -1) GROUP BY value",
         params,
     )
     for value, count, successful, last_end_time, duration_sum, duration_count, disk_usage in rows:
@@ -378,8 +390,8 @@ def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_
         _group(groups, key).add(count, successful, last_end_time, duration_sum or 0.0, duration_count, disk_usage or 0)
     in_python_dialect = index.db.execute(
         f"SELECT {key_read.column}, outcome, end_time, duration, disk_usage "
-        f"FROM experiments JOIN experiment_fields f ON f.experiment_id = id "
-        f"WHERE {where} AND outcome <> '{Outcome.ERROR.value}' AND f.needs_python = 1",
+        f"FROM experiments e JOIN experiment_fields f ON f.experiment_id = e.id "
+        f"WHERE {where} AND {readable} AND {python_rows}",
         params,
     )
     for document, outcome, end_time, duration, disk_usage in in_python_dialect:

@@ -107,9 +107,45 @@ def test_an_index_at_revision_0007_gains_the_liveness_table_keeping_its_rows(arc
     old.close()
 
     with open_archive_index(str(archive), str(path)) as index:
-        assert index.db.fetch_one("SELECT version_num FROM alembic_version")[0] == HEAD_REVISION == "0008"
+        assert index.db.fetch_one("SELECT version_num FROM alembic_version")[0] == HEAD_REVISION
         assert index.db.fetch_one("SELECT rel_path, outcome FROM experiments") == ("old/run", "running")
         assert index.db.fetch_one("SELECT COUNT(*) FROM run_liveness")[0] == 0
+
+
+def test_an_index_at_0008_gets_its_parameter_columns_filled(archive: Path, tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    old = SqliteFileDatabase(str(path))
+    run_migrations(old, "0008")
+    old.execute("INSERT INTO archives (id, root, created_at) VALUES (1, :root, 0)", {"root": str(archive)})
+    documents = {
+        7: ('{"A":0.30000000000000004,"B":"x","C":true,"D":null,"E":[1],"F":9007199254740993,"__PREFIX__":1e-05}', 0),
+        8: ('{"A":NaN,"__PREFIX__":"p"}', 1),
+    }
+    for id_, (parameters, needs_python) in documents.items():
+        old.execute(
+            "INSERT INTO experiments (id, archive_id, rel_path, namespace, outcome, asset_count, disk_usage, "
+            f"meta_mtime_ns, meta_size, folder_mtime_ns) VALUES ({id_}, 1, 'old/run{id_}', 'old', 'done', 1, 10, 1, 1, 1)"
+        )
+        old.execute(
+            "INSERT INTO experiment_fields (experiment_id, summary_json, parameters_json, needs_python) "
+            "VALUES (:id, '{}', :parameters, :needs_python)",
+            {"id": id_, "parameters": parameters, "needs_python": needs_python},
+        )
+    old.close()
+
+    with open_archive_index(str(archive), str(path)) as index:
+        db = index.db
+        specials = dict(db.execute("SELECT id, special_parameters_json FROM experiments"))
+        assert specials[8] is None and json.loads(specials[7]) == {"__PREFIX__": 1e-05}
+        typed = set(
+            db.execute(
+                "SELECT n.name, p.number, p.text FROM experiment_parameters p JOIN parameter_names n ON n.id = p.name_id "
+                "WHERE p.experiment_id = 7"
+            )
+        )
+        # Lists, null and an integer a float cannot hold have no number; the NaN document has no rows at all.
+        assert typed == {("A", 0.30000000000000004, None), ("B", None, "x"), ("C", 1.0, None), ("F", None, None), ("__PREFIX__", 1e-05, None)}
+        assert db.fetch_one("SELECT COUNT(*) FROM experiment_parameters WHERE experiment_id = 8")[0] == 0
     assert _schema_differences(path) == []
 
 

@@ -214,3 +214,23 @@ def test_explain_counts_the_experiments_sql_selected_alone(archive: Path, run_cl
     result = run_cli("archive", "list", "--path", str(archive), "--select", "m['status'] == 'done'", "--explain")
     assert result.exit_code == 0, result.output
     assert "in Python: the whole expression, on the 0 experiments left; SQL alone selected 3 more" in result.stderr
+
+
+def test_typed_parameters_follow_a_rewritten_file(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    _write_archive(root, [{"status": "done", "LEARNING_RATE": 0.001, "MODEL": "mlp"}])
+    meta = root / "ns" / "run0" / "experiment_meta.json"
+    selection = compile_expression("p['LEARNING_RATE'] < 0.01 and p['MODEL'] == 'mlp'")
+    with open_archive_index(str(root)) as index:
+        sync_archive(index)
+        assert [row.rel_path for row in iter_experiments(index, selection)] == ["ns/run0"]
+        for learning_rate, model in ((0.5, "mlp"), (float("nan"), "mlp"), (0.001, "resnet"), (0.001, "mlp")):
+            document = json.loads(meta.read_text())
+            document["parameters"] = {"LEARNING_RATE": {"value": learning_rate}, "MODEL": {"value": model}}
+            meta.write_text(json.dumps(document) + " " * next(_counter))  # another size: the sync sees a change
+            sync_archive(index)
+            stats = EvaluationFailures()
+            selected = [row.rel_path for row in iter_experiments(index, selection, failures=stats)]
+            assert (set(selected), stats.count) == _pure_python(root, selection.source)
+        rows = index.db.fetch_one("SELECT COUNT(*) FROM experiment_parameters")[0]
+        assert rows == 2  # the old values were replaced, not added to

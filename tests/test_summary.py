@@ -54,6 +54,7 @@ def _record(rel_path: str, outcome: str, namespace: str, error_type, duration, p
         meta_size=1,
         folder_mtime_ns=1,
         read_error="unreadable" if outcome == "error" else None,
+        special_parameters_json=None if outcome == "error" else "{}",
         summary_json=None if outcome == "error" else "{}",
         parameters_json=None if outcome == "error" else "{}",
     )
