@@ -356,7 +356,6 @@ def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_
 
     import orjson
 
-
     where = _restrict_to_selection(index, selection, failures if failures is not None else EvaluationFailures())
     params = {"archive_id": index.archive_id, "path": '$."' + key_read.key.replace('"', '""') + '"'}
     readable = f"outcome <> '{Outcome.ERROR.value}'"
