@@ -48,7 +48,7 @@ from pycomex_index.store import (
 )
 
 if TYPE_CHECKING:
-    from pycomex_index.watcher import WatchSettings, WatcherStatus
+    from pycomex_index.watcher import WatcherStatus, WatchSettings
 
 logger = logging.getLogger("pycomex_index.daemon")
 
