@@ -220,13 +220,14 @@ def start_daemon(
     """Start the archive's watcher as a detached background process and return once it runs."""
     from pycomex_index.store import open_archive_index
 
+    # Open (create, migrate) the index here, so a problem with it is reported in this terminal. First:
+    # opening writes the archive's id into <archive>/.pycomex_index, which decides where the pid file is.
+    with open_archive_index(path, index):
+        pass
     root, location, files = _locate(path, index)
     pid, alive = pid_file_owner(files.pid_path)
     if alive:
         raise DaemonAlreadyRunningError(root, pid)
-    # Open (create, migrate) the index here, so a problem with it is reported in this terminal.
-    with open_archive_index(root, location):
-        pass
     command = watcher_command(root, location, files.log_path, settings)
     environment = watcher_environment(location)
     os.makedirs(os.path.dirname(files.log_path), exist_ok=True)

@@ -79,7 +79,7 @@ def test_an_index_made_before_archive_ids_adopts_the_id_at_its_next_open(archive
 def test_two_processes_opening_a_new_archive_at_once_agree_on_its_id(archive: Path) -> None:
     from concurrent.futures import ProcessPoolExecutor
 
-    from pycomex_index.store import archive_identity
+    from pycomex_index.archives import archive_identity
 
     with ProcessPoolExecutor(4) as pool:
         identities = set(pool.map(archive_identity, [str(archive)] * 8))
