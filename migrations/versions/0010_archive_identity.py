@@ -7,8 +7,8 @@ Existing rows get their UUID when the archive is next opened (the data step
 needs the archive's folder, which a migration does not know). An archive
 without archive.json (a read-only one) stays keyed by ``archives.root``.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-04
 """
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
