@@ -12,6 +12,9 @@ database URL on a read-only archive); how it is held is
 :mod:`pycomex_index.pidfile`'s business. The watcher's settings travel as one
 :class:`~pycomex_index.watcher.WatchSettings`, on the command line of the
 watcher process as :meth:`~pycomex_index.watcher.WatchSettings.to_argv`.
+A database URL reaches that process in its environment (``PYCOMEX_INDEX``),
+never on its command line, which ``ps`` shows every user of the host: a URL
+may hold a password.
 """
 
 from __future__ import annotations
@@ -39,7 +42,14 @@ from pycomex_index.pidfile import (  # noqa: F401 - the pid-file functions are t
     pid_file_owner,
     remove_stale_pid_file,
 )
-from pycomex_index.store import is_database_url, open_archive_index, resolve_archive_root, resolve_index_location
+from pycomex_index.store import (
+    INDEX_ENV_VARIABLE,
+    is_database_url,
+    masked_url,
+    open_archive_index,
+    resolve_archive_root,
+    resolve_index_location,
+)
 from pycomex_index.watcher import ArchiveWatcher, WatchSettings, WatcherStatus
 
 logger = logging.getLogger("pycomex_index.daemon")
@@ -207,14 +217,16 @@ def start_daemon(
     timeout: float = START_TIMEOUT_SECONDS,
 ) -> DaemonStatus:
     """Start the archive's watcher as a detached background process and return once it runs."""
+    # Open (create, migrate) the index here, so a problem with it is reported in this terminal. First:
+    # opening writes the archive's id into <archive>/.pycomex_index, which decides where the pid file is.
+    with open_archive_index(path, index):
+        pass
     root, location, files = _locate(path, index)
     pid, alive = pid_file_owner(files.pid_path)
     if alive:
         raise DaemonAlreadyRunningError(root, pid)
-    # Open (create, migrate) the index here, so a problem with it is reported in this terminal.
-    with open_archive_index(root, location):
-        pass
     command = watcher_command(root, location, files.log_path, settings)
+    environment = watcher_environment(location)
     os.makedirs(os.path.dirname(files.log_path), exist_ok=True)
     log_offset = os.path.getsize(files.log_path) if os.path.exists(files.log_path) else 0
     process = subprocess.Popen(
@@ -225,6 +237,7 @@ def start_daemon(
         start_new_session=True,
         close_fds=True,
         cwd="/",
+        env=environment,
     )
     deadline = time.monotonic() + timeout
     while True:
@@ -247,8 +260,24 @@ def start_daemon(
 def watcher_command(root: str, location: str, log_path: str, settings: WatchSettings | None = None) -> list[str]:
     """The command line of a daemon's watcher process: ``watch`` with these settings, logging to ``log_path``."""
     settings = settings if settings is not None else WatchSettings()
-    command = [sys.executable, "-m", "pycomex_index", "watch", "--path", root, "--index", location]
+    command = [sys.executable, "-m", "pycomex_index", "watch", "--path", root]
+    if not is_database_url(location):  # a URL travels in the environment: see watcher_environment
+        command += ["--index", location]
     return command + ["--log-file", log_path, *settings.to_argv()]
+
+
+def watcher_environment(location: str) -> dict[str, str]:
+    """The environment of a daemon's watcher process: this one's, with a database URL in ``PYCOMEX_INDEX``.
+
+    ``/proc/PID/environ`` is readable by the process's owner and root only,
+    while its command line is readable by everyone.
+    """
+    environment = dict(os.environ)
+    if is_database_url(location):
+        environment[INDEX_ENV_VARIABLE] = location
+    else:
+        environment.pop(INDEX_ENV_VARIABLE, None)  # --index names the file
+    return environment
 
 
 def _last_log_error(log_path: str, offset: int) -> str | None:
@@ -294,7 +323,7 @@ def daemon_status(path: str, index: str | None = None) -> DaemonStatus:
     root, location, files = _locate(path, index)
     pid, alive = pid_file_owner(files.pid_path)
     status = DaemonStatus(
-        archive=root, index=location, running=alive, pid=pid if alive else None, since=None, mode=None, note=None,
+        archive=root, index=masked_url(location), running=alive, pid=pid if alive else None, since=None, mode=None, note=None,
         last_change_at=None, backlog=None, heartbeat_at=None, fresh=False,
         pid_file=files.pid_path, log_file=files.log_path,
     )

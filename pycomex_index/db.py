@@ -21,10 +21,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-from typing import Any, Callable, Iterable, Iterator, Sequence
+import random
+import time
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from pycomex_index.errors import (
     IndexBusyError,
+    IndexConflictError,
     IndexDamagedError,
     IndexFullError,
     IndexReadOnlyError,
@@ -39,7 +42,13 @@ BUSY_TIMEOUT_ENV_VARIABLE = "PYCOMEX_INDEX_BUSY_TIMEOUT"
 #: Rows fetched per step while a caller iterates a query: a batch keeps the error translation off the per-row path.
 FETCH_BATCH_SIZE = 1000
 
+#: How often :meth:`IndexDatabase.run_in_transaction` runs a unit of work that met a deadlock or conflict.
+CONFLICT_ATTEMPTS = 6
+#: The first pause before running it again (seconds); it doubles per attempt, with random jitter.
+CONFLICT_PAUSE_SECONDS = 0.05
+
 Row = Sequence[Any]
+T = TypeVar("T")
 
 BUSY_MESSAGE = "the index is busy (another pycomex-index process is writing); try again"
 FULL_MESSAGE = "no space left on the device; nothing was lost, free some space and run the command again"
@@ -131,7 +140,9 @@ def translate_database_error(error: BaseException, where: str) -> PycomexIndexEr
     if not state:
         return None
     # PostgreSQL: lock timeout, deadlock and serialization failures mean "try again"; class 53 is resources.
-    if state in ("55P03", "40001", "40P01"):
+    if state in ("40001", "40P01"):
+        return IndexConflictError(BUSY_MESSAGE)
+    if state == "55P03":  # lock_not_available: lock_timeout (see busy_timeout_seconds) passed
         return IndexBusyError(BUSY_MESSAGE)
     if state in ("53100", "53200"):
         return IndexFullError(FULL_MESSAGE)
@@ -175,8 +186,34 @@ class IndexDatabase:
         """The first row of a query, or None."""
         return next(iter(self.execute(sql, params)), None)
 
+    _in_transaction = False
+
     def transaction(self) -> contextlib.AbstractContextManager[None]:
         raise NotImplementedError
+
+    def run_in_transaction(self, work: Callable[[], T], *, attempts: int = CONFLICT_ATTEMPTS) -> T:
+        """``work()`` in one transaction, run again (rolled back first) when the database reports a conflict.
+
+        On PostgreSQL two writers that lock the same rows in different orders
+        deadlock, and the server rolls one back (SQLSTATE 40P01); a transaction
+        can also fail serialization (40001). Both leave nothing behind, so the
+        whole unit of work is run again, after a pause that doubles per attempt
+        and is randomized so two retrying writers do not meet again in step.
+        ``work`` must therefore do all its writing through this database and
+        be safe to run twice. Called inside a transaction, ``work`` joins it and
+        the outermost unit of work is the one retried.
+        """
+        if self._in_transaction:
+            return work()
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.transaction():
+                    return work()
+            except IndexConflictError:
+                if attempt == attempts:
+                    raise
+                time.sleep(random.uniform(0.5, 1.0) * CONFLICT_PAUSE_SECONDS * 2 ** (attempt - 1))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def sqlalchemy_engine(self):  # pragma: no cover - overridden
         raise NotImplementedError
@@ -428,10 +465,28 @@ class SqlAlchemyDatabase(IndexDatabase):
 
 
 def _configured_engine(engine):
-    """Give SQLite connections made by SQLAlchemy the same settings as ``SqliteFileDatabase``."""
+    """Give connections made by SQLAlchemy the busy timeout; SQLite ones the settings of ``SqliteFileDatabase``.
+
+    On PostgreSQL the busy timeout is ``lock_timeout``: a statement waiting
+    longer than it for a lock another connection holds fails with 55P03
+    (:class:`IndexBusyError`) instead of waiting forever, as SQLite's busy timeout does.
+    """
+    from sqlalchemy import event
+
+    if engine.dialect.name == "postgresql":
+
+        @event.listens_for(engine, "connect")
+        def _set_lock_timeout(dbapi_connection, _record) -> None:
+            cursor = dbapi_connection.cursor()
+            # A plain SET inside the driver's implicit transaction would be undone by a rollback: commit it.
+            # lock_timeout 0 would mean "wait forever": the shortest timeout is 1 ms.
+            cursor.execute(f"SET lock_timeout = {max(1, int(busy_timeout_seconds() * 1000))}")
+            cursor.close()
+            dbapi_connection.commit()
+
+        return engine
     if engine.dialect.name != "sqlite":
         return engine
-    from sqlalchemy import event
 
     @event.listens_for(engine, "connect")
     def _set_sqlite_pragmas(dbapi_connection, _record) -> None:

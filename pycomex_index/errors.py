@@ -50,6 +50,15 @@ class IndexBusyError(IndexUnavailableError):
     exit_code = 75
 
 
+class IndexConflictError(IndexBusyError):
+    """PostgreSQL broke a deadlock or a serialization conflict by rolling this transaction back (40P01, 40001).
+
+    Nothing of the transaction was kept, so running it again is safe:
+    :meth:`pycomex_index.db.IndexDatabase.run_in_transaction` does, a few
+    times; only when every attempt meets a conflict does it reach the user.
+    """
+
+
 class IndexFullError(IndexUnavailableError):
     """The disk (or database quota) is full; the transaction was rolled back (EX_IOERR)."""
 

@@ -39,15 +39,34 @@ class Base(DeclarativeBase):
 
 
 class Archive(Base):
-    """One archive root (an index may serve several) and when it was last synced."""
+    """One archive (an index may serve several) and when it was last synced.
+
+    ``uuid`` is the id in the archive's own ``.pycomex_index/archive.json``: the
+    same archive through any mount point, symlink or bind mount (migration 0008).
+    ``root`` is where it was first opened; an archive without archive.json
+    (read-only) is found by it.
+    """
 
     __tablename__ = "archives"
+    __table_args__ = (Index("ix_archives_uuid", "uuid", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     root: Mapped[str] = mapped_column(PathText, unique=True)
+    uuid: Mapped[Optional[str]] = mapped_column(String(36))
     created_at: Mapped[float] = mapped_column(Float)
     last_sync_at: Mapped[Optional[float]] = mapped_column(Float)
     last_sync_seconds: Mapped[Optional[float]] = mapped_column(Float)
+
+
+class ArchiveRoot(Base):
+    """Where a host reaches an archive: each host of a lab may mount the share at its own path."""
+
+    __tablename__ = "archive_roots"
+
+    archive_id: Mapped[int] = mapped_column(ForeignKey("archives.id", ondelete="CASCADE"), primary_key=True)
+    host: Mapped[str] = mapped_column(Text, primary_key=True)
+    root: Mapped[str] = mapped_column(PathText, primary_key=True)
+    seen_at: Mapped[float] = mapped_column(Float)
 
 
 class Experiment(Base):

@@ -1,5 +1,11 @@
 """The one place that writes experiment rows: sync, the watcher and the write commands all use it.
 
+Every batch is written in rel_path order (folders too), so two processes
+writing overlapping batches lock rows in the same order and wait for each
+other instead of deadlocking; a deadlock or conflict PostgreSQL still reports
+(a watcher batch mixing removals and writes) makes the whole unit of work run
+again (:meth:`pycomex_index.db.IndexDatabase.run_in_transaction`).
+
 Every write of an experiment's metadata stamps here also clears the digest of
 its folder (see :class:`pycomex_index.models.FolderDigest`), so a stored
 digest always describes the rows that are stored.
@@ -63,7 +69,7 @@ _CLEAR_FOLDER_DIGEST_SQL = (
 
 
 def _clear_folder_digests(db: IndexDatabase, archive_id: int, rel_paths: Iterable[str]) -> None:
-    folders = {namespace_of(rel_path) for rel_path in rel_paths}
+    folders = sorted({namespace_of(rel_path) for rel_path in rel_paths})  # a set's order differs per process
     db.executemany(_CLEAR_FOLDER_DIGEST_SQL, [{"archive_id": archive_id, "folder": folder} for folder in folders])
 
 
@@ -81,14 +87,18 @@ def store_records(db: IndexDatabase, archive_id: int, records: Iterable[Experime
         rows.append(row)
     if not rows:
         return 0
+    rows.sort(key=_by_rel_path)
     readable = [row for row in rows if row["read_error"] is None]
     unreadable = [row for row in rows if row["read_error"] is not None]
-    with db.transaction():
+
+    def write() -> None:
         db.executemany(_UPSERT_EXPERIMENT_SQL, rows)
         db.executemany(_UPSERT_FIELDS_SQL, readable)
         db.executemany(_DELETE_UNREADABLE_SQL, unreadable)
         _store_typed_parameters(db, rows, readable)
         _clear_folder_digests(db, archive_id, (row["rel_path"] for row in rows))
+
+    db.run_in_transaction(write)
     return len(rows)
 
 
@@ -102,12 +112,16 @@ def _store_typed_parameters(db: IndexDatabase, rows: list[dict], readable: list[
     db.executemany(_ADD_PARAMETERS_SQL, typed)
 
 
+def _by_rel_path(row: dict) -> str:
+    return row["rel_path"]
+
+
 def update_assets(db: IndexDatabase, archive_id: int, changes: Sequence[tuple[str, int, int, int]]) -> None:
     """Record new asset counts and disk usage: ``(rel_path, asset_count, disk_usage, folder_mtime_ns)``."""
     if not changes:
         return
-    with db.transaction():
-        db.executemany(
+    db.run_in_transaction(
+        lambda: db.executemany(
             "UPDATE experiments SET asset_count = :asset_count, disk_usage = :disk_usage, "
             "folder_mtime_ns = :folder_mtime_ns WHERE archive_id = :archive_id AND rel_path = :rel_path",
             [
@@ -118,19 +132,23 @@ def update_assets(db: IndexDatabase, archive_id: int, changes: Sequence[tuple[st
                     "disk_usage": disk_usage,
                     "folder_mtime_ns": folder_mtime_ns,
                 }
-                for rel_path, asset_count, disk_usage, folder_mtime_ns in changes
+                for rel_path, asset_count, disk_usage, folder_mtime_ns in sorted(changes)
             ],
         )
+    )
 
 
 def remove_experiments(db: IndexDatabase, archive_id: int, rel_paths: Iterable[str]) -> int:
     """Drop these experiments (and, by cascade, their documents) from the index."""
-    rows = [{"archive_id": archive_id, "rel_path": rel_path} for rel_path in rel_paths]
+    rows = [{"archive_id": archive_id, "rel_path": rel_path} for rel_path in sorted(rel_paths)]
     if not rows:
         return 0
-    with db.transaction():
+
+    def write() -> None:
         db.executemany("DELETE FROM experiments WHERE archive_id = :archive_id AND rel_path = :rel_path", rows)
         _clear_folder_digests(db, archive_id, (row["rel_path"] for row in rows))
+
+    db.run_in_transaction(write)
     return len(rows)
 
 

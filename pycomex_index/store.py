@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import pycomex_index.migrations as migrations
+from pycomex_index.archives import register_archive
 from pycomex_index.db import (
     SQLITE_DAMAGE_CODES,
     IndexDatabase,
@@ -45,7 +46,7 @@ from pycomex_index.errors import (
 logger = logging.getLogger("pycomex_index")
 
 #: The newest migration shipped in ``pycomex_index.migrations`` (a test keeps the two equal).
-HEAD_REVISION = "0009"
+HEAD_REVISION = "0010"
 INDEX_ENV_VARIABLE = "PYCOMEX_INDEX"
 INDEX_FILE_NAME = "index.sqlite3"
 #: Written into the SQLite header of every index we open (``PRAGMA application_id``, "PCXI"): the header
@@ -142,7 +143,7 @@ def open_archive_index(path: str, index: str | None = None, *, allow_read_only: 
         )
     db = _open_database(location, read_only=read_only)
     try:
-        archive_id = _register_archive(db, root)
+        archive_id = register_archive(db, root)
     except BaseException:
         db.close()
         raise
@@ -570,17 +571,3 @@ def run_migrations(db: IndexDatabase, revision: str) -> None:
 
 def migrations_folder() -> str:
     return os.path.dirname(os.path.abspath(migrations.__file__))
-
-
-def _register_archive(db: IndexDatabase, root: str) -> int:
-    row = db.fetch_one("SELECT id FROM archives WHERE root = :root", {"root": root})
-    if row:
-        return row[0]
-    if getattr(db, "read_only", False):
-        raise IndexReadOnlyError(f"the index {db.where} is read-only and does not know the archive {root}")
-    with db.transaction():
-        db.execute(
-            "INSERT INTO archives (root, created_at) VALUES (:root, :now) ON CONFLICT (root) DO NOTHING",
-            {"root": root, "now": time.time()},
-        )
-    return db.fetch_one("SELECT id FROM archives WHERE root = :root", {"root": root})[0]

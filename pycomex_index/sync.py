@@ -21,7 +21,15 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from pycomex_index.db import IndexDatabase
-from pycomex_index.discovery import iter_folder_listings, listing_digest, measure_assets, read_experiment
+from pycomex_index.discovery import (
+    ExperimentRecord,
+    FolderStat,
+    iter_folder_listings,
+    listing_digest,
+    measure_assets,
+    read_experiment,
+    stat_experiment_folder,
+)
 from pycomex_index.errors import IndexDamagedError, IndexReadOnlyError
 from pycomex_index.heartbeat import has_fresh_watcher
 from pycomex_index.paths import experiment_folder
@@ -111,14 +119,14 @@ def sync_archive(
     report.unchanged = unchanged
     del known_everywhere
 
-    report.removed = remove_experiments(db, archive_id, to_remove)
+    report.removed = _remove_verified(db, archive_id, root, to_remove)
     del to_remove
 
     total = len(to_read) + len(to_measure)
     done = 0
     for start in range(0, len(to_read), BATCH_SIZE):
         batch = [read_experiment(root, folder) for folder, _ in to_read[start : start + BATCH_SIZE]]
-        store_records(db, archive_id, batch)
+        db.run_in_transaction(lambda batch=batch: _store_verified(db, archive_id, root, batch))  # type: ignore[misc]
         for (folder, is_new), record in zip(to_read[start : start + BATCH_SIZE], batch):
             if is_new:
                 report.added += 1
@@ -145,13 +153,65 @@ def sync_archive(
             on_progress(done, total)
 
     report.seconds = time.perf_counter() - started
-    with db.transaction():
+
+    def finish() -> None:
         _save_digests(db, archive_id, walked_digests)
         db.execute(
             "UPDATE archives SET last_sync_at = :now, last_sync_seconds = :seconds WHERE id = :archive_id",
             {"now": time.time(), "seconds": report.seconds, "archive_id": archive_id},
         )
+
+    db.run_in_transaction(finish)
     return report
+
+
+#: How often a batch re-reads experiments that changed while it was written before leaving them to the next sync.
+VERIFY_ROUNDS = 3
+
+
+def _store_verified(db: IndexDatabase, archive_id: int, root: str, records: list[ExperimentRecord]) -> None:
+    """Write ``records``, then check each against the disk while the transaction holds their rows.
+
+    Several processes may sync one archive at once (hosts of a lab, a command
+    and the daemon). One that read a file just before another process changed
+    it could otherwise commit the old content after a second sync stored the
+    new one, leaving the row stale with nobody left to notice. Checked after
+    the write, the row is locked (PostgreSQL) or the whole index is (SQLite):
+    whoever commits a row last checked the file after every earlier writer
+    committed it, so the last commit describes the disk. An experiment that
+    changed is read again, one that vanished removed; a file that keeps
+    changing is left to the next sync after a few rounds.
+    """
+    store_records(db, archive_id, records)
+    for _ in range(VERIFY_ROUNDS):
+        changed: list[FolderStat] = []
+        vanished: list[str] = []
+        for record in records:
+            now = stat_experiment_folder(root, record.rel_path)
+            if now is None:
+                vanished.append(record.rel_path)
+            elif (now.meta_mtime_ns, now.meta_size) != (record.meta_mtime_ns, record.meta_size):
+                changed.append(now)
+        remove_experiments(db, archive_id, vanished)
+        if not changed:
+            return
+        records = [read_experiment(root, folder) for folder in changed]
+        store_records(db, archive_id, records)
+
+
+def _remove_verified(db: IndexDatabase, archive_id: int, root: str, rel_paths: list[str]) -> int:
+    """Remove these experiments, then store any that is back on disk (see :func:`_store_verified`); how many."""
+    if not rel_paths:
+        return 0
+
+    def work() -> None:
+        remove_experiments(db, archive_id, rel_paths)
+        back = [folder for folder in (stat_experiment_folder(root, rel) for rel in rel_paths) if folder is not None]
+        if back:
+            _store_verified(db, archive_id, root, [read_experiment(root, folder) for folder in back])
+
+    db.run_in_transaction(work)
+    return len(rel_paths)
 
 
 def _stored_digests(db: IndexDatabase, archive_id: int) -> dict[str, str | None]:

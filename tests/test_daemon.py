@@ -293,7 +293,7 @@ def test_pid_file_and_log_go_beside_an_index_kept_elsewhere(archive, tmp_path):
     try:
         pid_files = list(index.parent.glob("results.sqlite3.*.daemon.pid"))
         assert len(pid_files) == 1 and str(pid_files[0].with_suffix(".log")) in started.stdout
-        assert not (archive / ".pycomex_index").exists()
+        assert not list((archive / ".pycomex_index").glob("daemon.*"))  # only the archive id (archive.json) is there
         status = pycomex_index("daemon", "status", "--json", "--path", str(archive), "--index", str(index))
         assert json.loads(status.stdout)["pid_file"] == str(pid_files[0])
     finally:

@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     "db": 1,
     "models": 1,
     "store": 1,
+    "archives": 1,
     "rows": 1,
     "exports": 1,
     "heartbeat": 1,

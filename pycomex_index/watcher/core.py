@@ -141,7 +141,7 @@ class ArchiveWatcher:
         assert self._index is not None
         index = self._index
         interval = self.settings.poll_interval
-        logger.info("watching %s (index %s)", self.root, index.location)
+        logger.info("watching %s (index %s)", self.root, index.shown_location)
         self._heartbeat()
         if self.settings.polling:
             note = f"polling every {interval:g} s, as asked (--polling)"
