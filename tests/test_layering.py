@@ -39,6 +39,7 @@ LAYERS: dict[str, int] = {
     "store": 1,
     "rows": 1,
     "exports": 1,
+    "lease": 1,
     "heartbeat": 1,
     "sync": 1,
     # 2: questions asked of the index
