@@ -172,6 +172,11 @@ def watch_command(
 def daemon_group() -> None:
     """Run the watcher in the background: one per archive, with a pid file and a log.
 
+    One per archive across hosts too: with the archive on a shared
+    filesystem and the index in PostgreSQL, the watcher holds a lease in the
+    index; start on another host names it and starts nothing, status shows
+    it from any host, and stop only stops a watcher of its own host.
+
     \b
     Examples:
       pycomex-index daemon start --path ./results
@@ -214,6 +219,8 @@ def start_command(
 def stop_command(ctx, archive_path, index_location, timeout) -> None:
     """Stop the background watcher once it has finished the batch it is applying.
 
+    Only a watcher of this host: one running on another host is named (exit 1), never signalled.
+
     \b
     Example:
       pycomex-index daemon stop --path ./results
@@ -233,7 +240,7 @@ def stop_command(ctx, archive_path, index_location, timeout) -> None:
 @json_option
 @click.pass_context
 def status_command(ctx, archive_path, index_location, as_json) -> None:
-    """Whether the daemon runs: pid, since when, last change applied, backlog, mode (exit 3: not running).
+    """Whether the daemon runs: host, pid, since when, last change applied, backlog, mode (exit 3: not running).
 
     \b
     Examples:
@@ -242,6 +249,7 @@ def status_command(ctx, archive_path, index_location, as_json) -> None:
     """
     from pycomex_index.daemon import daemon_status
     from pycomex_index.formatting import format_time
+    from pycomex_index.lease import this_host
 
     path, location = archive_location(ctx, archive_path, index_location)
     status = daemon_status(path, location)
@@ -252,8 +260,9 @@ def status_command(ctx, archive_path, index_location, as_json) -> None:
     else:
         last_change = format_time(status.last_change_at) if status.last_change_at else "never"
         backlog = status.backlog if status.backlog is not None else 0
+        where = "" if status.host == this_host() else f" on host {status.host}"
         lines = [
-            f"running (pid {status.pid}, since {format_time(status.since)}, last change applied {last_change}, "
+            f"running{where} (pid {status.pid}, since {format_time(status.since)}, last change applied {last_change}, "
             f"backlog {backlog}, mode {status.mode})"
         ]
         if status.note:

@@ -7,15 +7,23 @@ sharing an archive on NFS and an index on PostgreSQL would.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
+import pytest
+
+from pycomex_index.formatting import format_time
 from pycomex_index.lease import HOSTNAME_ENV_VARIABLE, Holder, Lease, acquire_lease, read_lease, release_lease, renew_lease
+from pycomex_index.paths import process_is_alive
 from pycomex_index.store import open_archive_index
 from pycomex_index.watcher import ArchiveWatcher, WatchSettings
 
+from .test_daemon import is_this_archives_watcher
 from .test_watcher import wait_until
 
 ALPHA = Holder("alpha", 4242, "100@boot")
@@ -86,3 +94,96 @@ def test_a_watcher_whose_lease_was_taken_over_stops_with_an_error(archive: Path,
         watcher.stop(30)
     assert "host beta (pid 7) took the watcher's lease over" in str(watcher.error)
     assert lease_of(archive).holder.host == "beta"  # stopping gave up nothing that was beta's
+
+
+# ------------------------------------------------------- two hosts, two daemons
+
+
+class Host:
+    """Runs ``pycomex-index`` as if on host ``name``."""
+
+    def __init__(self, name: str, archive: Path) -> None:
+        self.name = name
+        self.archive = archive
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        environment = {**os.environ, HOSTNAME_ENV_VARIABLE: self.name}
+        result = subprocess.run(
+            [sys.executable, "-m", "pycomex_index", *args, "--path", str(self.archive)],
+            capture_output=True, text=True, timeout=90, env=environment,
+        )
+        assert "Traceback" not in result.stderr, result.stderr
+        return result
+
+
+@pytest.fixture
+def hosts(archive: Path) -> Iterator[tuple[Host, Host]]:
+    yield Host("alpha", archive), Host("beta", archive)
+    for name in ("alpha", "beta"):
+        Host(name, archive).run("daemon", "stop")
+    lease = lease_of(archive)
+    if lease is not None and process_is_alive(lease.holder.pid) and is_this_archives_watcher(lease.holder.pid, archive):
+        os.kill(lease.holder.pid, signal.SIGKILL)
+
+
+def started(host: Host, *options: str) -> Lease:
+    result = host.run("daemon", "start", *options)
+    assert result.returncode == 0, result.stderr
+    lease = lease_of(host.archive)
+    assert lease is not None and lease.holder.host == host.name and f"(pid {lease.holder.pid})" in result.stdout
+    with open_archive_index(str(host.archive)) as index:
+        ready = wait_until(
+            lambda: index.db.fetch_one("SELECT mode FROM watchers")[0] in ("inotify", "polling"), timeout=20
+        )
+    assert ready
+    return lease
+
+
+def test_one_daemon_per_archive_across_hosts_and_a_silent_hosts_lease_is_taken_over(
+    archive: Path, index_backend: str, hosts: tuple[Host, Host]
+) -> None:
+    alpha, beta = hosts
+    first = started(alpha, "--lease-seconds", "5")
+    pid, since = first.holder.pid, format_time(first.started_at)
+    held = f"a watcher is already running for {archive} on host alpha (pid {pid}, since {since})"
+
+    refused = beta.run("daemon", "start")
+    assert (refused.returncode, refused.stderr) == (1, f"Error: {held}\n")
+    in_foreground = beta.run("watch")  # the watcher process itself asks the lease, not only `daemon start`
+    assert in_foreground.returncode == 1 and held in in_foreground.stderr
+
+    status = beta.run("daemon", "status")
+    assert status.returncode == 0 and status.stdout.startswith(f"running on host alpha (pid {pid}, since {since}, ")
+    as_json = json.loads(beta.run("daemon", "status", "--json").stdout)
+    assert (as_json["running"], as_json["host"], as_json["pid"]) == (True, "alpha", pid)
+    assert alpha.run("daemon", "status").stdout.startswith(f"running (pid {pid}, since ")
+
+    not_here = beta.run("daemon", "stop")
+    assert not_here.returncode == 1
+    assert not_here.stderr == f"Error: the watcher of {archive} runs on host alpha (pid {pid}, since {since}): stop it there\n"
+    assert process_is_alive(pid) and lease_of(archive).holder == first.holder
+
+    # Alpha goes silent: its lease still holds until it expires, then beta takes the archive over.
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: not process_is_alive(pid))
+    still_held = beta.run("daemon", "start")
+    assert (still_held.returncode, still_held.stderr) == (1, f"Error: {held}\n")
+    assert wait_until(lambda: not lease_of(archive).is_live(), timeout=10)
+    second = started(beta)
+    assert second.holder.pid != pid
+    assert alpha.run("daemon", "status").stdout.startswith(f"running on host beta (pid {second.holder.pid}, since ")
+
+    assert alpha.run("daemon", "stop").returncode == 1
+    assert beta.run("daemon", "stop").stdout == f"Stopped the daemon (pid {second.holder.pid}).\n"
+    assert lease_of(archive) is None
+    assert (alpha.run("daemon", "status").returncode, beta.run("daemon", "status").returncode) == (3, 3)
+
+
+def test_each_host_keeps_its_own_pid_file_beside_the_shared_archive(archive: Path, hosts: tuple[Host, Host]) -> None:
+    alpha, _ = hosts
+    lease = started(alpha)
+    pid_file = archive / ".pycomex_index" / "daemon.alpha.pid"
+    assert pid_file.read_text().split() == [str(lease.holder.pid)]
+    assert not (archive / ".pycomex_index" / "daemon.beta.pid").exists()
+    assert alpha.run("daemon", "stop").returncode == 0
+    assert not pid_file.exists()  # stop returns once the watcher is gone
