@@ -5,8 +5,8 @@ pid (``<ticks since boot>@<boot id>``, "" where unknown); ``lease_expires_at``
 is on the database's clock. A row left by an older watcher gets an expired
 lease, so any new watcher may take it.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-04
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
