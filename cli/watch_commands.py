@@ -25,6 +25,7 @@ SETTING_OPTIONS = {
     "max_watches": "--max-watches",
     "reconcile_interval": "--reconcile-interval",
     "quiet_after": "--quiet-after",
+    "lease_seconds": "--lease-seconds",
 }
 
 
@@ -34,6 +35,13 @@ def watcher_options(command):
     Their values are checked by :class:`~pycomex_index.watcher.WatchSettings` (see :func:`watch_settings`),
     not here, so the library and the command line keep one rule.
     """
+    command = click.option(
+        "--lease-seconds",
+        type=float,
+        default=None,
+        hidden=True,
+        help="Seconds the watcher's lease lasts unless renewed; then another host may take over (default 10).",
+    )(command)
     command = click.option(
         "--quiet-after",
         type=float,
@@ -70,6 +78,7 @@ def watch_settings(
     max_watches: int | None,
     reconcile_interval: float | None,
     quiet_after: float | None = None,
+    lease_seconds: float | None = None,
 ):
     """The :class:`~pycomex_index.watcher.WatchSettings` these options ask for; a usage error when invalid."""
     from pycomex_index.errors import InvalidWatchSettingsError
@@ -82,6 +91,7 @@ def watch_settings(
             max_watches=max_watches,
             reconcile_interval=reconcile_interval,
             quiet_after=quiet_after,
+            lease_seconds=lease_seconds,
         )
     except InvalidWatchSettingsError as error:
         raise click.BadParameter(error.reason, param_hint=f"'{SETTING_OPTIONS[error.field]}'") from None
@@ -94,7 +104,17 @@ def watch_settings(
 @click.option("--log-file", default=None, hidden=True, help="Log here (rotated), not to stderr: for `daemon start`.")
 @click.pass_context
 def watch_command(
-    ctx, archive_path, index_location, polling, interval, max_watches, reconcile_interval, quiet_after, once, log_file
+    ctx,
+    archive_path,
+    index_location,
+    polling,
+    interval,
+    max_watches,
+    reconcile_interval,
+    quiet_after,
+    lease_seconds,
+    once,
+    log_file,
 ) -> None:
     """Keep the index up to date while experiments run, in the foreground (Ctrl-C stops).
 
@@ -110,7 +130,7 @@ def watch_command(
       pycomex-index watch --once
     """
     path, location = archive_location(ctx, archive_path, index_location)
-    settings = watch_settings(polling, interval, max_watches, reconcile_interval, quiet_after)
+    settings = watch_settings(polling, interval, max_watches, reconcile_interval, quiet_after, lease_seconds)
     if once:
         from pycomex_index.watcher import watch_once
 
@@ -152,6 +172,11 @@ def watch_command(
 def daemon_group() -> None:
     """Run the watcher in the background: one per archive, with a pid file and a log.
 
+    One per archive across hosts too: with the archive on a shared
+    filesystem and the index in PostgreSQL, the watcher holds a lease in the
+    index; start on another host names it and starts nothing, status shows
+    it from any host, and stop only stops a watcher of its own host.
+
     \b
     Examples:
       pycomex-index daemon start --path ./results
@@ -165,11 +190,11 @@ def daemon_group() -> None:
 @watcher_options
 @click.pass_context
 def start_command(
-    ctx, archive_path, index_location, polling, interval, max_watches, reconcile_interval, quiet_after
+    ctx, archive_path, index_location, polling, interval, max_watches, reconcile_interval, quiet_after, lease_seconds
 ) -> None:
     """Start the background watcher and return at once.
 
-    Its pid file and log (daemon.pid, daemon.log) are in the archive's
+    Its pid file and log (daemon.<host>.pid, daemon.log) are in the archive's
     .pycomex_index folder, or beside the index file when --index puts it
     elsewhere.
 
@@ -181,7 +206,7 @@ def start_command(
     from pycomex_index.daemon import start_daemon
 
     path, location = archive_location(ctx, archive_path, index_location)
-    settings = watch_settings(polling, interval, max_watches, reconcile_interval, quiet_after)
+    settings = watch_settings(polling, interval, max_watches, reconcile_interval, quiet_after, lease_seconds)
     status = start_daemon(path, location, settings)
     write_lines([f"Started the daemon for {status.archive} (pid {status.pid}); log: {status.log_file}"])
 
@@ -193,6 +218,8 @@ def start_command(
 @click.pass_context
 def stop_command(ctx, archive_path, index_location, timeout) -> None:
     """Stop the background watcher once it has finished the batch it is applying.
+
+    Only a watcher of this host: one running on another host is named (exit 1), never signalled.
 
     \b
     Example:
@@ -213,7 +240,7 @@ def stop_command(ctx, archive_path, index_location, timeout) -> None:
 @json_option
 @click.pass_context
 def status_command(ctx, archive_path, index_location, as_json) -> None:
-    """Whether the daemon runs: pid, since when, last change applied, backlog, mode (exit 3: not running).
+    """Whether the daemon runs: host, pid, since when, last change applied, backlog, mode (exit 3: not running).
 
     \b
     Examples:
@@ -222,6 +249,7 @@ def status_command(ctx, archive_path, index_location, as_json) -> None:
     """
     from pycomex_index.daemon import daemon_status
     from pycomex_index.formatting import format_time
+    from pycomex_index.lease import this_host
 
     path, location = archive_location(ctx, archive_path, index_location)
     status = daemon_status(path, location)
@@ -232,8 +260,9 @@ def status_command(ctx, archive_path, index_location, as_json) -> None:
     else:
         last_change = format_time(status.last_change_at) if status.last_change_at else "never"
         backlog = status.backlog if status.backlog is not None else 0
+        where = "" if status.host == this_host() else f" on host {status.host}"
         lines = [
-            f"running (pid {status.pid}, since {format_time(status.since)}, last change applied {last_change}, "
+            f"running{where} (pid {status.pid}, since {format_time(status.since)}, last change applied {last_change}, "
             f"backlog {backlog}, mode {status.mode})"
         ]
         if status.note:

@@ -3,13 +3,19 @@
 ``start_daemon`` launches ``python -m pycomex_index watch ... --log-file ...``
 as a detached process (a new session, no terminal: stdin/stdout/stderr go to
 /dev/null and the log to a rotating ``daemon.log``) and returns once that
-process holds the pid file. The watcher process itself takes the pid file,
-so a foreground ``watch`` counts as the archive's one watcher too.
+process holds the archive's lease. The watcher process itself takes the pid
+file and the lease, so a foreground ``watch`` counts as the archive's one
+watcher too.
 
-The pid file is ``<archive>/.pycomex_index/daemon.pid`` (beside the index
-file instead when the index lives elsewhere, or in the user cache for a
-database URL on a read-only archive); how it is held is
-:mod:`pycomex_index.pidfile`'s business. The watcher's settings travel as one
+The lease in the index (:mod:`pycomex_index.lease`) decides which process,
+on which host, is the archive's watcher: ``daemon start`` on another host
+names the holder and starts nothing, ``daemon status`` shows the holder from
+any host, and ``daemon stop`` only ever signals a process of its own host.
+The pid file is this host's bookkeeping only (which local process to
+signal; two local starts racing): ``<archive>/.pycomex_index/daemon.<host>.pid``,
+named per host as an archive on NFS is shared (beside the index file instead
+when the index lives elsewhere, or in the user cache for a database URL on a
+read-only archive); how it is held is :mod:`pycomex_index.pidfile`'s business. The watcher's settings travel as one
 :class:`~pycomex_index.watcher.WatchSettings`, on the command line of the
 watcher process as :meth:`~pycomex_index.watcher.WatchSettings.to_argv`.
 A database URL reaches that process in its environment (``PYCOMEX_INDEX``),
@@ -36,13 +42,16 @@ from platformdirs import user_cache_dir
 
 from pycomex_index.discovery import INDEX_FOLDER_NAME
 from pycomex_index.errors import DaemonAlreadyRunningError, DaemonError  # noqa: F401 - this module's API too
+from pycomex_index.formatting import format_time
 from pycomex_index.heartbeat import read_watcher_state
+from pycomex_index.lease import Lease, host_file_tag, read_lease, this_host
 from pycomex_index.pidfile import (  # noqa: F401 - the pid-file functions are this module's API too
     held_pid_file,
     pid_file_owner,
     remove_stale_pid_file,
 )
 from pycomex_index.store import (
+    ArchiveIndex,
     INDEX_ENV_VARIABLE,
     is_database_url,
     masked_url,
@@ -54,11 +63,10 @@ from pycomex_index.watcher import ArchiveWatcher, WatchSettings, WatcherStatus
 
 logger = logging.getLogger("pycomex_index.daemon")
 
-PID_FILE_NAME = "daemon.pid"
 LOG_FILE_NAME = "daemon.log"
 LOG_MAX_BYTES = 2_000_000
 LOG_BACKUP_COUNT = 3
-#: How long ``daemon start`` waits for the new process to take the pid file.
+#: How long ``daemon start`` waits for the new process to take the lease.
 START_TIMEOUT_SECONDS = 20.0
 #: How long ``daemon stop`` waits for the worker to finish its batch and exit.
 STOP_TIMEOUT_SECONDS = 60.0
@@ -74,11 +82,13 @@ class DaemonFiles:
 
 @dataclass
 class DaemonStatus:
-    """What ``daemon status`` reports; ``running`` is False when no process holds the pid file."""
+    """What ``daemon status`` reports; ``running`` is False when no process holds the pid file or the lease."""
 
     archive: str
     index: str
     running: bool
+    #: The host the watcher runs on (this one, or the one holding the lease).
+    host: str | None
     pid: int | None
     since: float | None
     mode: str | None
@@ -94,19 +104,25 @@ class DaemonStatus:
         return asdict(self)
 
 
+def pid_file_name() -> str:
+    """``daemon.<host>.pid``: this host's, as the folder holding it may be shared by several (NFS)."""
+    return f"daemon.{host_file_tag(this_host())}.pid"
+
+
 def daemon_files(root: str, location: str) -> DaemonFiles:
-    """Where the pid file and log of this archive's daemon live (see the module docstring)."""
+    """Where this host's pid file and the log of this archive's daemon live (see the module docstring)."""
     archive_folder = os.path.join(root, INDEX_FOLDER_NAME)
+    pid_name = pid_file_name()
     if not is_database_url(location):
         if os.path.dirname(location) == archive_folder:
-            return DaemonFiles(os.path.join(archive_folder, PID_FILE_NAME), os.path.join(archive_folder, LOG_FILE_NAME))
+            return DaemonFiles(os.path.join(archive_folder, pid_name), os.path.join(archive_folder, LOG_FILE_NAME))
         # Beside an index kept elsewhere; named per archive, as one index file may serve several.
         stem = f"{location}.{_archive_tag(root)}"
-        return DaemonFiles(f"{stem}.{PID_FILE_NAME}", f"{stem}.{LOG_FILE_NAME}")
+        return DaemonFiles(f"{stem}.{pid_name}", f"{stem}.{LOG_FILE_NAME}")
     if os.path.isdir(archive_folder) and os.access(archive_folder, os.W_OK):
-        return DaemonFiles(os.path.join(archive_folder, PID_FILE_NAME), os.path.join(archive_folder, LOG_FILE_NAME))
+        return DaemonFiles(os.path.join(archive_folder, pid_name), os.path.join(archive_folder, LOG_FILE_NAME))
     stem = os.path.join(user_cache_dir("pycomex-index"), f"{os.path.basename(root) or 'root'}-{_archive_tag(root)}")
-    return DaemonFiles(f"{stem}.{PID_FILE_NAME}", f"{stem}.{LOG_FILE_NAME}")
+    return DaemonFiles(f"{stem}.{pid_name}", f"{stem}.{LOG_FILE_NAME}")
 
 
 def _archive_tag(root: str) -> str:
@@ -216,45 +232,61 @@ def start_daemon(
     *,
     timeout: float = START_TIMEOUT_SECONDS,
 ) -> DaemonStatus:
-    """Start the archive's watcher as a detached background process and return once it runs."""
+    """Start the archive's watcher as a detached background process and return once it holds the lease.
+
+    Raises :class:`DaemonAlreadyRunningError` naming the watcher there is, on
+    this host or (with its host and since when) on another one.
+    """
     # Open (create, migrate) the index here, so a problem with it is reported in this terminal. First:
     # opening writes the archive's id into <archive>/.pycomex_index, which decides where the pid file is.
-    with open_archive_index(path, index):
-        pass
-    root, location, files = _locate(path, index)
-    pid, alive = pid_file_owner(files.pid_path)
-    if alive:
-        raise DaemonAlreadyRunningError(root, pid)
-    command = watcher_command(root, location, files.log_path, settings)
-    environment = watcher_environment(location)
-    os.makedirs(os.path.dirname(files.log_path), exist_ok=True)
-    log_offset = os.path.getsize(files.log_path) if os.path.exists(files.log_path) else 0
-    process = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        close_fds=True,
-        cwd="/",
-        env=environment,
-    )
-    deadline = time.monotonic() + timeout
-    while True:
-        owner, alive = pid_file_owner(files.pid_path)
-        if alive and owner == process.pid:
-            return daemon_status(root, location)
-        code = process.poll()
-        if code is not None:
-            if code == EXIT_ALREADY_RUNNING or alive:
-                raise DaemonAlreadyRunningError(root, owner)
-            reason = _last_log_error(files.log_path, log_offset)
-            because = f": {reason}" if reason else ""
-            raise DaemonError(f"the daemon exited at start (status {code}){because}; see {files.log_path}")
-        if time.monotonic() > deadline:
-            process.terminate()
-            raise DaemonError(f"the daemon did not start within {timeout:g} s; see {files.log_path}")
-        time.sleep(0.02)
+    with open_archive_index(path, index) as opened:
+        root, location, files = _locate(path, index)
+        lease = _live_lease(opened)
+        if lease is not None:
+            raise lease.held_error(root)
+        pid, alive = pid_file_owner(files.pid_path)
+        if alive:
+            raise DaemonAlreadyRunningError(root, pid)
+        command = watcher_command(root, location, files.log_path, settings)
+        environment = watcher_environment(location)
+        os.makedirs(os.path.dirname(files.log_path), exist_ok=True)
+        log_offset = os.path.getsize(files.log_path) if os.path.exists(files.log_path) else 0
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+            cwd="/",
+            env=environment,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            lease = read_lease(opened.db, opened.archive_id)
+            if lease is not None and lease.holder.is_local() and lease.holder.pid == process.pid:
+                break
+            code = process.poll()
+            if code is not None:
+                if code == EXIT_ALREADY_RUNNING:
+                    lease = _live_lease(opened)
+                    if lease is not None:
+                        raise lease.held_error(root)
+                    raise DaemonAlreadyRunningError(root, pid_file_owner(files.pid_path)[0])
+                reason = _last_log_error(files.log_path, log_offset)
+                because = f": {reason}" if reason else ""
+                raise DaemonError(f"the daemon exited at start (status {code}){because}; see {files.log_path}")
+            if time.monotonic() > deadline:
+                process.terminate()
+                raise DaemonError(f"the daemon did not start within {timeout:g} s; see {files.log_path}")
+            time.sleep(0.05)
+    return daemon_status(root, location)
+
+
+def _live_lease(index: ArchiveIndex) -> Lease | None:
+    """The archive's lease while a live watcher holds it, wherever it runs."""
+    lease = read_lease(index.db, index.archive_id)
+    return lease if lease is not None and lease.is_live() else None
 
 
 def watcher_command(root: str, location: str, log_path: str, settings: WatchSettings | None = None) -> list[str]:
@@ -294,12 +326,25 @@ def _last_log_error(log_path: str, offset: int) -> str | None:
 
 
 def stop_daemon(path: str, index: str | None = None, *, timeout: float = STOP_TIMEOUT_SECONDS) -> int | None:
-    """Ask the archive's daemon to stop (SIGTERM) and wait until it has; returns its pid, or None when
-    none was running (a stale pid file is removed)."""
-    root, _, files = _locate(path, index)
+    """Ask this host's watcher of the archive to stop (SIGTERM) and wait until it has; returns its pid, or None
+    when none was running (a stale pid file is removed).
+
+    Only a process of this host is ever signalled (the pid file is this
+    host's): a watcher holding the lease on another host raises
+    :class:`DaemonError` saying where it runs.
+    """
+    root, location, files = _locate(path, index)
     pid, alive = pid_file_owner(files.pid_path)
     if not alive:
         remove_stale_pid_file(files.pid_path)
+        with open_archive_index(root, location, allow_read_only=True) as opened:
+            lease = _live_lease(opened)
+        if lease is not None and not lease.holder.is_local():
+            holder = lease.holder
+            raise DaemonError(
+                f"the watcher of {root} runs on host {holder.host} (pid {holder.pid}, since "
+                f"{format_time(lease.started_at)}): stop it there"
+            )
         return None
     if pid is None:
         raise DaemonError(f"the pid file {files.pid_path} is held but names no process")
@@ -319,21 +364,27 @@ def stop_daemon(path: str, index: str | None = None, *, timeout: float = STOP_TI
 
 
 def daemon_status(path: str, index: str | None = None) -> DaemonStatus:
-    """Whether a watcher runs for the archive and what its heartbeat says."""
+    """Whether a watcher runs for the archive, on this host or another, and what its heartbeat says."""
     root, location, files = _locate(path, index)
     pid, alive = pid_file_owner(files.pid_path)
     status = DaemonStatus(
-        archive=root, index=masked_url(location), running=alive, pid=pid if alive else None, since=None, mode=None, note=None,
-        last_change_at=None, backlog=None, heartbeat_at=None, fresh=False,
+        archive=root, index=masked_url(location), running=alive, host=this_host() if alive else None, pid=pid if alive else None,
+        since=None, mode=None, note=None, last_change_at=None, backlog=None, heartbeat_at=None, fresh=False,
         pid_file=files.pid_path, log_file=files.log_path,
     )
-    if not alive:
-        return status
-    with contextlib.suppress(OSError):
-        status.since = os.stat(files.pid_path).st_mtime
-    with open_archive_index(root, location) as opened:
+    with open_archive_index(root, location, allow_read_only=True) as opened:
+        lease = _live_lease(opened)
         state = read_watcher_state(opened)
-    if state is not None and state.pid == pid:
+    if not alive:
+        if lease is None or lease.holder.is_local():
+            return status
+        # Held by a watcher on another host.
+        status.running, status.host, status.pid = True, lease.holder.host, lease.holder.pid
+        pid = lease.holder.pid
+    else:
+        with contextlib.suppress(OSError):
+            status.since = os.stat(files.pid_path).st_mtime
+    if state is not None and state.hostname == status.host and state.pid == pid:
         status.since = state.started_at
         status.mode = state.mode
         status.note = state.note

@@ -114,11 +114,14 @@ class DaemonError(PycomexIndexError):
 
 
 class DaemonAlreadyRunningError(DaemonError):
-    """Another watcher already serves this archive and index."""
+    """Another watcher already serves this archive and index (on this host, or on ``host`` since ``since``)."""
 
-    def __init__(self, root: str, pid: int | None) -> None:
-        super().__init__(f"a watcher is already running for {root} (pid {pid})")
+    def __init__(self, root: str, pid: int | None, *, host: str | None = None, since: str | None = None) -> None:
+        where = "" if host is None else f" on host {host}"
+        since_when = "" if since is None else f", since {since}"
+        super().__init__(f"a watcher is already running for {root}{where} (pid {pid}{since_when})")
         self.pid = pid
+        self.host = host
 
 
 class RunOutsideArchiveError(PycomexIndexError):

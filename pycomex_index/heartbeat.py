@@ -4,16 +4,17 @@ A read command skips the disk walk only when the archive's watcher wrote a
 heartbeat within :data:`STALE_AFTER_SECONDS` and (on the same host) its
 process is still alive. Anything else (no watcher, a killed one, a stale
 heartbeat) means the command syncs as if no watcher existed.
+
+The heartbeat lives in the watcher's lease row (:mod:`pycomex_index.lease`):
+only the lease's holder writes it, and giving the lease up clears it.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from dataclasses import dataclass
 
-from pycomex_index.paths import process_is_alive
+from pycomex_index.lease import Holder, release_lease
 from pycomex_index.store import ArchiveIndex
 
 #: How often a healthy watcher writes its heartbeat.
@@ -36,17 +37,22 @@ class WatcherState:
     last_change_at: float | None
     backlog: int
     note: str | None
+    process_start: str
+
+    @property
+    def holder(self) -> Holder:
+        return Holder(self.hostname, self.pid, self.process_start)
 
     def is_fresh(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now
         if self.mode not in LIVE_MODES or now - self.heartbeat_at > STALE_AFTER_SECONDS:
             return False
-        return self.hostname != socket.gethostname() or process_is_alive(self.pid)
+        return not self.holder.is_dead_here()
 
 
 def read_watcher_state(index: ArchiveIndex) -> WatcherState | None:
     row = index.db.fetch_one(
-        "SELECT pid, hostname, mode, started_at, heartbeat_at, last_change_at, backlog, note "
+        "SELECT pid, hostname, mode, started_at, heartbeat_at, last_change_at, backlog, note, process_start "
         "FROM watchers WHERE archive_id = :archive_id",
         {"archive_id": index.archive_id},
     )
@@ -61,27 +67,25 @@ def has_fresh_watcher(index: ArchiveIndex) -> bool:
 
 def write_heartbeat(
     index: ArchiveIndex,
+    holder: Holder,
     *,
     mode: str,
-    started_at: float,
     backlog: int,
     last_change_at: float | None,
     note: str | None = None,
 ) -> None:
-    """Record that this process watches the archive, as of now."""
+    """Record that ``holder`` watches the archive, as of now; nothing when it holds the lease no more."""
     with index.db.transaction():
         index.db.execute(
-            "INSERT INTO watchers (archive_id, pid, hostname, mode, started_at, heartbeat_at, last_change_at, backlog, note) "
-            "VALUES (:archive_id, :pid, :hostname, :mode, :started_at, :now, :last_change_at, :backlog, :note) "
-            "ON CONFLICT (archive_id) DO UPDATE SET pid = excluded.pid, hostname = excluded.hostname, "
-            "mode = excluded.mode, started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, "
-            "last_change_at = excluded.last_change_at, backlog = excluded.backlog, note = excluded.note",
+            "UPDATE watchers SET mode = :mode, heartbeat_at = :now, last_change_at = :last_change_at, "
+            "backlog = :backlog, note = :note "
+            "WHERE archive_id = :archive_id AND hostname = :hostname AND pid = :pid AND process_start = :process_start",
             {
                 "archive_id": index.archive_id,
-                "pid": os.getpid(),
-                "hostname": socket.gethostname(),
+                "hostname": holder.host,
+                "pid": holder.pid,
+                "process_start": holder.process_start,
                 "mode": mode,
-                "started_at": started_at,
                 "now": time.time(),
                 "last_change_at": last_change_at,
                 "backlog": backlog,
@@ -90,10 +94,6 @@ def write_heartbeat(
         )
 
 
-def clear_heartbeat(index: ArchiveIndex) -> None:
-    """Remove this process's heartbeat (on a clean stop), so reads sync again at once."""
-    with index.db.transaction():
-        index.db.execute(
-            "DELETE FROM watchers WHERE archive_id = :archive_id AND pid = :pid",
-            {"archive_id": index.archive_id, "pid": os.getpid()},
-        )
+def clear_heartbeat(index: ArchiveIndex, holder: Holder) -> None:
+    """Remove ``holder``'s heartbeat and lease (on a clean stop), so reads sync again at once."""
+    release_lease(index.db, index.archive_id, holder)

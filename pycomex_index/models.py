@@ -260,7 +260,11 @@ class ModifyJournalEntry(Base):
 
 
 class Watcher(Base):
-    """The heartbeat of the background watcher of one archive: read commands skip the disk walk while it is fresh."""
+    """The heartbeat of the background watcher of one archive: read commands skip the disk walk while it is fresh.
+
+    Also the watcher's lease (see :mod:`pycomex_index.lease`): the holder is
+    (hostname, pid, process_start), and ``lease_expires_at`` is on the database's clock.
+    """
 
     __tablename__ = "watchers"
 
@@ -273,6 +277,9 @@ class Watcher(Base):
     last_change_at: Mapped[Optional[float]] = mapped_column(Float)
     backlog: Mapped[int] = mapped_column(Integer)
     note: Mapped[Optional[str]] = mapped_column(Text)
+    #: When the holder process started (``<ticks since boot>@<boot id>``), so a reused pid is not the holder.
+    process_start: Mapped[str] = mapped_column(Text, server_default="")
+    lease_expires_at: Mapped[float] = mapped_column(Float, server_default="0")
 
 
 class RunLiveness(Base):

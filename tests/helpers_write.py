@@ -123,10 +123,13 @@ def assert_index_matches_disk(archive: Path) -> None:
 def freeze_index(archive: Path) -> None:
     """Make every following command trust the index without looking at the disk (a live watcher's heartbeat)."""
     from pycomex_index.heartbeat import write_heartbeat
+    from pycomex_index.lease import Holder, acquire_lease
     from pycomex_index.store import open_archive_index
 
+    holder = Holder.this_process()
     with open_archive_index(str(archive)) as index:
-        write_heartbeat(index, mode="polling", started_at=time.time(), backlog=0, last_change_at=None)
+        assert acquire_lease(index.db, index.archive_id, holder, seconds=3600, started_at=time.time()).holder == holder
+        write_heartbeat(index, holder, mode="polling", backlog=0, last_change_at=None)
 
 
 def spec_args(command: str, archive: Path) -> list[str]:

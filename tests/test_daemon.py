@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from pycomex_index.daemon import pid_file_owner
+from pycomex_index.daemon import pid_file_name, pid_file_owner
 from pycomex_index.paths import path_in_index, process_is_alive
 
 from .test_watcher import ODD_RUNS, _write_odd_run, wait_until, write_run
@@ -124,7 +124,7 @@ def heartbeat(archive: Path) -> dict[str, Any] | None:
 @pytest.fixture
 def daemon(archive: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., dict[str, Any]]]:
     """``daemon(*options)`` starts the archive's daemon and waits until its heartbeat vouches for the index."""
-    pid_file = archive / ".pycomex_index" / "daemon.pid"
+    pid_file = archive / ".pycomex_index" / pid_file_name()
     started: list[int] = []
 
     def start(*options: str) -> dict[str, Any]:
@@ -235,7 +235,7 @@ def test_stopping_clears_the_heartbeat_and_the_pid_file(archive, daemon, tmp_pat
         os.kill(status["pid"], signal.SIGTERM)
     else:
         assert pycomex_index("daemon", "stop", "--path", str(archive)).stdout == f"Stopped the daemon (pid {status['pid']}).\n"
-    assert wait_until(lambda: not (archive / ".pycomex_index" / "daemon.pid").exists())
+    assert wait_until(lambda: not (archive / ".pycomex_index" / pid_file_name()).exists())
     connection = sqlite3.connect(archive / ".pycomex_index" / "index.sqlite3")
     assert connection.execute("SELECT COUNT(*) FROM watchers").fetchone() == (0,)
     connection.close()
@@ -291,8 +291,9 @@ def test_pid_file_and_log_go_beside_an_index_kept_elsewhere(archive, tmp_path):
     index = tmp_path / "local-disk" / "results.sqlite3"
     started = pycomex_index("daemon", "start", "--path", str(archive), "--index", str(index))
     try:
-        pid_files = list(index.parent.glob("results.sqlite3.*.daemon.pid"))
-        assert len(pid_files) == 1 and str(pid_files[0].with_suffix(".log")) in started.stdout
+        pid_files = list(index.parent.glob(f"results.sqlite3.*.{pid_file_name()}"))
+        assert len(pid_files) == 1
+        assert str(pid_files[0]).removesuffix(pid_file_name()) + "daemon.log" in started.stdout
         assert not list((archive / ".pycomex_index").glob("daemon.*"))  # only the archive id (archive.json) is there
         status = pycomex_index("daemon", "status", "--json", "--path", str(archive), "--index", str(index))
         assert json.loads(status.stdout)["pid_file"] == str(pid_files[0])
@@ -334,7 +335,7 @@ def test_commands_sync_themselves_until_the_daemons_catch_up_is_done_then_trust_
     pid = None
     try:
         pycomex_index("daemon", "start", "--path", str(archive))
-        pid = pid_file_owner(str(archive / ".pycomex_index" / "daemon.pid"))[0]
+        pid = pid_file_owner(str(archive / ".pycomex_index" / pid_file_name()))[0]
         assert wait_until((gate / "blocked").exists, timeout=20), "the daemon never started catching up"
         # The daemon runs, but is still catching up: its heartbeat vouches for nothing yet.
         assert heartbeat(archive)["mode"] == "starting"

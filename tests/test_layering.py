@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
     "archives": 1,
     "rows": 1,
     "exports": 1,
+    "lease": 1,
     "heartbeat": 1,
     "liveness": 1,
     "sync": 1,

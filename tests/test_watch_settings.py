@@ -19,6 +19,7 @@ SETTINGS = [
     WatchSettings(poll_interval=1e-3, max_watches=0, reconcile_interval=0.30000000000000004),
     WatchSettings(max_watches=4096, reconcile_interval=86400),
     WatchSettings(quiet_after=0.5),
+    WatchSettings(lease_seconds=1.5),
 ]
 
 
@@ -26,7 +27,8 @@ def parsed_by_watch_command(argv: list[str]) -> WatchSettings:
     """What the real ``watch`` command builds from these arguments."""
     params = watch_command.make_context("watch", argv).params
     return watch_settings(
-        params["polling"], params["interval"], params["max_watches"], params["reconcile_interval"], params["quiet_after"]
+        params["polling"], params["interval"], params["max_watches"], params["reconcile_interval"], params["quiet_after"],
+        params["lease_seconds"],
     )
 
 
@@ -56,6 +58,7 @@ def test_omitted_options_mean_the_defaults():
         ("reconcile_interval", "5"),
         ("quiet_after", 0),
         ("quiet_after", float("inf")),
+        ("lease_seconds", 0),
         ("max_watches", -1),
         ("max_watches", 2.5),
     ],

@@ -1,6 +1,8 @@
 """The watcher's core: its lifecycle, the worker loop and the heartbeat.
 
-``start()`` returns at once; the worker thread opens the index, catches up
+``start()`` returns at once; the worker thread opens the index, takes the
+archive's lease (one watcher per archive, across hosts: see
+:mod:`pycomex_index.lease`; a :class:`~.keeper.LeaseKeeper` renews it), catches up
 with one sync (the only walk of the archive at start), sets up the watches
 from what the sync stored, applies what changed since the walk, and only
 then lets the heartbeat vouch for the index (until then it says
@@ -8,8 +10,9 @@ then lets the heartbeat vouch for the index (until then it says
 batch from the :class:`~pycomex_index.watcher.changes.ChangeQueue`, apply it,
 start a re-walk when one is due, poll the running runs past the watch
 budget, and write the heartbeat every second. Errors are logged, never fatal
-to the loop. ``stop()`` lets the worker finish its batch, clears the
-heartbeat and stops the observer.
+to the loop. ``stop()`` lets the worker finish its batch, gives the lease
+up (clearing the heartbeat) and stops the observer. A watcher whose lease was
+taken over stops with an error.
 """
 
 from __future__ import annotations
@@ -21,12 +24,15 @@ import time
 from typing import Any
 
 from pycomex_index.discovery import Outcome
+from pycomex_index.errors import DaemonError
 from pycomex_index.heartbeat import HEARTBEAT_INTERVAL_SECONDS, clear_heartbeat, write_heartbeat
+from pycomex_index.lease import Holder, acquire_lease
 from pycomex_index.rows import rows_below
 from pycomex_index.store import ArchiveIndex, is_database_url, open_archive_index
 from pycomex_index.sync import sync_archive
 from pycomex_index.watcher.applier import ChangeApplier
 from pycomex_index.watcher.changes import Batch, ChangeQueue
+from pycomex_index.watcher.keeper import LeaseKeeper
 from pycomex_index.watcher.reconcile import Reconciler, Stopping, abandon_on_stop
 from pycomex_index.watcher.settings import WatchSettings
 from pycomex_index.watcher.state import MODE_INOTIFY, MODE_POLLING, MODE_STARTING, WatcherState, WatcherStatus
@@ -49,6 +55,8 @@ class ArchiveWatcher:
         self.root = ""
         #: Why the worker stopped, if an error stopped it; set by the worker, read once is_alive() is False.
         self.error: BaseException | None = None
+        #: Who this watcher is in the archive's lease.
+        self.holder = Holder.this_process()
 
         self._state = WatcherState()
         self._queue = ChangeQueue()
@@ -65,6 +73,9 @@ class ArchiveWatcher:
         self._reconcile_index: ArchiveIndex | None = None  # the re-walk thread's own connection
         self._index_identity: tuple[int, int] | None = None
         self._applier: ChangeApplier | None = None
+        self._keeper: LeaseKeeper | None = None
+        #: Why the lease was lost, set once by the keeper's thread (then the watcher stops).
+        self._lease_lost: str | None = None
         # Set by start(); the thread is only joined and asked whether it is alive.
         self._worker: threading.Thread | None = None
 
@@ -121,6 +132,7 @@ class ArchiveWatcher:
         try:
             self._index = open_archive_index(self.path, self.index_location)
             self.root = self._index.root
+            self._take_lease()
             self._watches.root, self._watches.real_root = self.root, os.path.realpath(self.root)
             self._reconcile_index = open_archive_index(self._index.root, self._index.location)
             self._index_identity = _file_identity(self._index.location)
@@ -133,9 +145,29 @@ class ArchiveWatcher:
             pass
         except BaseException as error:  # noqa: BLE001 - reported by whoever runs the watcher
             self.error = error
-            logger.exception("the watcher stopped because of an error")
+            if not isinstance(error, DaemonError):
+                logger.exception("the watcher stopped because of an error")
         finally:
+            if self.error is None and self._lease_lost is not None:
+                self.error = DaemonError(f"{self._lease_lost}; stopped watching {self.root}")
             self._shut_down()
+
+    def _take_lease(self) -> None:
+        """Become the archive's one watcher, or raise :class:`DaemonAlreadyRunningError` naming the one there is."""
+        assert self._index is not None
+        index, seconds = self._index, self.settings.lease_seconds
+        lease = acquire_lease(index.db, index.archive_id, self.holder, seconds=seconds, started_at=self._state.started_at)
+        if lease.holder != self.holder:
+            raise lease.held_error(self.root)
+        keeper_index = open_archive_index(index.root, index.location)
+        self._keeper = LeaseKeeper(keeper_index, self.holder, seconds, on_lost=self._on_lease_lost)
+        self._keeper.start()
+
+    def _on_lease_lost(self, reason: str) -> None:
+        """Called on the keeper's thread: another watcher may run by now, so this one stops."""
+        logger.error("%s: stopping", reason)
+        self._lease_lost = reason
+        self.request_stop()
 
     def _set_up(self) -> None:
         assert self._index is not None
@@ -312,8 +344,8 @@ class ArchiveWatcher:
         try:
             write_heartbeat(
                 self._index,
+                self.holder,
                 mode=mode if self._state.ready.is_set() else MODE_STARTING,
-                started_at=self._state.started_at,
                 backlog=self._queue.backlog(),
                 last_change_at=last_change_at,
                 note=note,
@@ -323,9 +355,11 @@ class ArchiveWatcher:
 
     def _shut_down(self) -> None:
         self._state.ready.clear()
+        if self._keeper is not None:
+            self._keeper.stop(5)  # before the lease is given up, so it is not renewed after
         if self._index is not None:
             try:
-                clear_heartbeat(self._index)  # first: commands stop trusting the index at once
+                clear_heartbeat(self._index, self.holder)  # first: commands stop trusting the index at once
             except Exception:  # noqa: BLE001
                 logger.exception("could not clear the heartbeat")
             self._index.close()

@@ -21,6 +21,10 @@ DEFAULT_RECONCILE_INTERVAL_SECONDS = 300.0
 #: (killed runs stay "running" forever): it is polled every minute instead of watched. A day, so that only
 #: a run silent for a whole day (no metadata rewrite, no file added) waits up to a minute to be seen done.
 DEFAULT_QUIET_AFTER_SECONDS = 86400.0
+#: How long the watcher's lease lasts unless renewed (it is renewed every second): ten heartbeats, so a
+#: database stall of a few seconds (a busy SQLite writer) never hands the archive to another host, while
+#: the archive of a host that died is free for another within seconds.
+DEFAULT_LEASE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -37,10 +41,13 @@ class WatchSettings:
     reconcile_interval: float = DEFAULT_RECONCILE_INTERVAL_SECONDS
     #: Seconds without a change after which a running experiment is taken for interrupted and polled, not watched.
     quiet_after: float = DEFAULT_QUIET_AFTER_SECONDS
+    #: Seconds the watcher's lease lasts unless renewed: after its process went silent that long, another
+    #: host may take the archive over (see :mod:`pycomex_index.lease`).
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "polling", bool(self.polling))
-        for name in ("poll_interval", "reconcile_interval", "quiet_after"):
+        for name in ("poll_interval", "reconcile_interval", "quiet_after", "lease_seconds"):
             object.__setattr__(self, name, _positive_seconds(name, getattr(self, name)))
         if self.max_watches is not None:
             if isinstance(self.max_watches, bool) or not isinstance(self.max_watches, int) or self.max_watches < 0:
@@ -57,6 +64,7 @@ class WatchSettings:
         max_watches: int | None = None,
         reconcile_interval: float | None = None,
         quiet_after: float | None = None,
+        lease_seconds: float | None = None,
     ) -> WatchSettings:
         """Settings from optional values, where None (and only None) means "the default"."""
         defaults = cls()
@@ -66,13 +74,14 @@ class WatchSettings:
             max_watches=max_watches,
             reconcile_interval=defaults.reconcile_interval if reconcile_interval is None else reconcile_interval,
             quiet_after=defaults.quiet_after if quiet_after is None else quiet_after,
+            lease_seconds=defaults.lease_seconds if lease_seconds is None else lease_seconds,
         )
 
     def to_argv(self) -> list[str]:
         """These settings as ``watch`` options (what ``daemon start`` passes to the watcher process)."""
         argv = ["--polling"] if self.polling else []
         argv += ["--interval", repr(self.poll_interval), "--reconcile-interval", repr(self.reconcile_interval)]
-        argv += ["--quiet-after", repr(self.quiet_after)]
+        argv += ["--quiet-after", repr(self.quiet_after), "--lease-seconds", repr(self.lease_seconds)]
         if self.max_watches is not None:
             argv += ["--max-watches", str(self.max_watches)]
         return argv
