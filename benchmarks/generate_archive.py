@@ -29,11 +29,12 @@ import sys
 import time
 import zlib
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, NamedTuple
 
 METADATA_FILE_NAME = "experiment_meta.json"
 DATA_FILE_NAME = "experiment_data.json"
@@ -662,7 +663,7 @@ def _npy_blob(seed: int, shape: tuple[int, int]) -> bytes:
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + data
 
 
-@lru_cache(maxsize=None)
+@cache
 def _binary_blobs() -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
     """Few pre-generated PNG and NPY payloads, shared by all runs to keep generation cheap."""
     pngs = tuple(_png_blob(index, 64, 40, noisy) for index, noisy in enumerate((4, 10, 18, 28)))
@@ -670,7 +671,7 @@ def _binary_blobs() -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
     return pngs, npys
 
 
-@lru_cache(maxsize=None)
+@cache
 def experiment_code(namespace_index: int) -> bytes:
     """The experiment module copied into every run folder of a namespace (pycomex's save_code)."""
     spec = NAMESPACES[namespace_index]

@@ -288,7 +288,7 @@ def test_index_option_naming_another_applications_damaged_database_refuses(archi
     database = tmp_path / "accounts.sqlite3"
     connection = sqlite3.connect(database)
     connection.execute("CREATE TABLE ledger (id INTEGER PRIMARY KEY, note TEXT)")
-    connection.executemany("INSERT INTO ledger (note) VALUES (?)", [("entry %d " % n * 40,) for n in range(2000)])
+    connection.executemany("INSERT INTO ledger (note) VALUES (?)", [(f"entry {n} " * 40,) for n in range(2000)])
     connection.commit()
     connection.close()
     data = bytearray(database.read_bytes())

@@ -14,8 +14,9 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -373,7 +374,7 @@ def test_runs_in_folders_named_with_odd_bytes_are_followed_by_the_daemon_as_sync
     for status in ("running", "done"):
         for rel in ODD_RUNS:
             _write_odd_run(archive, rel, status)
-        assert wait_until(lambda: all(index_outcomes(archive).get(path) == status for path in stored), timeout=5)
+        assert wait_until(lambda status=status: all(index_outcomes(archive).get(path) == status for path in stored), timeout=5)
         assert index_outcomes(archive) == as_index_sync_stores_them()
         time.sleep(0.3)
     for rel in ODD_RUNS:

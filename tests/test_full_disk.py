@@ -9,13 +9,14 @@ an index that still matches the disk.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -50,14 +51,13 @@ class TinyFilesystem:
         self.filler.unlink(missing_ok=True)
 
 
-@pytest.fixture
-def tiny_filesystem(tmp_path: Path) -> Iterator[TinyFilesystem]:
-    mount_point = tmp_path / "tiny"
+@contextlib.contextmanager
+def _mounted_tmpfs(mount_point: Path, size: str) -> Iterator[TinyFilesystem]:
     mount_point.mkdir()
     if os.geteuid() != 0:
         pytest.skip("needs root to mount a small tmpfs for the full-disk tests")
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512k,mode=0755", "tmpfs", str(mount_point)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mount_point)],
         capture_output=True, text=True,
     )
     if mounted.returncode != 0:
@@ -67,6 +67,20 @@ def tiny_filesystem(tmp_path: Path) -> Iterator[TinyFilesystem]:
     finally:
         if subprocess.run(["umount", str(mount_point)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(mount_point)], check=True)  # still busy: detach it anyway
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path: Path) -> Iterator[TinyFilesystem]:
+    """512 KB: less than the ZIP of the compress test, a few experiment files."""
+    with _mounted_tmpfs(tmp_path / "tiny", "512k") as filesystem:
+        yield filesystem
+
+
+@pytest.fixture
+def index_filesystem(tmp_path: Path) -> Iterator[TinyFilesystem]:
+    """4 MB: room for a new index with its write-ahead log while every migration runs, until filled."""
+    with _mounted_tmpfs(tmp_path / "small", "4m") as filesystem:
+        yield filesystem
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -152,17 +166,17 @@ def test_modify_on_a_full_disk_leaves_every_file_old_or_new_and_undoable(
 @pytest.mark.parametrize("leave", [0, 160 * 1024], ids=["full-before", "fills-during"])
 @pytest.mark.parametrize("command", ["sync", "modify"])
 def test_index_on_a_full_disk_is_a_clear_error_and_loses_nothing(
-    tmp_path: Path, tiny_filesystem: TinyFilesystem, run_cli, command: str, leave: int
+    tmp_path: Path, index_filesystem: TinyFilesystem, run_cli, command: str, leave: int
 ) -> None:
     archive = tmp_path / "results"
     generate_archive(archive, 40)
-    index = ["--path", str(archive), "--index", str(tiny_filesystem.path / "index.sqlite3")]
+    index = ["--path", str(archive), "--index", str(index_filesystem.path / "index.sqlite3")]
     assert run_cli("archive", *index, "list").exit_code == 0
     if command == "sync":
         for number in range(150):  # new experiments, more than the index has room for
             write_meta(archive / "more" / f"run_{number:03d}", make_metadata(description="y" * 3000))
     original = _files(archive)
-    tiny_filesystem.fill(leave)
+    index_filesystem.fill(leave)
 
     if command == "sync":
         result = run_cli("archive", *index, "list")
@@ -174,7 +188,7 @@ def test_index_on_a_full_disk_is_a_clear_error_and_loses_nothing(
     for name, content in _files(archive).items():
         if content != original[name]:  # a modify may have written some files before the index filled up
             assert json.loads(content) == {**json.loads(original[name]), "note": "x" * 20000}, name
-    tiny_filesystem.free()
+    index_filesystem.free()
     listed = run_cli("archive", *index, "list")
     assert listed.exit_code == 0, listed.output
     assert len(listed.stdout.splitlines()) == sum(name.endswith("experiment_meta.json") for name in original)

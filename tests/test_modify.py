@@ -6,8 +6,9 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -260,7 +261,7 @@ def test_spec_modify_examples_change_exactly_what_they_say(modify_archive: Path,
     # --verbose also lists selected experiments the code left as they were, each with "  No changes" (pycomex's words).
     shown = {
         line[len("Experiment: results/") :]
-        for line, following in zip(lines, lines[1:] + [""])
+        for line, following in zip(lines, lines[1:] + [""], strict=True)
         if line.startswith("Experiment: ") and following != "  No changes"
     }
     if dry_run:

@@ -123,7 +123,7 @@ def _edge_archive(root: Path) -> None:
     """Every edge value in every field, each in an experiment of its own, plus a few all-round ones."""
     baseline = {"status": "done", "error_type": None, "duration": 5.0, "start_time": 1.7e9, "LEARNING_RATE": 0.001, "MODEL": "resnet"}
     experiments = [dict(baseline, **{field: value}) for field in baseline for value in EDGE_VALUES]
-    experiments += [dict(zip(baseline, values)) for values in zip(*(EDGE_VALUES[i:] + EDGE_VALUES[:i] for i in range(6)))]
+    experiments += [dict(zip(baseline, values, strict=True)) for values in zip(*(EDGE_VALUES[i:] + EDGE_VALUES[:i] for i in range(6)), strict=True)]
     _write_archive(root, experiments)
 
 

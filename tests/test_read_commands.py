@@ -128,7 +128,7 @@ def test_tail_shows_the_newest_first_in_spec_blocks(archive: Path, run_cli) -> N
     blocks = result.stdout.strip("\n").split("\n\n" + "─" * 40 + "\n\n")
     newest = list(reversed(_expected_order()))
     assert len(blocks) == 2
-    for block, rel in zip(blocks, newest):
+    for block, rel in zip(blocks, newest[: len(blocks)], strict=True):
         fields = dict(line.split(": ", 1) for line in block.splitlines())
         meta = read_meta(archive / rel)
         assert fields["Path"] == f"results/{rel}"

@@ -79,7 +79,7 @@ def test_times_compare_with_iso_date_strings_as_local_time() -> None:
     assert not start > "2024-01-16"
     assert start + 1 > start
     with pytest.raises(TypeError):
-        start > "last tuesday"
+        _ = start > "last tuesday"
 
 
 def test_derived_keys_are_added_only_when_missing() -> None:

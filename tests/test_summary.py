@@ -83,7 +83,7 @@ def _same(maintained: dict, recomputed: dict) -> bool:
     if maintained.keys() != recomputed.keys():
         return False
     for key, figures in recomputed.items():
-        for ours, exact in zip(maintained[key], figures):
+        for ours, exact in zip(maintained[key], figures, strict=True):
             if abs(ours - exact) > 1e-6 * max(1.0, abs(exact)):  # float sums may differ in the last bits
                 return False
     return True

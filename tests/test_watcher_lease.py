@@ -12,13 +12,21 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from pycomex_index.formatting import format_time
-from pycomex_index.lease import HOSTNAME_ENV_VARIABLE, Holder, Lease, acquire_lease, read_lease, release_lease, renew_lease
+from pycomex_index.lease import (
+    HOSTNAME_ENV_VARIABLE,
+    Holder,
+    Lease,
+    acquire_lease,
+    read_lease,
+    release_lease,
+    renew_lease,
+)
 from pycomex_index.paths import process_is_alive
 from pycomex_index.store import open_archive_index
 from pycomex_index.watcher import ArchiveWatcher, WatchSettings

@@ -15,8 +15,8 @@ import signal
 import subprocess
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
