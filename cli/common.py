@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
 import os
 import sys
 from typing import Any, Callable, Iterable, Iterator
@@ -230,16 +229,28 @@ def report_failures(failures, what: str = "--select", explain: bool = False) -> 
         )
 
 
-class _StderrWarnings(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        warn(record.getMessage())
+#: The handler install_library_logging adds (made once, so installing twice adds it once).
+_warnings_handler: Any = None
 
 
 def install_library_logging() -> None:
-    """Library warnings (an index set aside, a file skipped) reach the user as ``Warning:`` lines."""
+    """Library warnings (an index set aside, a file skipped) reach the user as ``Warning:`` lines.
+
+    logging is imported here, when a command runs: ``--help`` does without it (a few ms).
+    """
+    global _warnings_handler
+    import logging
+
+    if _warnings_handler is None:
+
+        class StderrWarnings(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                warn(record.getMessage())
+
+        _warnings_handler = StderrWarnings(level=logging.WARNING)
     logger = logging.getLogger("pycomex_index")
-    if not any(isinstance(handler, _StderrWarnings) for handler in logger.handlers):
-        logger.addHandler(_StderrWarnings(level=logging.WARNING))
+    if _warnings_handler not in logger.handlers:
+        logger.addHandler(_warnings_handler)
     logger.setLevel(logging.WARNING)
     logger.propagate = False
 

@@ -42,8 +42,8 @@ def pycomex_archive_group() -> click.Group:
             "  pycomex archive index status"
         ),
     )
-    for command in indexed_archive.commands.values():
-        group.add_command(command)
+    for name, command in indexed_archive.all_commands().items():  # lazy there: imported here, all at once
+        group.add_command(command, name)
     group.add_command(index_group, "index")
     watch_commands.register(group)
     return group
