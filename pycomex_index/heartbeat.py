@@ -9,10 +9,10 @@ heartbeat) means the command syncs as if no watcher existed.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from dataclasses import dataclass
 
+from pycomex_index.liveness import this_host
 from pycomex_index.paths import process_is_alive
 from pycomex_index.store import ArchiveIndex
 
@@ -41,7 +41,7 @@ class WatcherState:
         now = time.time() if now is None else now
         if self.mode not in LIVE_MODES or now - self.heartbeat_at > STALE_AFTER_SECONDS:
             return False
-        return self.hostname != socket.gethostname() or process_is_alive(self.pid)
+        return self.hostname != this_host() or process_is_alive(self.pid)
 
 
 def read_watcher_state(index: ArchiveIndex) -> WatcherState | None:
@@ -79,7 +79,7 @@ def write_heartbeat(
             {
                 "archive_id": index.archive_id,
                 "pid": os.getpid(),
-                "hostname": socket.gethostname(),
+                "hostname": this_host(),
                 "mode": mode,
                 "started_at": started_at,
                 "now": time.time(),

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -73,7 +72,8 @@ def seconds_from_environment(variable: str, default: float) -> float:
 
 
 def this_host() -> str:
-    return socket.gethostname()
+    """This machine's name: what ``socket.gethostname()`` returns on POSIX, without importing socket (3 ms)."""
+    return os.uname().nodename
 
 
 def this_pid_namespace() -> str | None:
