@@ -6,6 +6,7 @@ One command runs it all::
     python benchmarks/run_benchmarks.py --quick         # N = 300, one repeat (what CI runs)
     python benchmarks/run_benchmarks.py --sizes 20000 --repeat 5
     python benchmarks/run_benchmarks.py --sizes 100000 --no-pycomex --daemon-only --archives /tmp/archives
+    python benchmarks/run_benchmarks.py --startup-only --reinstall   # start-up alone, of this checkout as it is now
 
 It builds two virtual environments under ``benchmarks/.venvs/`` (pycomex from
 ``benchmarks/requirements-pycomex.txt``; pycomex-index from this checkout, a
@@ -18,7 +19,9 @@ first), ``daemon`` (the background watcher runs, commands skip the walk) and
 ``first build`` (no index yet). Then the daemon itself: time from ``daemon
 start`` until its catch-up is done (the heartbeat leaves ``starting``), its
 threads and RSS, and its CPU over 30 s of an idle archive (3 s with
-``--quick``). The results table (markdown) is printed and written to
+``--quick``). First of all, start-up: the interpreter alone, ``--help`` and
+a daemon-mode ``tail`` on a 300-experiment archive, 30 alternating runs each
+(min and median). The results table (markdown) is printed and written to
 ``benchmarks/results-<N>.md``.
 """
 
@@ -256,6 +259,55 @@ def daemon_footprint(root: Path, command: list[str], env: dict[str, str], idle_s
         subprocess.run(command + ["daemon", "stop", "--path", str(root)], env=env, capture_output=True)
 
 
+#: The start-up table's archive: small, so what is timed is starting, not reading.
+STARTUP_COUNT = 300
+#: The start-up target (issue 13): `--help` and a daemon-mode `tail` within this many seconds.
+STARTUP_TARGET_SECONDS = 0.12
+
+
+def startup_table(index_bin: Path, seed: int, runs: int, archives: Path = ARCHIVES) -> list[str]:
+    """Start-up: the venv's bare ``python -c pass``, ``--help`` and ``tail`` with the daemon running (no walk).
+
+    A small archive, so the ``tail`` time is start-up (imports) plus a few
+    queries; ``runs`` alternating runs each, min and median wall time (short
+    runs on a shared machine vary a lot: the min is the least disturbed). No
+    RSS column: a process this short peaks at the size of the benchmark's own
+    fork before it execs.
+    """
+    root = ensure_archive(STARTUP_COUNT, seed, archives)
+    env = {**os.environ, "PYCOMEX_INDEX_NO_PROGRESS": "1"}
+    index = str(index_bin / "pycomex-index")
+    subprocess.run([index, "index", "sync", "--path", str(root)], env=env, check=True, capture_output=True)
+    commands = [
+        ("`python -c pass` (the interpreter alone)", [str(index_bin / "python"), "-c", "pass"]),
+        ("`pycomex-index --help`", [index, "--help"]),
+        ("`pycomex-index archive tail` (daemon running)", [index, "archive", "--path", str(root), "tail"]),
+    ]
+    if subprocess.run([index, "daemon", "start", "--path", str(root)], env=env, capture_output=True).returncode:
+        print("daemon did not start: tail is timed with its walk", file=sys.stderr)
+    try:
+        time.sleep(2)  # the daemon's catch-up on an indexed archive is instant; let its start-up work drain
+        times: dict[str, list[Measurement]] = {label: [] for label, _ in commands}
+        for _ in range(runs):
+            for label, arguments in commands:
+                times[label].append(run_once(arguments, env))
+    finally:
+        subprocess.run([index, "daemon", "stop", "--path", str(root)], env=env, capture_output=True)
+    lines = [
+        f"### Start-up ({runs} runs each, N = {STARTUP_COUNT}; target ≤ {STARTUP_TARGET_SECONDS:.2f} s)",
+        "",
+        "| command | min | median |",
+        "| --- | ---: | ---: |",
+    ]
+    for label, _ in commands:
+        measured = times[label]
+        failed = " (exit≠0)" if any(m.exit_code for m in measured) else ""
+        lines.append(
+            f"| {label}{failed} | {min(m.seconds for m in measured):.3f} s | {median(measured).seconds:.3f} s |"
+        )
+    return lines
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -331,6 +383,11 @@ def main() -> int:
         help="only the daemon's cold start, threads, RSS and idle CPU (the index is brought up to date first)",
     )
     parser.add_argument("--archives", type=Path, default=ARCHIVES, help="where generated archives are cached")
+    parser.add_argument(
+        "--startup-only",
+        action="store_true",
+        help=f"only the start-up table: --help and a daemon-mode tail on N = {STARTUP_COUNT}, 30 runs each",
+    )
     options = parser.parse_args()
     sizes = [300] if options.quick else [int(size) for size in options.sizes.split(",")]
     repeat = 1 if options.quick else options.repeat
@@ -339,7 +396,7 @@ def main() -> int:
         shutil.rmtree(VENVS, ignore_errors=True)
     index_bin = ensure_venv("pycomex-index", [str(REPO)])
     pycomex_bin = None
-    if not options.no_pycomex:
+    if not options.no_pycomex and not options.startup_only:
         try:
             pycomex_bin = ensure_venv("pycomex", ["-r", str(HERE / "requirements-pycomex.txt")])
         except subprocess.CalledProcessError:
@@ -349,6 +406,10 @@ def main() -> int:
             print("warning: pycomex could not be installed; timing pycomex-index alone", file=sys.stderr)
 
     report = [f"Machine: {machine_description()}", ""]
+    report += startup_table(index_bin, options.seed, 3 if options.quick else 30, options.archives) + [""]
+    if options.startup_only:
+        print("\n".join(report))
+        return 0
     for count in sizes:
         report += benchmark_size(
             count,

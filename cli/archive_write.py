@@ -12,7 +12,6 @@ import sys
 
 import click
 
-from pycomex_index.formatting import plural, printable
 from pycomex_index.cli.common import (
     archive_options,
     compile_or_fail,
@@ -24,6 +23,7 @@ from pycomex_index.cli.common import (
     warn,
     write_lines,
 )
+from pycomex_index.formatting import plural, printable
 
 # The library's write modules are imported inside the commands, not up here: cli/__init__ imports this
 # module for every command (list and --help too), and loading them would add ~40 ms to a ~75 ms start.
@@ -150,7 +150,14 @@ def delete_command(ctx, select, select_all, yes, include_running, verbose, archi
       pycomex-index archive delete --select "m['duration'] < 5" --yes -v
       pycomex-index archive delete --all --yes
     """
-    from pycomex_index.delete import DELETED, FAILED, SKIPPED, delete_experiments, plan_delete, remove_deletion_leftovers
+    from pycomex_index.delete import (
+        DELETED,
+        FAILED,
+        SKIPPED,
+        delete_experiments,
+        plan_delete,
+        remove_deletion_leftovers,
+    )
     from pycomex_index.selection import EvaluationFailures
 
     _require_choice(select, select_all, "delete")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
 import os
 import sys
+import time
 from typing import Any, Callable, Iterable, Iterator
 
 import click
@@ -18,6 +18,12 @@ import click
 DEFAULT_ARCHIVE_PATH = "./results"
 #: Below this many files to read, a progress bar would only flicker.
 PROGRESS_THRESHOLD = 200
+#: A read command whose walk took longer than this suggests the daemon (env PYCOMEX_INDEX_HINT_AFTER, in seconds).
+DAEMON_HINT_AFTER_SECONDS = 1.0
+#: The daemon hint is given at most once in this many seconds per archive.
+DAEMON_HINT_EVERY_SECONDS = 24 * 3600
+#: Beside the archive's daemon pid file: its modification time is when the hint was last given.
+DAEMON_HINT_FILE_NAME = "daemon-hint"
 
 
 def archive_options(command: Callable) -> Callable:
@@ -85,14 +91,18 @@ def opened_index(
     from pycomex_index.sync import mending_damage, open_refreshed_index
 
     path, location = archive_location(ctx, archive_path, index_location)
+    synced = []  # the report of the sync made while opening, if one was made (for the daemon hint)
     with progress_bar("Indexing experiments") as on_progress:
         index, not_updated = open_refreshed_index(
-            path, location, refresh=refresh, read_only_ok=read_only_ok, on_progress=on_progress
+            path, location, refresh=refresh, read_only_ok=read_only_ok, on_progress=on_progress, on_synced=synced.append
         )
     if not_updated:
         warn(f"{not_updated}; results may be stale")
+    hint = daemon_hint(ctx, index, synced[0], path, location) if synced and read_only_ok else None
     with mending_damage(index):
         yield index
+    if hint:
+        ctx.call_on_close(lambda: give_daemon_hint(*hint))  # after the command's output, written after this block
 
 
 @contextlib.contextmanager
@@ -230,16 +240,28 @@ def report_failures(failures, what: str = "--select", explain: bool = False) -> 
         )
 
 
-class _StderrWarnings(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        warn(record.getMessage())
+#: The handler install_library_logging adds (made once, so installing twice adds it once).
+_warnings_handler: Any = None
 
 
 def install_library_logging() -> None:
-    """Library warnings (an index set aside, a file skipped) reach the user as ``Warning:`` lines."""
+    """Library warnings (an index set aside, a file skipped) reach the user as ``Warning:`` lines.
+
+    logging is imported here, when a command runs: ``--help`` does without it (a few ms).
+    """
+    global _warnings_handler
+    import logging
+
+    if _warnings_handler is None:
+
+        class StderrWarnings(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                warn(record.getMessage())
+
+        _warnings_handler = StderrWarnings(level=logging.WARNING)
     logger = logging.getLogger("pycomex_index")
-    if not any(isinstance(handler, _StderrWarnings) for handler in logger.handlers):
-        logger.addHandler(_StderrWarnings(level=logging.WARNING))
+    if _warnings_handler not in logger.handlers:
+        logger.addHandler(_warnings_handler)
     logger.setLevel(logging.WARNING)
     logger.propagate = False
 
@@ -282,3 +304,69 @@ def describe_error(error: BaseException) -> tuple[str, int]:
     # One line: a database error's text goes on with the SQL statement and its parameters.
     first_line = (str(error).strip().splitlines() or [""])[0]
     return f"{type(error).__name__}: {first_line} (set PYCOMEX_INDEX_DEBUG=1 for a traceback)", 1
+
+
+# ------------------------------------------------------------------------------ the daemon hint
+
+
+def daemon_hint(ctx: click.Context, index: Any, report: Any, path: str, location: str | None) -> tuple[str, str] | None:
+    """The hint that the daemon would spare a read command its walk, and the file remembering it; None when not due.
+
+    Due when the walk took over :data:`DAEMON_HINT_AFTER_SECONDS`, for a person
+    only: never when stderr is not a terminal (a log or a cron job: nobody to
+    act on it, and it would use up the day's hint), never with ``--json`` on a
+    pipe (a program reads the output), never while a watcher runs (one still
+    catching up walks too); at most once a day per archive. The day is
+    remembered in a file beside the daemon's pid file, never in the index,
+    which may be read-only.
+    """
+    from pycomex_index.liveness import seconds_from_environment
+
+    if report.walk_seconds <= seconds_from_environment("PYCOMEX_INDEX_HINT_AFTER", DAEMON_HINT_AFTER_SECONDS):
+        return None
+    if not sys.stderr.isatty() or (ctx.params.get("as_json") and not sys.stdout.isatty()):
+        return None
+    from pycomex_index.daemon import daemon_files, pid_file_name
+    from pycomex_index.heartbeat import read_watcher_state
+
+    watcher = read_watcher_state(index)
+    if watcher is not None and not watcher.holder.is_dead_here():
+        return None
+    stamp = daemon_files(index.root, index.location).pid_path.removesuffix(pid_file_name()) + DAEMON_HINT_FILE_NAME
+    try:
+        given_ago = time.time() - os.stat(stamp).st_mtime
+    except OSError:
+        given_ago = None
+    if given_ago is not None and 0 <= given_ago < DAEMON_HINT_EVERY_SECONDS:
+        return None
+    import shlex
+
+    group_settings = ctx.find_object(dict) or {}
+    command = "pycomex archive daemon start" if group_settings.get("archive_command") else "pycomex-index daemon start"
+    if path != DEFAULT_ARCHIVE_PATH:
+        command += f" --path {shlex.quote(path)}"
+    if location:
+        command += f" --index {shlex.quote(location)}"
+    return (
+        f"Hint: checking the archive for changes took {report.walk_seconds:.1f} s; `{command}` keeps the index "
+        "up to date in the background, so commands skip that check (this hint: at most once a day).",
+        stamp,
+    )
+
+
+def give_daemon_hint(message: str, stamp: str) -> None:
+    """Show the hint once the command is done, if it succeeded and the time can be remembered.
+
+    Run as the command's context closes: an exception on its way out (an
+    error, a closed pipe) is still being handled then, and gets no hint after
+    it. Unless the time is remembered, the hint would come back at every command.
+    """
+    if sys.exc_info()[1] is not None:
+        return
+    try:
+        os.makedirs(os.path.dirname(stamp), exist_ok=True)
+        with open(stamp, "w", encoding="utf-8") as file:
+            file.write(time.strftime("%Y-%m-%d %H:%M:%S %z\n"))
+    except OSError:
+        return
+    note(message)

@@ -20,8 +20,7 @@ ARCHIVE_GROUP_NAME = "archive"
 def pycomex_archive_group() -> click.Group:
     """A fresh ``archive`` group holding the indexed commands (ours stay untouched for ``pycomex-index``)."""
     from pycomex_index.cli import archive as indexed_archive
-    from pycomex_index.cli import index_group
-    from pycomex_index.cli import watch_commands
+    from pycomex_index.cli import index_group, watch_commands
 
     @click.pass_context
     def remember_archive(ctx: click.Context, archive_path: str | None, index_location: str | None) -> None:
@@ -42,8 +41,8 @@ def pycomex_archive_group() -> click.Group:
             "  pycomex archive index status"
         ),
     )
-    for command in indexed_archive.commands.values():
-        group.add_command(command)
+    for name, command in indexed_archive.all_commands().items():  # lazy there: imported here, all at once
+        group.add_command(command, name)
     group.add_command(index_group, "index")
     watch_commands.register(group)
     return group

@@ -249,7 +249,7 @@ def status_command(ctx, archive_path, index_location, as_json) -> None:
     """
     from pycomex_index.daemon import daemon_status
     from pycomex_index.formatting import format_time
-    from pycomex_index.lease import this_host
+    from pycomex_index.paths import this_host
 
     path, location = archive_location(ctx, archive_path, index_location)
     status = daemon_status(path, location)

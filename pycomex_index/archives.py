@@ -22,6 +22,7 @@ from pycomex_index.atomic import fsync_folder, temporary_path
 from pycomex_index.db import IndexDatabase
 from pycomex_index.discovery import INDEX_FOLDER_NAME
 from pycomex_index.errors import IndexReadOnlyError
+from pycomex_index.paths import this_host
 
 logger = logging.getLogger("pycomex_index")
 
@@ -114,9 +115,7 @@ def register_archive(db: IndexDatabase, root: str) -> int:
 
 def _record_root(db: IndexDatabase, archive_id: int, root: str) -> None:
     """Note that this host reaches the archive at ``root`` (a read first: most opens find it noted)."""
-    import socket
-
-    key = {"archive_id": archive_id, "host": socket.gethostname(), "root": root}
+    key = {"archive_id": archive_id, "host": this_host(), "root": root}
     if db.fetch_one(
         "SELECT 1 FROM archive_roots WHERE archive_id = :archive_id AND host = :host AND root = :root", key
     ) is None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 from typing import BinaryIO, Iterator
 
@@ -68,7 +67,7 @@ def atomic_writer(path: str) -> Iterator[BinaryIO]:
 def temporary_path(path: str) -> str:
     """Where the new content of ``path`` is written first: a hidden sibling naming this process."""
     folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}")
+    return os.path.join(folder, f".{name}.{os.getpid()}.{os.urandom(4).hex()}{TEMPORARY_SUFFIX}")
 
 
 def _copy_permissions(descriptor: int, existing: os.stat_result | None) -> None:

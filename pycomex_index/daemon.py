@@ -44,22 +44,23 @@ from pycomex_index.discovery import INDEX_FOLDER_NAME
 from pycomex_index.errors import DaemonAlreadyRunningError, DaemonError  # noqa: F401 - this module's API too
 from pycomex_index.formatting import format_time
 from pycomex_index.heartbeat import read_watcher_state
-from pycomex_index.lease import Lease, host_file_tag, read_lease, this_host
+from pycomex_index.lease import Lease, host_file_tag, read_lease
+from pycomex_index.paths import this_host
 from pycomex_index.pidfile import (  # noqa: F401 - the pid-file functions are this module's API too
     held_pid_file,
     pid_file_owner,
     remove_stale_pid_file,
 )
 from pycomex_index.store import (
-    ArchiveIndex,
     INDEX_ENV_VARIABLE,
+    ArchiveIndex,
     is_database_url,
     masked_url,
     open_archive_index,
     resolve_archive_root,
     resolve_index_location,
 )
-from pycomex_index.watcher import ArchiveWatcher, WatchSettings, WatcherStatus
+from pycomex_index.watcher import ArchiveWatcher, WatcherStatus, WatchSettings
 
 logger = logging.getLogger("pycomex_index.daemon")
 

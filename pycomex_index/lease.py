@@ -15,29 +15,20 @@ its lease runs out). The same transaction then reads who holds the row:
 this process, or someone else, who is named. Renewing is an UPDATE guarded
 by the holder's identity: when it finds no row of ours, the lease was lost.
 
-The host name can be overridden by :data:`HOSTNAME_ENV_VARIABLE` (tests pose
-as two hosts on one machine); :func:`this_host` is the one place reading it.
+The host name can be overridden by ``PYCOMEX_INDEX_HOSTNAME`` (tests pose
+as two hosts on one machine); :func:`pycomex_index.paths.this_host` is the one place reading it.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import socket
 from dataclasses import dataclass
 
 from pycomex_index.db import IndexDatabase
 from pycomex_index.errors import DaemonAlreadyRunningError
 from pycomex_index.formatting import format_time
-from pycomex_index.paths import process_is_alive
-
-#: Overrides the host name a watcher records and compares (for tests posing as several hosts).
-HOSTNAME_ENV_VARIABLE = "PYCOMEX_INDEX_HOSTNAME"
-
-
-def this_host() -> str:
-    """The name of this host, as leases and heartbeats record it."""
-    return os.environ.get(HOSTNAME_ENV_VARIABLE) or socket.gethostname()
+from pycomex_index.paths import process_is_alive, this_host
 
 
 def host_file_tag(host: str) -> str:

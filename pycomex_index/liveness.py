@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from pycomex_index.db import IndexDatabase
 from pycomex_index.discovery import METADATA_FILE_NAME
-from pycomex_index.paths import UnsafePathError, experiment_folder, process_is_alive
+from pycomex_index.paths import UnsafePathError, experiment_folder, process_is_alive, this_host
 from pycomex_index.store import ArchiveIndex
 
 LIVE, FINISHED, INTERRUPTED = "live", "finished", "interrupted"
@@ -70,10 +69,6 @@ def seconds_from_environment(variable: str, default: float) -> float:
 
 
 # ------------------------------------------------------------------------------------ process facts
-
-
-def this_host() -> str:
-    return socket.gethostname()
 
 
 def this_pid_namespace() -> str | None:

@@ -14,7 +14,6 @@ is mended by :func:`recover_damaged_index`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import stat
@@ -104,6 +103,8 @@ def is_database_url(location: str) -> bool:
 
 
 def _user_cache_index_path(root: str) -> str:
+    import hashlib  # here, not at the top: it loads OpenSSL (3 ms), and only this rare case needs it
+
     from platformdirs import user_cache_dir
 
     digest = hashlib.sha256(root.encode()).hexdigest()[:16]

@@ -56,6 +56,8 @@ class SyncReport:
     unchanged: int = 0
     unreadable: int = 0
     seconds: float = 0.0
+    #: Of ``seconds``, how long the walk took: checking every folder's stamps, before any file is read.
+    walk_seconds: float = 0.0
 
     @property
     def changed(self) -> int:
@@ -117,6 +119,7 @@ def sync_archive(
     else:
         to_remove.extend(known_everywhere)
     report.unchanged = unchanged
+    report.walk_seconds = time.perf_counter() - started
     del known_everywhere
 
     report.removed = _remove_verified(db, archive_id, root, to_remove)
@@ -280,6 +283,7 @@ def open_refreshed_index(
     refresh: bool = True,
     read_only_ok: bool = False,
     on_progress: ProgressCallback | None = None,
+    on_synced: Callable[[SyncReport], None] | None = None,
 ) -> tuple[ArchiveIndex, str | None]:
     """Open the archive's index and (with ``refresh``) bring it up to date: what a command does first.
 
@@ -288,7 +292,8 @@ def open_refreshed_index(
     shown yet. With ``read_only_ok`` (a command that only reads) an index that
     cannot be written is read as it is. Returns the index and, when it could
     not be brought up to date, why (the caller tells the user its results may
-    be stale); None when it is current.
+    be stale); None when it is current. ``on_synced`` gets the report of the
+    sync it made, if it made one (none when a live watcher keeps the index current).
     """
     mended = False
     while True:
@@ -298,7 +303,9 @@ def open_refreshed_index(
         if not refresh:
             return index, None
         try:
-            refresh_index(index, on_progress=on_progress)
+            report = refresh_index(index, on_progress=on_progress)
+            if report is not None and on_synced is not None:
+                on_synced(report)
             return index, None
         except IndexReadOnlyError as error:
             if not read_only_ok:

@@ -251,12 +251,15 @@ def test_python_dash_m_runs_the_same_cli(archive: Path) -> None:
 
 
 def test_every_command_has_help_with_an_example(run_cli) -> None:
+    import click
+
     from pycomex_index.cli import cli
 
     def walk(group, prefix):
-        for name, command in group.commands.items():
+        for name in group.list_commands(None):  # the groups are lazy: get_command imports the command
+            command = group.get_command(None, name)
             yield prefix + [name], command
-            if hasattr(command, "commands"):
+            if isinstance(command, click.Group):
                 yield from walk(command, prefix + [name])
 
     for path, _ in walk(cli, []):

@@ -19,7 +19,6 @@ import pytest
 
 from pycomex_index.formatting import format_time
 from pycomex_index.lease import (
-    HOSTNAME_ENV_VARIABLE,
     Holder,
     Lease,
     acquire_lease,
@@ -27,7 +26,7 @@ from pycomex_index.lease import (
     release_lease,
     renew_lease,
 )
-from pycomex_index.paths import process_is_alive
+from pycomex_index.paths import HOSTNAME_ENV_VARIABLE, process_is_alive
 from pycomex_index.store import open_archive_index
 from pycomex_index.watcher import ArchiveWatcher, WatchSettings
 
