@@ -34,9 +34,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from logging.handlers import RotatingFileHandler
-from typing import Any, Callable
+from typing import Any
 
 from platformdirs import user_cache_dir
 
@@ -51,15 +52,15 @@ from pycomex_index.pidfile import (  # noqa: F401 - the pid-file functions are t
     remove_stale_pid_file,
 )
 from pycomex_index.store import (
-    ArchiveIndex,
     INDEX_ENV_VARIABLE,
+    ArchiveIndex,
     is_database_url,
     masked_url,
     open_archive_index,
     resolve_archive_root,
     resolve_index_location,
 )
-from pycomex_index.watcher import ArchiveWatcher, WatchSettings, WatcherStatus
+from pycomex_index.watcher import ArchiveWatcher, WatcherStatus, WatchSettings
 
 logger = logging.getLogger("pycomex_index.daemon")
 
@@ -216,7 +217,8 @@ def configure_logging(log_path: str | None) -> None:
     def log_uncaught(args: threading.ExceptHookArgs) -> None:
         package_logger.error(
             "uncaught error in thread %s", args.thread.name if args.thread else "?",
-            exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+            # typeshed's ExceptHookArgs allows exc_value None, logging's stub does not; logging formats it either way.
+            exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
         )
 
     threading.excepthook = log_uncaught
