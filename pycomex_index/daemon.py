@@ -34,9 +34,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from logging.handlers import RotatingFileHandler
-from typing import Any, Callable
+from typing import Any
 
 from platformdirs import user_cache_dir
 
@@ -217,7 +218,8 @@ def configure_logging(log_path: str | None) -> None:
     def log_uncaught(args: threading.ExceptHookArgs) -> None:
         package_logger.error(
             "uncaught error in thread %s", args.thread.name if args.thread else "?",
-            exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+            # typeshed's ExceptHookArgs allows exc_value None, logging's stub does not; logging formats it either way.
+            exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
         )
 
     threading.excepthook = log_uncaught

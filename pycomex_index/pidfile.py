@@ -14,7 +14,7 @@ import contextlib
 import fcntl
 import logging
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 from pycomex_index.errors import DaemonAlreadyRunningError, DaemonError
 

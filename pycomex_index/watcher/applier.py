@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from pycomex_index.discovery import (
     INDEX_FOLDER_NAME,

@@ -206,13 +206,14 @@ class ArchiveWatcher:
         if self._watches.active:
             try:
                 self._watches.watch_namespaces(self._indexed_children)
-                running = list(
-                    index.db.execute(
+                running = [
+                    (rel, meta_mtime_ns, meta_size)
+                    for rel, meta_mtime_ns, meta_size in index.db.execute(
                         "SELECT rel_path, meta_mtime_ns, meta_size FROM experiments "
                         f"WHERE archive_id = :archive_id AND outcome = '{Outcome.RUNNING.value}'",
                         {"archive_id": index.archive_id},
                     )
-                )
+                ]
                 self._watches.watch_running_experiments(running)
             except WatchLimitReached as reason:
                 self._fall_back_to_polling(str(reason))

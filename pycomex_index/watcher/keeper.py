@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from pycomex_index.heartbeat import HEARTBEAT_INTERVAL_SECONDS
 from pycomex_index.lease import Holder, read_lease, renew_lease

@@ -14,7 +14,7 @@ import logging
 import math
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from pycomex_index.store import ArchiveIndex
 from pycomex_index.sync import sync_archive

@@ -21,8 +21,9 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 from pycomex_index.discovery import INDEX_FOLDER_NAME, FolderStat, stat_experiment_folder
 from pycomex_index.paths import folder_on_disk, path_in_index
