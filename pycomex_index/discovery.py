@@ -36,7 +36,9 @@ class Outcome(str, enum.Enum):
 
     # Written as the value in f-strings and str(), on every Python (3.11 changed Enum.__format__).
     __str__ = str.__str__
-    __format__ = str.__format__
+
+    def __format__(self, format_spec: str) -> str:
+        return str.__format__(self, format_spec)
 
 
 #: Deeper documents are metadata errors. Python's own recursion (repr, ==, the
@@ -166,7 +168,7 @@ def iter_folder_listings(root: str, *, folder_times: bool = True) -> Iterator[Fo
                     folder_stat = entry.stat() if folder_times or is_link else None
                 except OSError:
                     continue
-                if is_link:
+                if is_link and folder_stat is not None:  # a link is always stat'ed above
                     # A link to a folder inside the archive is an alias of something walked anyway;
                     # a link out of it is followed once per real folder, so cycles end.
                     target = os.path.realpath(f"{folder}/{entry.name}")

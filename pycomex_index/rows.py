@@ -140,13 +140,14 @@ def update_assets(db: IndexDatabase, archive_id: int, changes: Sequence[tuple[st
 
 def remove_experiments(db: IndexDatabase, archive_id: int, rel_paths: Iterable[str]) -> int:
     """Drop these experiments (and, by cascade, their documents) from the index."""
-    rows = [{"archive_id": archive_id, "rel_path": rel_path} for rel_path in sorted(rel_paths)]
+    ordered = sorted(rel_paths)
+    rows = [{"archive_id": archive_id, "rel_path": rel_path} for rel_path in ordered]
     if not rows:
         return 0
 
     def write() -> None:
         db.executemany("DELETE FROM experiments WHERE archive_id = :archive_id AND rel_path = :rel_path", rows)
-        _clear_folder_digests(db, archive_id, (row["rel_path"] for row in rows))
+        _clear_folder_digests(db, archive_id, ordered)
 
     db.run_in_transaction(write)
     return len(rows)
