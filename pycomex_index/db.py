@@ -32,6 +32,7 @@ from pycomex_index.errors import (
     IndexFullError,
     IndexReadOnlyError,
     IndexUnavailableError,
+    MissingRowError,
     PycomexIndexError,
 )
 
@@ -170,10 +171,6 @@ def _translated_rows(rows: Any, fail: Callable[[BaseException], None], errors: t
     except errors as error:
         fail(error)
         raise
-
-
-class MissingRowError(RuntimeError):
-    """:meth:`IndexDatabase.fetch_row` found no row where the library counted on one (an internal error)."""
 
 
 class IndexDatabase:
