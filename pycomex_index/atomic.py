@@ -18,7 +18,8 @@ import errno
 import os
 import secrets
 import stat
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from pycomex_index.paths import owner_still_running
 

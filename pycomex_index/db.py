@@ -23,7 +23,8 @@ import contextvars
 import os
 import random
 import time
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 from pycomex_index.errors import (
     IndexBusyError,

@@ -11,8 +11,9 @@ import enum
 import json
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 from pycomex_index.paths import experiment_folder, holds_surrogates, path_in_index, path_on_disk
 
@@ -212,7 +213,7 @@ def listing_digest(experiments: list[FolderStat]) -> str:
     import hashlib
     from array import array
 
-    rel_paths, mtimes, sizes, _ = zip(*experiments)
+    rel_paths, mtimes, sizes, _ = zip(*experiments, strict=True)
     digest = hashlib.blake2b("\0".join(rel_paths).encode("utf-8", "surrogateescape"), digest_size=16)
     digest.update(array("q", mtimes).tobytes())
     digest.update(array("q", sizes).tobytes())

@@ -14,7 +14,7 @@ digest always describes the rows that are stored.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from pycomex_index.db import IndexDatabase, Row
 from pycomex_index.discovery import EXPERIMENT_COLUMNS, ExperimentRecord, namespace_of

@@ -158,7 +158,7 @@ def archive_statistics(
     }
     # One sub-select per extreme: SQLite answers a lone MIN or MAX from an index, but not several together.
     values = db.fetch_row("SELECT " + ", ".join(f"({'SELECT ' + query})" for query in extremes.values()), params)
-    for name, value in zip(extremes, values):
+    for name, value in zip(extremes, values, strict=True):
         setattr(statistics, name, value)
     return statistics
 
