@@ -105,8 +105,7 @@ def register_archive(db: IndexDatabase, root: str) -> int:
             )
 
         db.run_in_transaction(adopt_or_add)
-        row = db.fetch_one("SELECT id FROM archives WHERE uuid = :uuid", {"uuid": identity})
-    assert row is not None, "the archive's row was just added"
+        row = db.fetch_row("SELECT id FROM archives WHERE uuid = :uuid", {"uuid": identity})  # just added
     archive_id = row[0]
     if not read_only:
         _record_root(db, archive_id, root)
@@ -139,6 +138,4 @@ def _register_archive_by_root(db: IndexDatabase, root: str, read_only: bool) -> 
             "INSERT INTO archives (root, created_at) VALUES (:root, :now) ON CONFLICT (root) DO NOTHING",
             {"root": root, "now": time.time()},
         )
-    row = db.fetch_one("SELECT id FROM archives WHERE root = :root", {"root": root})
-    assert row is not None, "the archive's row was just added"
-    return row[0]
+    return db.fetch_row("SELECT id FROM archives WHERE root = :root", {"root": root})[0]  # just added

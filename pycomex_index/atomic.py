@@ -17,7 +17,8 @@ import contextlib
 import errno
 import os
 import stat
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from pycomex_index.paths import owner_still_running
 

@@ -21,8 +21,8 @@ import hashlib
 import logging
 import os
 import stat
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
 
 from pycomex_index.atomic import atomic_writer
 from pycomex_index.discovery import METADATA_FILE_NAME

@@ -23,7 +23,8 @@ import contextvars
 import os
 import random
 import time
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 from pycomex_index.errors import (
     IndexBusyError,
@@ -32,6 +33,7 @@ from pycomex_index.errors import (
     IndexFullError,
     IndexReadOnlyError,
     IndexUnavailableError,
+    MissingRowError,
     PycomexIndexError,
 )
 
@@ -47,7 +49,10 @@ CONFLICT_ATTEMPTS = 6
 #: The first pause before running it again (seconds); it doubles per attempt, with random jitter.
 CONFLICT_PAUSE_SECONDS = 0.05
 
-Row = Sequence[Any]
+#: A result row. sqlite3 gives tuples; SQLAlchemy's ``Row`` is a tuple-like sequence (indexing, slicing,
+#: unpacking, ``==`` with a tuple, ``dict()`` of pairs), not a ``tuple`` subclass: use rows as such, never
+#: ``isinstance(row, tuple)`` or ``row + (...)``.
+Row = tuple[Any, ...]
 T = TypeVar("T")
 
 BUSY_MESSAGE = "the index is busy (another pycomex-index process is writing); try again"
@@ -185,6 +190,17 @@ class IndexDatabase:
     def fetch_one(self, sql: str, params: dict[str, Any] | None = None) -> Row | None:
         """The first row of a query, or None."""
         return next(iter(self.execute(sql, params)), None)
+
+    def fetch_row(self, sql: str, params: dict[str, Any] | None = None) -> Row:
+        """The first row of a query that always returns one (an aggregate, a row the caller just wrote).
+
+        Raises :class:`MissingRowError` when there is none: the library's own
+        assumption failed, which is a bug, not a condition the user can act on.
+        """
+        row = self.fetch_one(sql, params)
+        if row is None:
+            raise MissingRowError(f"expected a row from the index {self.where}, got none: {sql}")
+        return row
 
     _in_transaction = False
 

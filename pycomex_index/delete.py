@@ -26,8 +26,8 @@ import secrets
 import shutil
 import stat
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 from pycomex_index.atomic import fsync_folder
 from pycomex_index.discovery import INDEX_FOLDER_NAME, METADATA_FILE_NAME

@@ -11,8 +11,9 @@ import enum
 import json
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 from pycomex_index.paths import experiment_folder, holds_surrogates, path_in_index, path_on_disk
 
@@ -36,7 +37,9 @@ class Outcome(str, enum.Enum):
 
     # Written as the value in f-strings and str(), on every Python (3.11 changed Enum.__format__).
     __str__ = str.__str__
-    __format__ = str.__format__
+
+    def __format__(self, format_spec: str) -> str:
+        return str.__format__(self, format_spec)
 
 
 #: Deeper documents are metadata errors. Python's own recursion (repr, ==, the
@@ -166,7 +169,7 @@ def iter_folder_listings(root: str, *, folder_times: bool = True) -> Iterator[Fo
                     folder_stat = entry.stat() if folder_times or is_link else None
                 except OSError:
                     continue
-                if is_link:
+                if is_link and folder_stat is not None:  # a link is always stat'ed above
                     # A link to a folder inside the archive is an alias of something walked anyway;
                     # a link out of it is followed once per real folder, so cycles end.
                     target = os.path.realpath(f"{folder}/{entry.name}")
@@ -210,7 +213,7 @@ def listing_digest(experiments: list[FolderStat]) -> str:
     import hashlib
     from array import array
 
-    rel_paths, mtimes, sizes, _ = zip(*experiments)
+    rel_paths, mtimes, sizes, _ = zip(*experiments, strict=True)
     digest = hashlib.blake2b("\0".join(rel_paths).encode("utf-8", "surrogateescape"), digest_size=16)
     digest.update(array("q", mtimes).tobytes())
     digest.update(array("q", sizes).tobytes())

@@ -13,6 +13,14 @@ class UnsafePathError(ValueError):
     """An index row whose path would lead outside the archive root."""
 
 
+class MissingRowError(RuntimeError):
+    """A query the library counts on to return a row returned none (``IndexDatabase.fetch_row``).
+
+    An internal error, not a condition the user can act on: it is not a
+    :class:`PycomexIndexError`, so it is reported with its traceback.
+    """
+
+
 class PycomexIndexError(Exception):
     """Base class: anything the user can act on, reported without a traceback."""
 

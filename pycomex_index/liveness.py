@@ -186,6 +186,8 @@ class RunStates:
     def __init__(self, index: ArchiveIndex, *, now: float | None = None) -> None:
         self.index = index
         self.now = now
+        #: The time runs are judged at: ``now``, or when the first one is judged (set by :meth:`_load`).
+        self._judged_at: float
         self._loaded = False
         self._start_times: dict[str, float | None] = {}
         self._records: dict[str, tuple[Any, ...]] = {}
@@ -218,6 +220,7 @@ class RunStates:
         self._loaded = True
         if self.now is None:
             self.now = time.time()
+        self._judged_at = self.now
         self.host, self.pid_namespace = this_host(), this_pid_namespace()
         self.missed = seconds_from_environment(MISSED_HEARTBEATS_VARIABLE, MISSED_HEARTBEATS)
         self.quiet_after = seconds_from_environment(QUIET_AFTER_VARIABLE, QUIET_AFTER_SECONDS)
@@ -250,7 +253,7 @@ class RunStates:
         )
         if here:
             return Judgement(LIVE) if _runs_since(pid, started_at) else Judgement(INTERRUPTED, certain=True)
-        if interval and self.now - heartbeat_at > self.missed * interval:
+        if interval and self._judged_at - heartbeat_at > self.missed * interval:
             return Judgement(INTERRUPTED, certain=True)
         return Judgement(LIVE)
 
@@ -287,4 +290,4 @@ class RunStates:
             except OSError:
                 continue
             newest = modified if newest is None else max(newest, modified)
-        return None if newest is None else self.now - newest
+        return None if newest is None else self._judged_at - newest

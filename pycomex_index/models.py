@@ -16,8 +16,6 @@ first build a third slower, for the rare expression that reads
 
 from __future__ import annotations
 
-from typing import Optional
-
 from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -52,10 +50,10 @@ class Archive(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     root: Mapped[str] = mapped_column(PathText, unique=True)
-    uuid: Mapped[Optional[str]] = mapped_column(String(36))
+    uuid: Mapped[str | None] = mapped_column(String(36))
     created_at: Mapped[float] = mapped_column(Float)
-    last_sync_at: Mapped[Optional[float]] = mapped_column(Float)
-    last_sync_seconds: Mapped[Optional[float]] = mapped_column(Float)
+    last_sync_at: Mapped[float | None] = mapped_column(Float)
+    last_sync_seconds: Mapped[float | None] = mapped_column(Float)
 
 
 class ArchiveRoot(Base):
@@ -98,23 +96,23 @@ class Experiment(Base):
     archive_id: Mapped[int] = mapped_column(ForeignKey("archives.id", ondelete="CASCADE"))
     rel_path: Mapped[str] = mapped_column(PathText)
     namespace: Mapped[str] = mapped_column(PathText)
-    name: Mapped[Optional[str]] = mapped_column(Text)
+    name: Mapped[str | None] = mapped_column(Text)
     outcome: Mapped[str] = mapped_column(String(16))
-    status: Mapped[Optional[str]] = mapped_column(Text)
-    has_error: Mapped[Optional[bool]] = mapped_column()
-    error_type: Mapped[Optional[str]] = mapped_column(Text)
-    start_time: Mapped[Optional[float]] = mapped_column(Float)
-    end_time: Mapped[Optional[float]] = mapped_column(Float)
-    duration: Mapped[Optional[float]] = mapped_column(Float)
-    parameter_count: Mapped[Optional[int]] = mapped_column(Integer)
+    status: Mapped[str | None] = mapped_column(Text)
+    has_error: Mapped[bool | None] = mapped_column()
+    error_type: Mapped[str | None] = mapped_column(Text)
+    start_time: Mapped[float | None] = mapped_column(Float)
+    end_time: Mapped[float | None] = mapped_column(Float)
+    duration: Mapped[float | None] = mapped_column(Float)
+    parameter_count: Mapped[int | None] = mapped_column(Integer)
     asset_count: Mapped[int] = mapped_column(Integer)
     disk_usage: Mapped[int] = mapped_column(BigInteger)
     meta_mtime_ns: Mapped[int] = mapped_column(BigInteger)
     meta_size: Mapped[int] = mapped_column(BigInteger)
     folder_mtime_ns: Mapped[int] = mapped_column(BigInteger)
-    read_error: Mapped[Optional[str]] = mapped_column(Text)
+    read_error: Mapped[str | None] = mapped_column(Text)
     #: pycomex's own ``__NAME__`` parameters, a small JSON object (NULL: needs Python's dialect; see migration 0008).
-    special_parameters_json: Mapped[Optional[str]] = mapped_column(Text)
+    special_parameters_json: Mapped[str | None] = mapped_column(Text)
 
 
 class ExperimentFields(Base):
@@ -165,8 +163,8 @@ class ExperimentParameter(Base):
         ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
     )
     name_id: Mapped[int] = mapped_column(ForeignKey("parameter_names.id"), primary_key=True)
-    number: Mapped[Optional[float]] = mapped_column(Float)
-    text: Mapped[Optional[str]] = mapped_column(Text)
+    number: Mapped[float | None] = mapped_column(Float)
+    text: Mapped[str | None] = mapped_column(Text)
 
 
 class FolderDigest(Base):
@@ -183,7 +181,7 @@ class FolderDigest(Base):
 
     archive_id: Mapped[int] = mapped_column(ForeignKey("archives.id", ondelete="CASCADE"), primary_key=True)
     folder: Mapped[str] = mapped_column(PathText, primary_key=True)
-    digest: Mapped[Optional[str]] = mapped_column(String(32))
+    digest: Mapped[str | None] = mapped_column(String(32))
 
 
 class ExperimentSummary(Base):
@@ -242,10 +240,10 @@ class ModifyRun(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     archive_id: Mapped[int] = mapped_column(ForeignKey("archives.id", ondelete="CASCADE"), index=True)
     started_at: Mapped[float] = mapped_column(Float)
-    finished_at: Mapped[Optional[float]] = mapped_column(Float)
-    parameters_code: Mapped[Optional[str]] = mapped_column(Text)
-    metadata_code: Mapped[Optional[str]] = mapped_column(Text)
-    undone_at: Mapped[Optional[float]] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    parameters_code: Mapped[str | None] = mapped_column(Text)
+    metadata_code: Mapped[str | None] = mapped_column(Text)
+    undone_at: Mapped[float | None] = mapped_column(Float)
 
 
 class ModifyJournalEntry(Base):
@@ -274,9 +272,9 @@ class Watcher(Base):
     mode: Mapped[str] = mapped_column(String(16))
     started_at: Mapped[float] = mapped_column(Float)
     heartbeat_at: Mapped[float] = mapped_column(Float)
-    last_change_at: Mapped[Optional[float]] = mapped_column(Float)
+    last_change_at: Mapped[float | None] = mapped_column(Float)
     backlog: Mapped[int] = mapped_column(Integer)
-    note: Mapped[Optional[str]] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)
     #: When the holder process started (``<ticks since boot>@<boot id>``), so a reused pid is not the holder.
     process_start: Mapped[str] = mapped_column(Text, server_default="")
     lease_expires_at: Mapped[float] = mapped_column(Float, server_default="0")
@@ -298,11 +296,11 @@ class RunLiveness(Base):
     rel_path: Mapped[str] = mapped_column(PathText, primary_key=True)
     hostname: Mapped[str] = mapped_column(Text)
     #: The process's pid namespace (``/proc/self/ns/pid``): a container on the same host name has its own pids.
-    pid_namespace: Mapped[Optional[str]] = mapped_column(Text)
+    pid_namespace: Mapped[str | None] = mapped_column(Text)
     pid: Mapped[int] = mapped_column(Integer)
     #: When the process started (``/proc/<pid>/stat`` starttime + boot time), so a reused pid is told apart.
-    process_started_at: Mapped[Optional[float]] = mapped_column(Float)
+    process_started_at: Mapped[float | None] = mapped_column(Float)
     started_at: Mapped[float] = mapped_column(Float)
     heartbeat_at: Mapped[float] = mapped_column(Float)
     #: Seconds between heartbeats; NULL when the heartbeat is off (then only the host's own check tells).
-    heartbeat_interval: Mapped[Optional[float]] = mapped_column(Float)
+    heartbeat_interval: Mapped[float | None] = mapped_column(Float)

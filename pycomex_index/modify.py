@@ -23,9 +23,10 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from pycomex_index.atomic import is_read_only, write_atomic
 from pycomex_index.discovery import METADATA_FILE_NAME, parameter_values, parse_metadata_bytes

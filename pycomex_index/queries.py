@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, overload
 
+from pycomex_index.db import Row
 from pycomex_index.discovery import EXPERIMENT_COLUMNS, ExperimentColumns, Outcome, read_metadata
 from pycomex_index.liveness import RunStates
 from pycomex_index.paths import experiment_folder, path_on_disk
@@ -78,6 +80,36 @@ def iter_experiments(
         yield row
 
 
+@overload
+def iter_selected(
+    index: ArchiveIndex,
+    columns: Sequence[str],
+    selection: CompiledExpression | None = None,
+    *,
+    also_evaluates: CompiledExpression,
+    newest_first: bool = False,
+    include_unreadable: bool = True,
+    limit: int | None = None,
+    with_parameters: bool = False,
+    failures: EvaluationFailures | None = None,
+) -> Iterator[tuple[Row, dict[str, Any] | None, dict[str, Any]]]: ...
+
+
+@overload
+def iter_selected(
+    index: ArchiveIndex,
+    columns: Sequence[str],
+    selection: CompiledExpression | None = None,
+    *,
+    also_evaluates: None = None,
+    newest_first: bool = False,
+    include_unreadable: bool = True,
+    limit: int | None = None,
+    with_parameters: bool = False,
+    failures: EvaluationFailures | None = None,
+) -> Iterator[tuple[Row, dict[str, Any] | None, None]]: ...
+
+
 def iter_selected(
     index: ArchiveIndex,
     columns: Sequence[str],
@@ -89,7 +121,7 @@ def iter_selected(
     limit: int | None = None,
     with_parameters: bool = False,
     failures: EvaluationFailures | None = None,
-) -> Iterator[tuple[Sequence[Any], dict[str, Any] | None, dict[str, Any] | None]]:
+) -> Iterator[tuple[Row, dict[str, Any] | None, dict[str, Any] | None]]:
     """Yield ``(values, parameters, namespace)`` for the experiments (ordered by start time) that ``selection`` keeps.
 
     ``values`` holds the SQL ``columns`` (over ``e`` = experiments);
@@ -117,7 +149,9 @@ def iter_selected(
         where += f" AND e.outcome <> '{Outcome.ERROR.value}'"
     prefilter = prefilter_for(selection, sqlite=index.db.url.startswith("sqlite")) if selection else None
     verdict_at = parameters_at = summary_at = path_at = needs_python_at = None
+    undecided = ""
     if prefilter is not None:
+        undecided = f"{prefilter.verdict} IS NULL"
         where += f" AND {prefilter.condition}"
         params.update(prefilter.params)
         failures.pushed_down, failures.sql_condition = prefilter.pushed, prefilter.condition
@@ -128,7 +162,7 @@ def iter_selected(
     undecided_only = prefilter is not None and not with_parameters and also_evaluates is None
 
     def document(column: str) -> str:
-        return f"CASE WHEN {prefilter.verdict} IS NULL THEN {column} END" if undecided_only else column
+        return f"CASE WHEN {undecided} THEN {column} END" if undecided_only else column
 
     if reads_parameters or with_parameters:
         parameters_at = len(selected)
@@ -166,22 +200,26 @@ def iter_selected(
     folder_prefix = index.root.rstrip("/") + "/"
     namespace = evaluation_globals(None, None)
     run_states = RunStates(index)
+    evaluates_also = also_evaluates is not None
     kept = 0
+    # Each column position is set exactly when its column was selected (parameters_at: reads_parameters or
+    # with_parameters; summary_at: READS_SUMMARY; path_at: any metadata), so the tests below are on the
+    # positions themselves.
     for values in index.db.execute(sql, params):
         # Where SQL found the selection true for certain, Python need not evaluate it again.
         decided = verdict_at is not None and values[verdict_at] == 1
         evaluates_selection = selection is not None and not decided
-        builds_namespace = evaluates_selection or also_evaluates is not None
+        builds_namespace = evaluates_selection or evaluates_also
         parameters = None
         loads = exact_loads if needs_python_at is not None and values[needs_python_at] else fast_loads
-        if with_parameters or (builds_namespace and reads_parameters):
+        if parameters_at is not None and (with_parameters or builds_namespace):
             text = values[parameters_at]
             parameters = loads(text) if text else {}
         if builds_namespace:
             metadata = None
-            if reads_metadata != READS_NO_METADATA:
+            if path_at is not None:
                 path, folder_namespace = folder_prefix + path_on_disk(values[path_at]), values[path_at + 1]
-                if reads_metadata == READS_SUMMARY:
+                if summary_at is not None:
                     summary = values[summary_at]
                     metadata = build_metadata(loads(summary) if summary else {}, path=path, namespace=folder_namespace)
                 else:
@@ -193,7 +231,7 @@ def iter_selected(
                         continue
                 _derive_state(metadata, run_states, values[path_at], values[path_at + 2])
             namespace = rebind_evaluation_globals(namespace, metadata, parameters)
-            if evaluates_selection:
+            if selection is not None and not decided:  # evaluates_selection, spelled out for the type checker
                 failures.evaluated += 1
                 try:
                     if not evaluate(selection, namespace):
@@ -226,7 +264,7 @@ def experiments_table(index: ArchiveIndex) -> str:
     lookup per row (a fifth to a half faster at 100,000). With several
     archives in the index, the index keeps the others' rows out.
     """
-    if index.db.url.startswith("sqlite") and index.db.fetch_one("SELECT COUNT(*) FROM archives")[0] == 1:
+    if index.db.url.startswith("sqlite") and index.db.fetch_row("SELECT COUNT(*) FROM archives")[0] == 1:
         return "experiments e NOT INDEXED"
     return "experiments e"
 
@@ -235,7 +273,7 @@ def iter_listing(
     index: ArchiveIndex,
     selection: CompiledExpression | None = None,
     failures: EvaluationFailures | None = None,
-) -> Iterator[Sequence[Any]]:
+) -> Iterator[Row]:
     """``(rel_path, outcome, duration)`` of every readable experiment that ``selection`` keeps, oldest first.
 
     The hot path of ``list``: plain tuples, no per-row objects. Without a

@@ -14,7 +14,7 @@ digest always describes the rows that are stored.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from pycomex_index.db import IndexDatabase, Row
 from pycomex_index.discovery import EXPERIMENT_COLUMNS, ExperimentRecord, namespace_of
@@ -140,13 +140,14 @@ def update_assets(db: IndexDatabase, archive_id: int, changes: Sequence[tuple[st
 
 def remove_experiments(db: IndexDatabase, archive_id: int, rel_paths: Iterable[str]) -> int:
     """Drop these experiments (and, by cascade, their documents) from the index."""
-    rows = [{"archive_id": archive_id, "rel_path": rel_path} for rel_path in sorted(rel_paths)]
+    ordered = sorted(rel_paths)
+    rows = [{"archive_id": archive_id, "rel_path": rel_path} for rel_path in ordered]
     if not rows:
         return 0
 
     def write() -> None:
         db.executemany("DELETE FROM experiments WHERE archive_id = :archive_id AND rel_path = :rel_path", rows)
-        _clear_folder_digests(db, archive_id, (row["rel_path"] for row in rows))
+        _clear_folder_digests(db, archive_id, ordered)
 
     db.run_in_transaction(write)
     return len(rows)

@@ -100,12 +100,18 @@ class EvaluationFailures:
 
 
 def compile_expression(source: str, *, mode: str = "eval", what: str = "--select") -> CompiledExpression:
-    """Compile ``source`` and reject syntax errors and unknown names before any experiment is read."""
+    """Compile ``source`` and reject syntax errors and unknown names before any experiment is read.
+
+    ``mode`` is ``"eval"`` (an expression) or ``"exec"`` (statements, for modify).
+    """
+    if mode not in ("eval", "exec"):
+        raise ValueError(f"mode must be 'eval' or 'exec', not {mode!r}")
     text = source.strip() if mode == "eval" else _dedent_code(source)
     if not text:
         raise SelectionError(f"{what} is empty")
+    tree: ast.Expression | ast.Module
     try:
-        tree = ast.parse(text, mode=mode)
+        tree = ast.parse(text, mode="eval") if mode == "eval" else ast.parse(text, mode="exec")
     except SyntaxError as error:
         detail = error.msg + (f" (line {error.lineno})" if mode == "exec" and error.lineno else "")
         # "Syntax error in" is pycomex's wording: scripts written around pycomex look for it.

@@ -157,8 +157,8 @@ def archive_statistics(
         "assets_max": f"MAX(asset_count) FROM experiments WHERE {where}",
     }
     # One sub-select per extreme: SQLite answers a lone MIN or MAX from an index, but not several together.
-    values = db.fetch_one("SELECT " + ", ".join(f"({'SELECT ' + query})" for query in extremes.values()), params)
-    for name, value in zip(extremes, values):
+    values = db.fetch_row("SELECT " + ", ".join(f"({'SELECT ' + query})" for query in extremes.values()), params)
+    for name, value in zip(extremes, values, strict=True):
         setattr(statistics, name, value)
     return statistics
 
@@ -268,7 +268,7 @@ def scan_groups(
     else:
         _group_in_python(index, group_by, selection, failures, groups, group_failures, running)
         interrupted = count_interrupted(index, rel_paths=running)
-    unreadable = index.db.fetch_one(
+    unreadable = index.db.fetch_row(
         f"SELECT COUNT(*) FROM experiments WHERE archive_id = :archive_id AND outcome = '{Outcome.ERROR.value}'",
         {"archive_id": index.archive_id},
     )[0]
@@ -291,7 +291,15 @@ def _group(groups: dict[str, ScanGroup], key: str) -> ScanGroup:
 _GROUPED_COLUMNS = ("e.outcome", "e.end_time", "e.duration", "e.disk_usage", "e.rel_path")
 
 
-def _group_in_python(index, group_by, selection, failures, groups, group_failures, running: list[str]) -> None:
+def _group_in_python(
+    index: ArchiveIndex,
+    group_by: CompiledExpression,
+    selection: CompiledExpression | None,
+    failures: EvaluationFailures | None,
+    groups: dict[str, ScanGroup],
+    group_failures: EvaluationFailures,
+    running: list[str],
+) -> None:
     """Evaluate ``group_by`` per experiment, on plain rows of the few columns a group adds up."""
     done, running_outcome = Outcome.DONE.value, Outcome.RUNNING.value
     rows = iter_selected(index, _GROUPED_COLUMNS, selection, also_evaluates=group_by, failures=failures)
@@ -329,10 +337,11 @@ def _single_key_read(expression: CompiledExpression) -> _KeyRead | None:
         return None
     if not isinstance(subject, ast.Name) or not 1 <= len(arguments) <= (1 if raises else 2):
         return None
-    if not all(isinstance(argument, ast.Constant) for argument in arguments) or not isinstance(arguments[0].value, str):
+    constants = [argument for argument in arguments if isinstance(argument, ast.Constant)]
+    if len(constants) != len(arguments) or not isinstance(constants[0].value, str):
         return None
-    key = arguments[0].value
-    default = arguments[1].value if len(arguments) == 2 else None
+    key = constants[0].value
+    default = constants[1].value if len(constants) == 2 else None
     if subject.id in PARAMETER_NAMES:
         return _KeyRead("f.parameters_json", key, default, raises)
     # path and name are derived when the file lacks them, times become floats, the big keys are not in the summary.

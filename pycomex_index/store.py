@@ -18,8 +18,9 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import pycomex_index.migrations as migrations
 from pycomex_index.archives import register_archive
@@ -459,7 +460,7 @@ def salvage_records(aside: str, db: IndexDatabase) -> SalvageReport:
                         continue
                     if id_at is not None:
                         ids.add(values[id_at])
-                    batch.append(dict(zip(columns, values)))
+                    batch.append(dict(zip(columns, values, strict=True)))
                 db.executemany(insert, batch)
                 kept_ids[table] = ids
                 report.copied[table] = len(batch)

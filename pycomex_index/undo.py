@@ -11,8 +11,8 @@ every write command: the file atomically, then its index row.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from pycomex_index.atomic import is_read_only, remove_stale_temporaries, write_atomic
 from pycomex_index.discovery import METADATA_FILE_NAME
