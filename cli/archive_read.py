@@ -344,15 +344,9 @@ def _render_scan_table(console, index, result, select, group_expression) -> None
         console.print(f"Filtered by: {printable(select)}", markup=False)
     console.print(f"Grouped by: {printable(group_expression)}", markup=False)
     table = Table(box=box.HORIZONTALS, show_header=True, header_style="bold")
-    for column, justify in (
-        ("Group", "left"),
-        ("Experiments", "right"),
-        ("Success Rate", "right"),
-        ("Last Completed", "right"),
-        ("Avg Runtime", "right"),
-        ("Disk Usage", "right"),
-    ):
-        table.add_column(column, justify=justify, no_wrap=True)
+    table.add_column("Group", justify="left", no_wrap=True)
+    for column in ("Experiments", "Success Rate", "Last Completed", "Avg Runtime", "Disk Usage"):
+        table.add_column(column, justify="right", no_wrap=True)
     for group in result.groups:
         table.add_row(
             Text(printable(group.key) or "(empty)"),

@@ -88,10 +88,10 @@ def opened_index(
     written is used as it is, with a warning. Damage is mended by the library
     (:func:`pycomex_index.sync.open_refreshed_index`, :func:`pycomex_index.sync.mending_damage`).
     """
-    from pycomex_index.sync import mending_damage, open_refreshed_index
+    from pycomex_index.sync import SyncReport, mending_damage, open_refreshed_index
 
     path, location = archive_location(ctx, archive_path, index_location)
-    synced = []  # the report of the sync made while opening, if one was made (for the daemon hint)
+    synced: list[SyncReport] = []  # the report of the sync made while opening, if one was made (for the daemon hint)
     with progress_bar("Indexing experiments") as on_progress:
         index, not_updated = open_refreshed_index(
             path, location, refresh=refresh, read_only_ok=read_only_ok, on_progress=on_progress, on_synced=synced.append
