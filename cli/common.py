@@ -106,32 +106,54 @@ def opened_index(
 
 
 @contextlib.contextmanager
-def progress_bar(label: str) -> Iterator[Callable[[int, int], None] | None]:
-    """A ``(done, total)`` callback drawing a rich progress bar on stderr, or None when stderr is no terminal."""
+def progress_bar(label: str) -> Iterator[Callable[[int, int | None], None] | None]:
+    """A ``(done, total)`` callback drawing a rich progress bar on stderr, or None when stderr is no terminal.
+
+    It shows the count, the rate and, once ``total`` is known (not None), the time left.
+    """
     if not sys.stderr.isatty() or os.environ.get("PYCOMEX_INDEX_NO_PROGRESS"):
         yield None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        """Experiments a second, over rich's recent samples (its own speed column counts bytes)."""
+
+        def render(self, task) -> Text:  # type: ignore[no-untyped-def]
+            speed = task.finished_speed or task.speed
+            return Text("? runs/s" if speed is None else f"{speed:,.0f} runs/s", style="progress.data.speed")
 
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=Console(stderr=True),
         transient=True,
     )
     task = None
 
-    def on_progress(done: int, total: int) -> None:
+    def on_progress(done: int, total: int | None) -> None:
+        # total is None while a sync is still walking the archive: the bar then shows the count and rate, no ETA.
         nonlocal task
-        if total < PROGRESS_THRESHOLD:
+        if (done if total is None else total) < PROGRESS_THRESHOLD:
             return
         if task is None:
             progress.start()
             task = progress.add_task(label, total=total)
-        progress.update(task, completed=done)
+        progress.update(task, completed=done, total=total)
 
     try:
         yield on_progress

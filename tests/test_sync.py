@@ -154,9 +154,49 @@ def test_sync_of_many_experiments_is_batched_and_complete(tmp_path: Path, count:
     batches = []
     report = _sync(root, on_progress=lambda done, total: batches.append(done))
     assert report.added == count
-    assert batches == [250, 500, 750, 1000, 1200]  # one transaction (and one progress step) per batch
+    # A first build counts the archive first (0 of a known total starts the bar), then one step per transaction.
+    assert batches == [0, 250, 500, 750, 1000, 1200]
     with open_archive_index(str(root)) as index:
         assert index.db.fetch_one("SELECT COUNT(*) FROM experiment_fields")[0] == count
+
+
+def test_a_first_build_reads_while_it_walks_without_listing_the_archive_first(tmp_path: Path, monkeypatch) -> None:
+    import pycomex_index.sync as sync_module
+
+    monkeypatch.setattr(sync_module, "BATCH_SIZE", 10)
+    root = tmp_path / "results"
+    for number in range(60):
+        write_meta(root / f"ns{number % 3}" / f"run{number}", make_metadata(start_time=1700000000.0 + number))
+    walk = sync_module.iter_folder_listings
+    events = []
+
+    def logged_walk(*args, **kwargs):
+        for listing in walk(*args, **kwargs):
+            events.append(("folder", listing.rel_dir))
+            yield listing
+
+    monkeypatch.setattr(sync_module, "iter_folder_listings", logged_walk)
+    calls = []
+    report = _sync(root, on_progress=lambda done, total: (calls.append((done, total)), events.append(("batch", done))))
+    assert report.added == 60
+    reading = events[events.index(("batch", 0)) :]  # the second walk: the first one only counted
+    last_folder = max(at for at, event in enumerate(reading) if event[0] == "folder")
+    assert reading.index(("batch", 20)) < last_folder  # batches were stored before the walk ended
+    assert all(total == 60 for _, total in calls) and calls[-1] == (60, 60)
+
+
+def test_an_incremental_sync_reports_an_unknown_total_until_the_walk_ends(archive: Path, monkeypatch) -> None:
+    import pycomex_index.sync as sync_module
+
+    _sync(archive)
+    monkeypatch.setattr(sync_module, "BATCH_SIZE", 1)
+    for meta in sorted(archive.rglob("experiment_meta.json"))[:3]:
+        _bump_mtime(meta)
+    calls = []
+    report = _sync(archive, check_assets=False, on_progress=lambda done, total: calls.append((done, total)))
+    assert report.updated == 3
+    assert [done for done, _ in calls][:3] == [1, 2, 3]  # one step per batch, stored as the walk finds them
+    assert calls[-1] == (3, 3) and all(total in (None, 3) for _, total in calls)
 
 
 def test_a_temporary_file_left_by_a_killed_write_is_no_asset(archive: Path, run_cli) -> None:
