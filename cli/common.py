@@ -11,7 +11,8 @@ import itertools
 import os
 import sys
 import time
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import click
 
@@ -129,7 +130,7 @@ def progress_bar(label: str) -> Iterator[Callable[[int, int | None], None] | Non
     class RateColumn(ProgressColumn):
         """Experiments a second, over rich's recent samples (its own speed column counts bytes)."""
 
-        def render(self, task) -> Text:  # type: ignore[no-untyped-def]
+        def render(self, task) -> Text:
             speed = task.finished_speed or task.speed
             return Text("? runs/s" if speed is None else f"{speed:,.0f} runs/s", style="progress.data.speed")
 

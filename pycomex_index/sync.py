@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from pycomex_index.db import IndexDatabase
 from pycomex_index.discovery import (
@@ -86,9 +86,9 @@ def sync_archive(
     # loading one folder's rows relies on SQLite's binary ordering of rel_path (see _stamps).
     trust_digests = not (rebuild or check_assets) and db.url.startswith("sqlite")
     # rel_path -> (rel_path, meta_mtime_ns, meta_size, folder_mtime_ns): the same shape as a FolderStat.
-    known_everywhere = None if trust_digests else _stamps(db, archive_id)
-    walked_digests = {}
-    to_remove = []
+    known_everywhere: dict[str, tuple] = {} if trust_digests else _stamps(db, archive_id)
+    walked_digests: dict[str, str] = {}
+    to_remove: list[str] = []
     # Work is done as the walk finds it, a batch at a time, so a first build never holds the whole archive's
     # list of paths (587 MB at 1,000,000 runs); only what must wait for the end of the walk is kept: removals.
     pending = _PendingWork(db, archive_id, root, report, on_progress)
@@ -126,8 +126,8 @@ def sync_archive(
     # What the walk cost, the reading it found to do left out: the figure a read command's hint weighs.
     report.walk_seconds = time.perf_counter() - started - pending.working_seconds
     if trust_digests:
-        for folder in stored_digests.keys() - walked_digests.keys():
-            to_remove.extend(_stamps(db, archive_id, folder=folder))
+        for vanished_folder in stored_digests.keys() - walked_digests.keys():
+            to_remove.extend(_stamps(db, archive_id, folder=vanished_folder))
     else:
         to_remove.extend(known_everywhere)
     del known_everywhere
@@ -194,7 +194,7 @@ class _PendingWork:
         queued, self.to_read = self.to_read, []
         batch = [read_experiment(root, folder) for folder, _ in queued]
         db.run_in_transaction(lambda: _store_verified(db, archive_id, root, batch))
-        for (_, is_new), record in zip(queued, batch):
+        for (_, is_new), record in zip(queued, batch, strict=True):
             if is_new:
                 report.added += 1
             else:

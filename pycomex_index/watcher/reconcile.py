@@ -27,10 +27,10 @@ class Stopping(Exception):
     """Raised from a sync's progress callback to abandon it (between two committed batches) on stop."""
 
 
-def abandon_on_stop(queue: ChangeQueue) -> Callable[[int, int], None]:
+def abandon_on_stop(queue: ChangeQueue) -> Callable[[int, int | None], None]:
     """A sync progress callback that raises :class:`Stopping` once the watcher is asked to stop."""
 
-    def check(done: int, total: int) -> None:
+    def check(done: int, total: int | None) -> None:
         if queue.stopping:
             raise Stopping()
 
