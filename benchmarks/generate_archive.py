@@ -122,7 +122,7 @@ def _log_uniform(rng: random.Random, low: float, high: float) -> float:
 def _learning_rate(rng: random.Random, _: NamespaceSpec) -> float:
     """Log-uniform within each decade band, half of the runs below 0.01 and half above."""
     exponent = rng.uniform(-4.0, -2.0) if rng.random() < 0.5 else rng.uniform(-2.0, -1.0)
-    return float(f"{10 ** exponent:.3g}")
+    return float(f"{10**exponent:.3g}")
 
 
 def _batch_size(rng: random.Random, _: NamespaceSpec) -> int:
@@ -248,9 +248,7 @@ HIDDEN_UNITS = ParameterSpec(
     "HIDDEN_UNITS", "list", "A list with the number of hidden units for each layer of the network. ", _hidden_units
 )
 OPTIMIZER = ParameterSpec("OPTIMIZER", "dict", "A nested dictionary configuring the optimizer. ", _optimizer)
-USE_GPU = ParameterSpec(
-    "USE_GPU", "bool", "Whether to use the GPU for training. ", _use_gpu, omit_probability=0.05
-)
+USE_GPU = ParameterSpec("USE_GPU", "bool", "Whether to use the GPU for training. ", _use_gpu, omit_probability=0.05)
 SEED = ParameterSpec("SEED", "int", "Random seed for the emulated training process. ", _seed)
 SCHEDULER = ParameterSpec(
     "SCHEDULER",
@@ -280,7 +278,17 @@ TAGS = ParameterSpec("TAGS", "list", 'Free-form tags with a unicode character: "
 EXTRA_METRIC = ParameterSpec("EXTRA_METRIC", "float", "Some float parameter that can be negative. ", _extra_metric)
 
 COMMON_PARAMETERS = (
-    LEARNING_RATE, BATCH_SIZE, MODEL, EPOCHS, DROPOUT, HIDDEN_UNITS, OPTIMIZER, USE_GPU, SEED, SCHEDULER, DATASET,
+    LEARNING_RATE,
+    BATCH_SIZE,
+    MODEL,
+    EPOCHS,
+    DROPOUT,
+    HIDDEN_UNITS,
+    OPTIMIZER,
+    USE_GPU,
+    SEED,
+    SCHEDULER,
+    DATASET,
 )
 
 LOAD_DATA_HOOK = (
@@ -349,7 +357,12 @@ NAMESPACES: tuple[NamespaceSpec, ...] = (
             "Images are resized to IMAGE_SIZE and lightly augmented (random crops and flips). The\n"
             "experiment tracks the training loss and the top-1 accuracy on the validation split.\n"
         ),
-        hooks=(EVALUATE_HOOK, LOAD_DATA_HOOK, PLOT_HOOK, ("build_model", "Builds the network. Returns a torch module. ")),
+        hooks=(
+            EVALUATE_HOOK,
+            LOAD_DATA_HOOK,
+            PLOT_HOOK,
+            ("build_model", "Builds the network. Returns a torch module. "),
+        ),
         parameters=COMMON_PARAMETERS + (KERNEL_SIZES, IMAGE_SIZE),
         track=("loss", "accuracy"),
         models=("cnn", "resnet18", "resnet50", "vit_tiny"),
@@ -381,7 +394,11 @@ NAMESPACES: tuple[NamespaceSpec, ...] = (
             "The model is trained with next token prediction on a text corpus. Only the loss is tracked;\n"
             "the perplexity is computed in the analysis.\n"
         ),
-        hooks=(EVALUATE_HOOK, LOAD_DATA_HOOK, ("tokenize", "Tokenizes the raw corpus. Returns a list of token id arrays. ")),
+        hooks=(
+            EVALUATE_HOOK,
+            LOAD_DATA_HOOK,
+            ("tokenize", "Tokenizes the raw corpus. Returns a list of token id arrays. "),
+        ),
         parameters=COMMON_PARAMETERS + (NUM_HEADS, MAX_SEQ_LEN, VOCAB_SIZE),
         track=("loss",),
         models=("gpt_nano", "gpt_micro", "gpt_mini"),
@@ -399,8 +416,19 @@ NAMESPACES: tuple[NamespaceSpec, ...] = (
         ),
         hooks=(EVALUATE_HOOK, ("make_env", "Creates the vectorized environment. ")),
         parameters=(
-            LEARNING_RATE, BATCH_SIZE, MODEL, EPOCHS, HIDDEN_UNITS, OPTIMIZER, USE_GPU, SEED, SCHEDULER,
-            ENV_NAME, GAMMA, CLIP_RANGE, NUM_ENVS,
+            LEARNING_RATE,
+            BATCH_SIZE,
+            MODEL,
+            EPOCHS,
+            HIDDEN_UNITS,
+            OPTIMIZER,
+            USE_GPU,
+            SEED,
+            SCHEDULER,
+            ENV_NAME,
+            GAMMA,
+            CLIP_RANGE,
+            NUM_ENVS,
         ),
         track=("episode_reward",),
         models=("mlp_policy", "cnn_policy"),
@@ -414,7 +442,16 @@ NAMESPACES: tuple[NamespaceSpec, ...] = (
         description="\nQuick debugging runs used during development.\n",
         hooks=(EVALUATE_HOOK, LOAD_DATA_HOOK),
         parameters=(
-            LEARNING_RATE, BATCH_SIZE, MODEL, EPOCHS, DROPOUT, HIDDEN_UNITS, OPTIMIZER, SEED, TAGS, EXTRA_METRIC,
+            LEARNING_RATE,
+            BATCH_SIZE,
+            MODEL,
+            EPOCHS,
+            DROPOUT,
+            HIDDEN_UNITS,
+            OPTIMIZER,
+            SEED,
+            TAGS,
+            EXTRA_METRIC,
         ),
         track=("loss", "accuracy"),
         models=("tiny",),
@@ -593,7 +630,7 @@ class MetadataTemplate:
         self.slots: list[tuple[str, str, str]] = []
         for index in range(1, len(pieces), 2):
             preceding = pieces[index - 1]
-            line = preceding[preceding.rfind("\n") + 1:]
+            line = preceding[preceding.rfind("\n") + 1 :]
             indent = line[: len(line) - len(line.lstrip(" "))]
             self.slots.append((pieces[index], indent, pieces[index + 1]))
 
@@ -677,7 +714,11 @@ def experiment_code(namespace_index: int) -> bytes:
     spec = NAMESPACES[namespace_index]
     lines = ['"""' + spec.description + '"""', ""]
     lines += ["import os", "import json", "import random", "", "import numpy as np", ""]
-    lines += ["from pycomex.functional.experiment import Experiment", "from pycomex.utils import file_namespace, folder_path", ""]
+    lines += [
+        "from pycomex.functional.experiment import Experiment",
+        "from pycomex.utils import file_namespace, folder_path",
+        "",
+    ]
     lines += [f'experiment_namespace = "{spec.namespace}"', "", "# == PARAMETERS ==", ""]
     defaults_rng = random.Random(namespace_index)
     for parameter in spec.parameters:

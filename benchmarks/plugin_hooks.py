@@ -86,7 +86,9 @@ def main() -> None:
 
     first_start, first_end = timings["start"].pop(0), timings["end"].pop(0)
     print(f"archive with {options.existing} runs, {options.runs} runs timed")
-    print(f"first run{' (creates the index)' if not options.existing else ''}: start {first_start * 1000:.1f} ms, end {first_end * 1000:.1f} ms")
+    print(
+        f"first run{' (creates the index)' if not options.existing else ''}: start {first_start * 1000:.1f} ms, end {first_end * 1000:.1f} ms"
+    )
     for moment in ("start", "end"):
         values = sorted(timings[moment])
         print(

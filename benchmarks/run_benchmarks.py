@@ -166,7 +166,9 @@ def benchmark_size(
             default.append(run_once(index + arguments, env))
         rows.append((f"`{label}`", median(reference) if reference else None, median(default)))
 
-    help_reference = median([run_once([str(pycomex_bin / "pycomex"), "--help"], env) for _ in range(repeat)]) if pycomex else None
+    help_reference = (
+        median([run_once([str(pycomex_bin / "pycomex"), "--help"], env) for _ in range(repeat)]) if pycomex else None
+    )
     help_index = median([run_once([str(index_bin / "pycomex-index"), "--help"], env) for _ in range(repeat)])
     rows.append(("`--help`", help_reference, help_index))
 
@@ -209,7 +211,9 @@ class DaemonFootprint:
     note: str
 
 
-def daemon_footprint(root: Path, command: list[str], env: dict[str, str], idle_seconds: float) -> DaemonFootprint | None:
+def daemon_footprint(
+    root: Path, command: list[str], env: dict[str, str], idle_seconds: float
+) -> DaemonFootprint | None:
     """Start the archive's daemon (``command`` runs pycomex-index) and measure it.
 
     Catch-up time: from ``daemon start`` until the heartbeat leaves mode
@@ -222,7 +226,9 @@ def daemon_footprint(root: Path, command: list[str], env: dict[str, str], idle_s
 
     index_file = root / ".pycomex_index" / "index.sqlite3"
     started = time.perf_counter()
-    launched = subprocess.run(command + ["daemon", "start", "--path", str(root)], env=env, capture_output=True, text=True)
+    launched = subprocess.run(
+        command + ["daemon", "start", "--path", str(root)], env=env, capture_output=True, text=True
+    )
     if launched.returncode != 0:
         print(f"daemon did not start: {launched.stderr.strip()}", file=sys.stderr)
         return None

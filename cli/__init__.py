@@ -110,7 +110,9 @@ class LazyGroup(click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # click's own version looks every command up (importing it) to ask for its short help.
-        names = [name for name in self.list_commands(ctx) if name in self.lazy_commands or not self.commands[name].hidden]
+        names = [
+            name for name in self.list_commands(ctx) if name in self.lazy_commands or not self.commands[name].hidden
+        ]
         if not names:
             return
         limit = formatter.width - 6 - max(len(name) for name in names)

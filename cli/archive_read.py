@@ -102,7 +102,12 @@ def _listing_lines(index, rows, run_states) -> Iterator[str]:
 
 @click.command("tail")
 @click.option(
-    "-n", "--num", default=5, show_default=True, type=click.IntRange(min=0, max=SQL_INTEGER_MAX), help="How many experiments."
+    "-n",
+    "--num",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=0, max=SQL_INTEGER_MAX),
+    help="How many experiments.",
 )
 @select_option
 @explain_option
@@ -145,7 +150,9 @@ def tail_command(ctx, num, select, explain, archive_path, index_location, as_jso
             description = metadata.get("short_description") or metadata.get("description") or ""
             descriptions[row.id] = description if isinstance(description, str) else str(description)
     if as_json:
-        write_json([{**experiment_as_json(index, row, run_states), "description": descriptions[row.id]} for row in rows])
+        write_json(
+            [{**experiment_as_json(index, row, run_states), "description": descriptions[row.id]} for row in rows]
+        )
     else:
         blocks = []
         for row in rows:
@@ -357,7 +364,9 @@ def _render_scan_table(console, index, result, select, group_expression) -> None
             format_size(group.disk_usage),
         )
     console.print(table)
-    console.print(f"Summary: {len(result.groups)} group(s), {sum(group.count for group in result.groups)} experiment(s)")
+    console.print(
+        f"Summary: {len(result.groups)} group(s), {sum(group.count for group in result.groups)} experiment(s)"
+    )
     if result.interrupted:
         console.print(
             f"💀 {result.interrupted} interrupted: status 'running', but the process is gone "

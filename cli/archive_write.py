@@ -100,7 +100,11 @@ def _held_back_line(count: int, look_interrupted: int, verb: str) -> str:
 
 
 def _nothing_selected(select: str | None) -> None:
-    note("No experiments match the selection; nothing was changed." if select else "There are no archived experiments in the archive.")
+    note(
+        "No experiments match the selection; nothing was changed."
+        if select
+        else "There are no archived experiments in the archive."
+    )
 
 
 def _confirm(ctx: click.Context, question: str, yes: bool, what: str, no_terminal: str | None = None) -> None:
@@ -166,11 +170,16 @@ def delete_command(ctx, select, select_all, yes, include_running, verbose, archi
     with opened_index(ctx, archive_path, index_location) as index:
         leftovers = remove_deletion_leftovers(index)
         if leftovers:
-            note(f"Finished removing {plural(leftovers, 'experiment')} an interrupted delete had already taken out of the archive.")
+            note(
+                f"Finished removing {plural(leftovers, 'experiment')} an interrupted delete had already taken out of the archive."
+            )
         plan = plan_delete(index, selection, include_running=include_running, failures=failures)
         report_failures(failures)
         held_back = _held_back_line(len(plan.held_running), plan.held_looking_interrupted, "delete")
-        refused = [f"Refused: {_shown(index, experiment.rel_path)}: {printable(reason)}" for experiment, reason in plan.holding_others]
+        refused = [
+            f"Refused: {_shown(index, experiment.rel_path)}: {printable(reason)}"
+            for experiment, reason in plan.holding_others
+        ]
         if not plan.targets:
             if plan.held_running:
                 write_lines([held_back])
@@ -225,9 +234,15 @@ def delete_command(ctx, select, select_all, yes, include_running, verbose, archi
 @select_option
 @all_option
 @click.option(
-    "--name", default="results.zip", show_default=True, metavar="FILE", help="The ZIP to write (relative to the current folder)."
+    "--name",
+    default="results.zip",
+    show_default=True,
+    metavar="FILE",
+    help="The ZIP to write (relative to the current folder).",
 )
-@click.option("--overwrite", is_flag=True, help="Replace FILE if it exists (otherwise: asked on a terminal, refused without one).")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace FILE if it exists (otherwise: asked on a terminal, refused without one)."
+)
 @verbose_option
 @archive_options
 @click.pass_context
@@ -259,7 +274,10 @@ def compress_command(ctx, select, select_all, name, overwrite, verbose, archive_
         replace = check_export_target(index.root, name).exists
         if replace:
             _confirm(
-                ctx, f"{printable(name)} already exists. Replace it?", overwrite, "written",
+                ctx,
+                f"{printable(name)} already exists. Replace it?",
+                overwrite,
+                "written",
                 no_terminal=f"{printable(name)} already exists; add --overwrite to replace it. Nothing was written.",
             )
         click.echo(f"Compressing {plural(len(targets), 'experiment')}...")
@@ -310,7 +328,9 @@ def _change_lines(changes) -> list[str]:
 @click.command("modify")
 @select_option
 @all_option
-@click.option("--modify-parameters", metavar="CODE", help="Python code changing the parameters dict p (m is there too).")
+@click.option(
+    "--modify-parameters", metavar="CODE", help="Python code changing the parameters dict p (m is there too)."
+)
 @click.option("--modify-metadata", metavar="CODE", help="Python code changing the metadata dict m (p is there too).")
 @click.option("--dry-run", is_flag=True, help="Show every change (before → after) and save nothing.")
 @verbose_option
@@ -384,7 +404,9 @@ def modify_command(
 
 
 @click.command("undo")
-@click.option("--id", "run_id", type=ROW_ID, default=None, metavar="N", help="The modify to undo (default: the last one).")
+@click.option(
+    "--id", "run_id", type=ROW_ID, default=None, metavar="N", help="The modify to undo (default: the last one)."
+)
 @yes_option
 @verbose_option
 @archive_options
@@ -425,7 +447,9 @@ def undo_command(ctx, run_id, yes, verbose, archive_path, index_location) -> Non
             lines += [
                 "",
                 f"Will not be restored ({len(conflicts)}):",
-                *_path_preview(index, [item.rel_path for item in conflicts], [f": {item.reason}" for item in conflicts]),
+                *_path_preview(
+                    index, [item.rel_path for item in conflicts], [f": {item.reason}" for item in conflicts]
+                ),
             ]
         write_lines(lines + [""])
         if to_restore:
@@ -438,7 +462,9 @@ def undo_command(ctx, run_id, yes, verbose, archive_path, index_location) -> Non
                     click.echo(f"Restored {_shown(index, outcome.rel_path)}")
             else:
                 refused += 1
-                click.echo(f"Not restored: {_shown(index, outcome.rel_path)}: {printable(outcome.reason or '')}", err=True)
+                click.echo(
+                    f"Not restored: {_shown(index, outcome.rel_path)}: {printable(outcome.reason or '')}", err=True
+                )
     click.echo(f"Restored {plural(restored, 'file')}.")
     if refused:
         click.echo(

@@ -65,7 +65,9 @@ def explain_option(command: Callable) -> Callable:
     )(command)
 
 
-def archive_location(ctx: click.Context, archive_path: str | None, index_location: str | None) -> tuple[str, str | None]:
+def archive_location(
+    ctx: click.Context, archive_path: str | None, index_location: str | None
+) -> tuple[str, str | None]:
     """The archive and index named on the subcommand, else on the ``archive`` group, else the defaults."""
     group_settings = ctx.find_object(dict) or {}
     return (

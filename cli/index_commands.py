@@ -70,9 +70,14 @@ def status_command(ctx: click.Context, archive_path, index_location, as_json: bo
         f"Archive: {status.archive}",
         f"Index: {status.location}" + (f" ({format_size(status.size)})" if status.size is not None else ""),
         f"Schema revision: {status.revision}",
-        f"Experiments: {status.experiments}" + (f" ({status.unreadable} with unreadable metadata)" if status.unreadable else ""),
+        f"Experiments: {status.experiments}"
+        + (f" ({status.unreadable} with unreadable metadata)" if status.unreadable else ""),
         "Last sync: "
-        + (f"{format_time(status.last_sync_at)} (took {status.last_sync_seconds:.2f} s)" if status.last_sync_at else "never"),
+        + (
+            f"{format_time(status.last_sync_at)} (took {status.last_sync_seconds:.2f} s)"
+            if status.last_sync_at
+            else "never"
+        ),
     ]
     lines.append("Last exports:" if status.exports else "Last exports: none")
     lines += [

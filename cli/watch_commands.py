@@ -213,8 +213,14 @@ def start_command(
 
 @daemon_group.command("stop")
 @archive_options
-@click.option("--timeout", type=click.FloatRange(min=0), default=60.0, show_default=True, metavar="SECONDS",
-              help="How long to wait for the daemon to finish its batch.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for the daemon to finish its batch.",
+)
 @click.pass_context
 def stop_command(ctx, archive_path, index_location, timeout) -> None:
     """Stop the background watcher once it has finished the batch it is applying.

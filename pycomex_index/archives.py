@@ -95,7 +95,9 @@ def register_archive(db: IndexDatabase, root: str) -> int:
             return _register_archive_by_root(db, root, read_only)
 
         def adopt_or_add() -> None:
-            db.execute("UPDATE archives SET uuid = :uuid WHERE root = :root AND uuid IS NULL", {"uuid": identity, "root": root})
+            db.execute(
+                "UPDATE archives SET uuid = :uuid WHERE root = :root AND uuid IS NULL", {"uuid": identity, "root": root}
+            )
             # A row of this path with another id was another archive once mounted here: ours gets its own label.
             taken = db.fetch_one("SELECT uuid FROM archives WHERE root = :root", {"root": root})
             label = root if taken is None or taken[0] == identity else f"{root}#{identity}"
@@ -115,9 +117,12 @@ def register_archive(db: IndexDatabase, root: str) -> int:
 def _record_root(db: IndexDatabase, archive_id: int, root: str) -> None:
     """Note that this host reaches the archive at ``root`` (a read first: most opens find it noted)."""
     key = {"archive_id": archive_id, "host": this_host(), "root": root}
-    if db.fetch_one(
-        "SELECT 1 FROM archive_roots WHERE archive_id = :archive_id AND host = :host AND root = :root", key
-    ) is None:
+    if (
+        db.fetch_one(
+            "SELECT 1 FROM archive_roots WHERE archive_id = :archive_id AND host = :host AND root = :root", key
+        )
+        is None
+    ):
         db.run_in_transaction(
             lambda: db.execute(
                 "INSERT INTO archive_roots (archive_id, host, root, seen_at) VALUES (:archive_id, :host, :root, :now) "

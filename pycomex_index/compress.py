@@ -183,7 +183,9 @@ def _experiment_entries(top: str, prefix: str, not_to_pack: set[str]) -> Iterato
                 target = os.path.realpath(entry.path)
                 if not is_within(target, top):
                     logger.warning(
-                        "skipped the symlink %s -> %s: it points outside the experiment", entry_name, os.readlink(entry.path)
+                        "skipped the symlink %s -> %s: it points outside the experiment",
+                        entry_name,
+                        os.readlink(entry.path),
                     )
                     continue
                 if target in ancestors:

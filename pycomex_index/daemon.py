@@ -217,7 +217,8 @@ def configure_logging(log_path: str | None) -> None:
 
     def log_uncaught(args: threading.ExceptHookArgs) -> None:
         package_logger.error(
-            "uncaught error in thread %s", args.thread.name if args.thread else "?",
+            "uncaught error in thread %s",
+            args.thread.name if args.thread else "?",
             # typeshed's ExceptHookArgs allows exc_value None, logging's stub does not; logging formats it either way.
             exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
         )
@@ -371,9 +372,20 @@ def daemon_status(path: str, index: str | None = None) -> DaemonStatus:
     root, location, files = _locate(path, index)
     pid, alive = pid_file_owner(files.pid_path)
     status = DaemonStatus(
-        archive=root, index=masked_url(location), running=alive, host=this_host() if alive else None, pid=pid if alive else None,
-        since=None, mode=None, note=None, last_change_at=None, backlog=None, heartbeat_at=None, fresh=False,
-        pid_file=files.pid_path, log_file=files.log_path,
+        archive=root,
+        index=masked_url(location),
+        running=alive,
+        host=this_host() if alive else None,
+        pid=pid if alive else None,
+        since=None,
+        mode=None,
+        note=None,
+        last_change_at=None,
+        backlog=None,
+        heartbeat_at=None,
+        fresh=False,
+        pid_file=files.pid_path,
+        log_file=files.log_path,
     )
     with open_archive_index(root, location, allow_read_only=True) as opened:
         lease = _live_lease(opened)

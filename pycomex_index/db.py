@@ -160,7 +160,9 @@ def translate_database_error(error: BaseException, where: str) -> PycomexIndexEr
     return None
 
 
-def _translated_rows(rows: Any, fail: Callable[[BaseException], None], errors: type[BaseException] | tuple) -> Iterator[Row]:
+def _translated_rows(
+    rows: Any, fail: Callable[[BaseException], None], errors: type[BaseException] | tuple
+) -> Iterator[Row]:
     """The rows of a live cursor, with database errors met while fetching them translated.
 
     Fetched in batches: the generator adds ~0.2 µs per batch, not per row
@@ -264,7 +266,11 @@ class SqliteFileDatabase(IndexDatabase):
                 from urllib.parse import quote
 
                 self.connection = sqlite3.connect(
-                    f"file:{quote(path)}?mode=ro", uri=True, timeout=timeout, isolation_level=None, check_same_thread=False
+                    f"file:{quote(path)}?mode=ro",
+                    uri=True,
+                    timeout=timeout,
+                    isolation_level=None,
+                    check_same_thread=False,
                 )
             else:
                 self.connection = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
@@ -360,7 +366,9 @@ class SqliteFileDatabase(IndexDatabase):
 
         path = self.path
         return _configured_engine(
-            create_engine("sqlite://", creator=lambda: sqlite3.connect(path, timeout=busy_timeout_seconds()), poolclass=NullPool)
+            create_engine(
+                "sqlite://", creator=lambda: sqlite3.connect(path, timeout=busy_timeout_seconds()), poolclass=NullPool
+            )
         )
 
     @contextlib.contextmanager

@@ -76,7 +76,9 @@ def plan_delete(
     failures: EvaluationFailures | None = None,
 ) -> DeletePlan:
     """Choose the experiments to delete (``selection`` None means all) without changing anything."""
-    selected, held = hold_back_running(index, select_experiments(index, selection, failures), include_running=include_running)
+    selected, held = hold_back_running(
+        index, select_experiments(index, selection, failures), include_running=include_running
+    )
     plan = DeletePlan(targets=[], held_running=held.experiments, held_looking_interrupted=held.look_interrupted)
     for experiment in selected:
         if reason := _holds_other_experiments(index.root, experiment.rel_path):

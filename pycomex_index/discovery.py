@@ -366,11 +366,7 @@ def parameter_values(metadata: dict[str, Any]) -> dict[str, Any]:
     parameters = metadata.get("parameters")
     if not isinstance(parameters, dict):
         return {}
-    return {
-        name: info["value"]
-        for name, info in parameters.items()
-        if isinstance(info, dict) and "value" in info
-    }
+    return {name: info["value"] for name, info in parameters.items() if isinstance(info, dict) and "value" in info}
 
 
 def classify_outcome(metadata: dict[str, Any]) -> Outcome:

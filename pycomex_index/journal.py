@@ -83,7 +83,8 @@ class ModifyJournal:
         with db.transaction():
             if self.entries:
                 db.execute(
-                    "UPDATE modify_runs SET finished_at = :now WHERE id = :run_id", {"now": time.time(), "run_id": self.run_id}
+                    "UPDATE modify_runs SET finished_at = :now WHERE id = :run_id",
+                    {"now": time.time(), "run_id": self.run_id},
                 )
             else:
                 db.execute("DELETE FROM modify_runs WHERE id = :run_id", {"run_id": self.run_id})
@@ -148,4 +149,6 @@ def journal_entries(index: ArchiveIndex, run_id: int) -> list[JournalEntry]:
 def mark_undone(index: ArchiveIndex, run_id: int) -> None:
     """Record that every file of modify ``run_id`` holds its previous content again."""
     with index.db.transaction():
-        index.db.execute("UPDATE modify_runs SET undone_at = :now WHERE id = :run_id", {"now": time.time(), "run_id": run_id})
+        index.db.execute(
+            "UPDATE modify_runs SET undone_at = :now WHERE id = :run_id", {"now": time.time(), "run_id": run_id}
+        )

@@ -88,7 +88,9 @@ class RunHeartbeat(threading.Thread):
     waits on the index with the short busy timeout, never the experiment.
     """
 
-    def __init__(self, archive_root: str, run_folder: str, interval: float, on_error: Callable[[BaseException], None]) -> None:
+    def __init__(
+        self, archive_root: str, run_folder: str, interval: float, on_error: Callable[[BaseException], None]
+    ) -> None:
         super().__init__(name="pycomex-index-heartbeat", daemon=True)
         self.archive_root, self.run_folder, self.interval = archive_root, run_folder, interval
         self.on_error = on_error

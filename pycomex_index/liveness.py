@@ -148,7 +148,13 @@ def record_heartbeat(db: IndexDatabase, archive_id: int, rel_path: str) -> None:
         db.execute(
             "UPDATE run_liveness SET heartbeat_at = :now WHERE archive_id = :archive_id AND rel_path = :rel_path "
             "AND pid = :pid AND hostname = :hostname",
-            {"archive_id": archive_id, "rel_path": rel_path, "now": time.time(), "pid": os.getpid(), "hostname": this_host()},
+            {
+                "archive_id": archive_id,
+                "rel_path": rel_path,
+                "now": time.time(),
+                "pid": os.getpid(),
+                "hostname": this_host(),
+            },
         )
 
 

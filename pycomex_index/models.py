@@ -32,6 +32,7 @@ NAMING_CONVENTION = {
 #: so "the rows below folder F" is the range F/ .. F0 and listings order paths alike (migration 0006).
 PathText = Text().with_variant(Text(collation="C"), "postgresql")
 
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -124,9 +125,7 @@ class ExperimentFields(Base):
 
     __tablename__ = "experiment_fields"
 
-    experiment_id: Mapped[int] = mapped_column(
-        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
-    )
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True)
     summary_json: Mapped[str] = mapped_column(Text)
     parameters_json: Mapped[str] = mapped_column(Text)
     #: The documents are in Python's JSON dialect (NaN, Infinity, integers beyond 64 bits, lone surrogates),
@@ -159,9 +158,7 @@ class ExperimentParameter(Base):
     __tablename__ = "experiment_parameters"
     __table_args__ = {"sqlite_with_rowid": False}
 
-    experiment_id: Mapped[int] = mapped_column(
-        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
-    )
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True)
     name_id: Mapped[int] = mapped_column(ForeignKey("parameter_names.id"), primary_key=True)
     number: Mapped[float | None] = mapped_column(Float)
     text: Mapped[str | None] = mapped_column(Text)

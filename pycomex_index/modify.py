@@ -130,7 +130,9 @@ def _modify_one(
 ) -> ExperimentModification:
     rel_path = target.rel_path
     if target.read_error:
-        return ExperimentModification(rel_path, FAILED, error=f"metadata unreadable ({target.read_error}); left untouched")
+        return ExperimentModification(
+            rel_path, FAILED, error=f"metadata unreadable ({target.read_error}); left untouched"
+        )
     try:
         folder = experiment_folder(index.root, rel_path)
         metadata_path = os.path.join(folder, METADATA_FILE_NAME)
@@ -148,14 +150,19 @@ def _modify_one(
     if journal is None:
         return ExperimentModification(rel_path, MODIFIED, changes)
     if is_read_only(metadata_path):
-        return ExperimentModification(rel_path, FAILED, changes, error=f"{METADATA_FILE_NAME} is read-only; left untouched")
+        return ExperimentModification(
+            rel_path, FAILED, changes, error=f"{METADATA_FILE_NAME} is read-only; left untouched"
+        )
     run_id = journal.record(rel_path, previous, new_content)
     try:
         write_atomic(metadata_path, new_content)
     except OSError as error:
         journal.forget(rel_path)
         return ExperimentModification(
-            rel_path, FAILED, changes, error=f"cannot write {METADATA_FILE_NAME}: {error.strerror or error}; left untouched"
+            rel_path,
+            FAILED,
+            changes,
+            error=f"cannot write {METADATA_FILE_NAME}: {error.strerror or error}; left untouched",
         )
     reindex_experiment(index, rel_path)
     return ExperimentModification(rel_path, MODIFIED, changes, run_id=run_id)
@@ -258,7 +265,9 @@ def transform_metadata(
     try:
         metadata = _plain(metadata)
     except RecursionError:
-        raise ModificationFailed("m holds itself (or is nested too deep), which JSON cannot store; left untouched") from None
+        raise ModificationFailed(
+            "m holds itself (or is nested too deep), which JSON cannot store; left untouched"
+        ) from None
     return Transformation(original, metadata, renames)
 
 
@@ -368,7 +377,10 @@ def _unencodable(metadata: dict[str, Any], error: BaseException) -> str:
     entries = metadata.get("parameters")
     suspects: list[tuple[str, Any]] = []
     if isinstance(entries, dict):
-        suspects += [(f"p[{name!r}]", entry.get("value") if isinstance(entry, dict) else entry) for name, entry in entries.items()]
+        suspects += [
+            (f"p[{name!r}]", entry.get("value") if isinstance(entry, dict) else entry)
+            for name, entry in entries.items()
+        ]
     suspects += [(f"m[{key!r}]", value) for key, value in metadata.items() if key != "parameters"]
     for label, value in suspects:
         try:
@@ -415,7 +427,9 @@ def _changes(original: dict[str, Any], final: dict[str, Any], renames: dict[str,
                     continue
                 if not _json_equal(before_entry.get(key, ABSENT), after_entry.get(key, ABSENT)):
                     changes.append(
-                        FieldChange("parameter", name, before_entry.get(key, ABSENT), after_entry.get(key, ABSENT), field=key)
+                        FieldChange(
+                            "parameter", name, before_entry.get(key, ABSENT), after_entry.get(key, ABSENT), field=key
+                        )
                     )
     for key in list(original) + [key for key in final if key not in original]:
         if key == "parameters":

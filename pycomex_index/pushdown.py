@@ -176,7 +176,9 @@ class _Translator:
         number, text = self._typed_parameter(name)
         if isinstance(constant, str):
             value = self._bind(constant)
-            return _Verdict(f"CASE WHEN {text} = {value} THEN 1 WHEN {text} IS NOT NULL OR {number} IS NOT NULL THEN 0 END")
+            return _Verdict(
+                f"CASE WHEN {text} = {value} THEN 1 WHEN {text} IS NOT NULL OR {number} IS NOT NULL THEN 0 END"
+            )
         true_test, false_test = self._number_tests(number, operator_type, float(constant))
         if operator_type is ast.Eq:
             # A string is merely unequal to a number; on < and > Python raises, so a string stays undecided.

@@ -60,7 +60,9 @@ class ArchiveStatistics:
 _SELECTED_TABLE = "selected_experiments"
 
 
-def _restrict_to_selection(index: ArchiveIndex, selection: CompiledExpression | None, failures: EvaluationFailures) -> str:
+def _restrict_to_selection(
+    index: ArchiveIndex, selection: CompiledExpression | None, failures: EvaluationFailures
+) -> str:
     """A WHERE clause for the experiments ``selection`` keeps (filling a temporary table of their ids)."""
     where = "archive_id = :archive_id"
     if selection is None:
@@ -167,7 +169,9 @@ def archive_statistics(
 ERROR_GROUP = "error"
 
 
-def count_interrupted(index: ArchiveIndex, where: str = "archive_id = :archive_id", rel_paths: list[str] | None = None) -> int:
+def count_interrupted(
+    index: ArchiveIndex, where: str = "archive_id = :archive_id", rel_paths: list[str] | None = None
+) -> int:
     """How many of the running experiments (those ``where`` keeps, or ``rel_paths``) are interrupted.
 
     Only the rows whose status says running are read and judged (:mod:`pycomex_index.liveness`).
@@ -176,7 +180,8 @@ def count_interrupted(index: ArchiveIndex, where: str = "archive_id = :archive_i
         rel_paths = [
             rel_path
             for (rel_path,) in index.db.execute(
-                f"SELECT rel_path FROM experiments WHERE {where} AND outcome = '{Outcome.RUNNING.value}'", {"archive_id": index.archive_id}
+                f"SELECT rel_path FROM experiments WHERE {where} AND outcome = '{Outcome.RUNNING.value}'",
+                {"archive_id": index.archive_id},
             )
         ]
     run_states = RunStates(index)
@@ -331,7 +336,12 @@ def _single_key_read(expression: CompiledExpression) -> _KeyRead | None:
     body = expression.tree.body if isinstance(expression.tree, ast.Expression) else None
     if isinstance(body, ast.Subscript):
         subject, arguments, raises = body.value, [body.slice], True
-    elif isinstance(body, ast.Call) and isinstance(body.func, ast.Attribute) and body.func.attr == "get" and not body.keywords:
+    elif (
+        isinstance(body, ast.Call)
+        and isinstance(body.func, ast.Attribute)
+        and body.func.attr == "get"
+        and not body.keywords
+    ):
         subject, arguments, raises = body.func.value, body.args, False
     else:
         return None
@@ -412,7 +422,9 @@ def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_
         else:
             key = str(key_read.default)
         ran = duration is not None and duration > 0
-        _group(groups, key).add(1, int(outcome == Outcome.DONE), end_time, duration if ran else 0.0, int(ran), disk_usage)
+        _group(groups, key).add(
+            1, int(outcome == Outcome.DONE), end_time, duration if ran else 0.0, int(ran), disk_usage
+        )
     return where  # the selected experiments, for counting the interrupted ones
 
 

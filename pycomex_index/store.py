@@ -160,7 +160,7 @@ def _exists_but_not_writable(path: str) -> bool:
 def _open_database(location: str, read_only: bool = False) -> IndexDatabase:
     if is_database_url(location):
         if location.startswith("sqlite:///") and "?" not in location:
-            return _open_sqlite_file(location[len("sqlite:///"):], via_sqlalchemy=True)
+            return _open_sqlite_file(location[len("sqlite:///") :], via_sqlalchemy=True)
         db: IndexDatabase | None = None
         try:
             db = SqlAlchemyDatabase(location)
@@ -363,7 +363,10 @@ def replace_damaged_index_file(path: str, error: IndexDamagedError, *, via_sqlal
         raise
     logger.warning(
         "the index %s was unusable (%s); moved it to %s and rebuilding from the archive; %s",
-        path, reason, aside, salvage.describe(aside),
+        path,
+        reason,
+        aside,
+        salvage.describe(aside),
     )
     return db
 
@@ -382,11 +385,9 @@ def recover_damaged_index(index: ArchiveIndex, error: IndexDamagedError) -> None
     reports damage cannot be set aside: ``error`` is raised again.
     """
     index.close()
-    if is_database_url(index.location) and not (
-        index.location.startswith("sqlite:///") and "?" not in index.location
-    ):
+    if is_database_url(index.location) and not (index.location.startswith("sqlite:///") and "?" not in index.location):
         raise error
-    path = index.location[len("sqlite:///"):] if is_database_url(index.location) else index.location
+    path = index.location[len("sqlite:///") :] if is_database_url(index.location) else index.location
     if index.read_only:
         raise IndexDamagedError(f"{error}; it is read-only, so it cannot be set aside and rebuilt", path) from None
     replace_damaged_index_file(os.path.abspath(path), error, via_sqlalchemy=is_database_url(index.location)).close()
@@ -474,7 +475,10 @@ def _has_table(source: Any, table: str) -> bool | None:
     import sqlite3
 
     try:
-        return source.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone() is not None
+        return (
+            source.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+            is not None
+        )
     except sqlite3.Error:
         return None
 

@@ -284,7 +284,9 @@ def _remove_verified(db: IndexDatabase, archive_id: int, root: str, rel_paths: l
 
 def _stored_digests(db: IndexDatabase, archive_id: int) -> dict[str, str | None]:
     return dict(
-        db.execute("SELECT folder, digest FROM folder_digests WHERE archive_id = :archive_id", {"archive_id": archive_id})
+        db.execute(
+            "SELECT folder, digest FROM folder_digests WHERE archive_id = :archive_id", {"archive_id": archive_id}
+        )
     )
 
 

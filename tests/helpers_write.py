@@ -77,7 +77,9 @@ def index_stats(archive: Path) -> dict[str, tuple[int, int]]:
     with _connect(archive) as connection:
         return {
             rel_path: (mtime, size)
-            for rel_path, mtime, size in connection.execute("SELECT rel_path, meta_mtime_ns, meta_size FROM experiments")
+            for rel_path, mtime, size in connection.execute(
+                "SELECT rel_path, meta_mtime_ns, meta_size FROM experiments"
+            )
         }
 
 
@@ -185,7 +187,17 @@ def oracle_selection(archive: Path, select: str | None) -> set[str]:
                 metadata[key] = _Time(metadata[key])
         parameters = {name: info["value"] for name, info in metadata.get("parameters", {}).items() if "value" in info}
         try:
-            if eval(select, {"m": metadata, "p": parameters, "metadata": metadata, "meta": metadata, "params": parameters, "parameters": parameters}):
+            if eval(
+                select,
+                {
+                    "m": metadata,
+                    "p": parameters,
+                    "metadata": metadata,
+                    "meta": metadata,
+                    "params": parameters,
+                    "parameters": parameters,
+                },
+            ):
                 picked.add(rel_path)
         except Exception:
             continue
@@ -193,7 +205,9 @@ def oracle_selection(archive: Path, select: str | None) -> set[str]:
 
 
 def running_experiments(archive: Path) -> set[str]:
-    return {rel for rel, metadata in disk_documents(archive).items() if metadata and metadata.get("status") == "running"}
+    return {
+        rel for rel, metadata in disk_documents(archive).items() if metadata and metadata.get("status") == "running"
+    }
 
 
 def add_spec_experiments(archive: Path) -> None:
@@ -201,16 +215,28 @@ def add_spec_experiments(archive: Path) -> None:
     jan_15 = datetime(2024, 1, 15, 10, 30, 45).timestamp()
     runs = {
         "model/2024-01-15_10-30-45": make_metadata(
-            name="best_model", start_time=jan_15, end_time=jan_15 + 700, duration=700.0,
+            name="best_model",
+            start_time=jan_15,
+            end_time=jan_15 + 700,
+            duration=700.0,
             parameters={"LEARNING_RATE": 0.001, "BATCH_SIZE": 32, "MODEL": "resnet", "ACCURACY": 0.95, "EPOCHS": 60},
         ),
         "model/2024-01-15_11-20-10": make_metadata(
-            name="test", status="failed", has_error=True, error_type="ValueError",
-            start_time=jan_15 + 3000, end_time=jan_15 + 3003, duration=3.0, for_analysis=True,
+            name="test",
+            status="failed",
+            has_error=True,
+            error_type="ValueError",
+            start_time=jan_15 + 3000,
+            end_time=jan_15 + 3003,
+            duration=3.0,
+            for_analysis=True,
             parameters={"LEARNING_RATE": 0.6, "BATCH_SIZE": 64, "MODEL": "old_model", "LERNING_RATE": 0.01},
         ),
         "model/2024-01-10_10-00-00": make_metadata(
-            start_time=jan_15 - 5 * 86400, end_time=jan_15 - 5 * 86400 + 45, duration=45.0, version="1.0",
+            start_time=jan_15 - 5 * 86400,
+            end_time=jan_15 - 5 * 86400 + 45,
+            duration=45.0,
+            version="1.0",
             parameters={"LEARNING_RATE": 0.01, "BATCH_SIZE": 64, "MODEL": "resnet", "old_param": 7, "EPOCHS": 30.0},
         ),
     }

@@ -44,13 +44,17 @@ def _one_archive_through(archive: Path, other: Path, run_cli) -> None:
     assert index_query(archive, "SELECT COUNT(*) FROM experiments") == [(8,)]
 
 
-def test_an_archive_through_a_symlink_is_the_same_archive(archive: Path, tmp_path: Path, run_cli, index_backend) -> None:
+def test_an_archive_through_a_symlink_is_the_same_archive(
+    archive: Path, tmp_path: Path, run_cli, index_backend
+) -> None:
     link = tmp_path / "link-to-results"
     link.symlink_to(archive)
     _one_archive_through(archive, link, run_cli)
 
 
-def test_an_archive_through_a_bind_mount_is_the_same_archive(archive: Path, tmp_path: Path, run_cli, index_backend) -> None:
+def test_an_archive_through_a_bind_mount_is_the_same_archive(
+    archive: Path, tmp_path: Path, run_cli, index_backend
+) -> None:
     mount_point = tmp_path / "mnt" / "results"
     mount_point.mkdir(parents=True)
     bound = subprocess.run(["mount", "--bind", str(archive), str(mount_point)], capture_output=True, text=True)

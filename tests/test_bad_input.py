@@ -84,7 +84,7 @@ def test_list_shows_unreadable_metadata_as_metadata_errors_last(broken_archive: 
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert len(lines) == 10
-    errors = lines[-len(UNREADABLE):]
+    errors = lines[-len(UNREADABLE) :]
     assert {line.split(" ")[1].split("/")[-1] for line in errors} == UNREADABLE
     assert all(line.startswith("❌ ") and line.endswith(" (metadata error)") for line in errors)
     assert "✅ results/ns/folder with spaces ü (2m 15s)" in lines
@@ -207,7 +207,9 @@ def test_an_index_file_that_is_garbage_is_set_aside_and_rebuilt(archive: Path, r
 def test_an_index_with_a_valid_header_but_damaged_pages_is_rebuilt(archive: Path, run_cli) -> None:
     assert run_cli("archive", "list", "--path", str(archive)).exit_code == 0
     index_file = archive / ".pycomex_index" / "index.sqlite3"
-    run_cli("index", "status", "--path", str(archive))  # checkpoint happens on close; make the damage land in the main file
+    run_cli(
+        "index", "status", "--path", str(archive)
+    )  # checkpoint happens on close; make the damage land in the main file
     data = bytearray(index_file.read_bytes())
     data[100:4096] = b"\xff" * (4096 - 100)  # keep the 100-byte header, wreck the schema page
     index_file.write_bytes(bytes(data))
@@ -240,7 +242,9 @@ def tiny_filesystem(tmp_path: Path):
     """A 1 MiB tmpfs (needs root), unmounted afterwards."""
     mount_point = tmp_path / "tiny"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tiny tmpfs here: {mounted.stderr.strip()}")
     yield mount_point
@@ -274,7 +278,9 @@ FOREIGN_FILES = {
 
 
 @pytest.mark.parametrize("name", sorted(FOREIGN_FILES))
-def test_index_option_naming_a_users_file_refuses_and_leaves_it_untouched(archive: Path, tmp_path: Path, run_cli, name: str) -> None:
+def test_index_option_naming_a_users_file_refuses_and_leaves_it_untouched(
+    archive: Path, tmp_path: Path, run_cli, name: str
+) -> None:
     folder = tmp_path / "documents"
     folder.mkdir()
     (folder / name).write_bytes(FOREIGN_FILES[name])
@@ -284,7 +290,9 @@ def test_index_option_naming_a_users_file_refuses_and_leaves_it_untouched(archiv
     assert (folder / name).read_bytes() == FOREIGN_FILES[name]
 
 
-def test_index_option_naming_another_applications_damaged_database_refuses(archive: Path, tmp_path: Path, run_cli) -> None:
+def test_index_option_naming_another_applications_damaged_database_refuses(
+    archive: Path, tmp_path: Path, run_cli
+) -> None:
     database = tmp_path / "accounts.sqlite3"
     connection = sqlite3.connect(database)
     connection.execute("CREATE TABLE ledger (id INTEGER PRIMARY KEY, note TEXT)")
@@ -298,11 +306,15 @@ def test_index_option_naming_another_applications_damaged_database_refuses(archi
     result = run_cli("archive", "list", "--path", str(archive), "--index", str(database))
     _assert_one_line_error(result, 2, "not made by pycomex-index")
     assert database.read_bytes() == bytes(data)
-    assert not [name for name in os.listdir(tmp_path) if name.startswith("accounts.sqlite3") and name != "accounts.sqlite3"]
+    assert not [
+        name for name in os.listdir(tmp_path) if name.startswith("accounts.sqlite3") and name != "accounts.sqlite3"
+    ]
 
 
 @pytest.mark.parametrize("target", ["/dev/null", "folder"])
-def test_index_option_naming_a_device_or_folder_is_refused_without_litter(archive: Path, tmp_path: Path, run_cli, target: str) -> None:
+def test_index_option_naming_a_device_or_folder_is_refused_without_litter(
+    archive: Path, tmp_path: Path, run_cli, target: str
+) -> None:
     if target == "folder":
         (tmp_path / "folder").mkdir()
         target = str(tmp_path / "folder")
@@ -323,7 +335,17 @@ def test_a_users_file_that_is_a_damaged_pycomex_index_is_set_aside(archive: Path
     result = run_cli("archive", "list", "--path", str(archive), "--index", str(index_file))
     assert result.exit_code == 0, result.output
     assert len(result.stdout.splitlines()) == 8 and "unusable" in result.stderr
-    assert len([path for path in index_file.parent.glob("results.sqlite3.damaged-*") if not path.name.endswith(("-wal", "-shm"))]) == 1
+    assert (
+        len(
+            [
+                path
+                for path in index_file.parent.glob("results.sqlite3.damaged-*")
+                if not path.name.endswith(("-wal", "-shm"))
+            ]
+        )
+        == 1
+    )
+
 
 # --- Hostile metadata values and folder names (issue 9): one run never stops the archive. ---
 
@@ -364,16 +386,24 @@ DEEP = 5000
     ],
     ids=["description", "parameter", "top-level-key", "objects", "python-dialect", "250-levels"],
 )
-def test_deeply_nested_metadata_is_a_metadata_error_and_the_rest_is_listed(tmp_path: Path, run_cli, content: str) -> None:
+def test_deeply_nested_metadata_is_a_metadata_error_and_the_rest_is_listed(
+    tmp_path: Path, run_cli, content: str
+) -> None:
     root = _hostile_archive(tmp_path, {"deep": content})
-    for command in READ_COMMANDS + [["list", "--json"], ["list", "--select", "p['X'] > 0"], ["list", "--select", "'deep' in m['description']"]]:
+    for command in READ_COMMANDS + [
+        ["list", "--json"],
+        ["list", "--select", "p['X'] > 0"],
+        ["list", "--select", "'deep' in m['description']"],
+    ]:
         result = run_cli("archive", *command, "--path", str(root))
         assert result.exit_code == 0, (command, result.output)
         assert "Traceback" not in result.output and not result.stderr.startswith("Error:")
     lines = run_cli("archive", "list", "--path", str(root)).stdout.splitlines()
     assert lines[-1] == "❌ results/ns/deep (metadata error)"
     assert len(lines) == 3
-    experiments = {item["rel_path"]: item for item in json.loads(run_cli("archive", "list", "--path", str(root), "--json").stdout)}
+    experiments = {
+        item["rel_path"]: item for item in json.loads(run_cli("archive", "list", "--path", str(root), "--json").stdout)
+    }
     assert experiments["ns/deep"]["metadata_error"] == "experiment_meta.json is nested more than 200 levels deep"
     assert experiments["ns/ordinary_b"]["parameters"] == {"X": 2}
 
@@ -422,14 +452,21 @@ def test_odd_folder_names_are_listed_escaped_and_written_through_to_the_real_fol
     assert odd["path"].endswith(odd["rel_path"])
     # m['path'] is the real path, as pycomex gives it.
     real_path = os.fsdecode(folder)
-    assert run_cli("archive", "list", "--path", str(root), "--select", f"m['path'] == {real_path!r}").stdout.count("\n") == 1
+    assert (
+        run_cli("archive", "list", "--path", str(root), "--select", f"m['path'] == {real_path!r}").stdout.count("\n")
+        == 1
+    )
 
-    modified = run_cli("archive", "modify", "--path", str(root), "--select", "p['X'] == 9", "--modify-parameters", "p['X'] = 10")
+    modified = run_cli(
+        "archive", "modify", "--path", str(root), "--select", "p['X'] == 9", "--modify-parameters", "p['X'] = 10"
+    )
     assert modified.exit_code == 0, modified.output
     with open(os.path.join(folder, b"experiment_meta.json")) as file:
         assert json.load(file)["parameters"]["X"]["value"] == 10
     zip_path = tmp_path / "odd.zip"
-    compressed = run_cli("archive", "compress", "--path", str(root), "--select", "p['X'] == 10", "--name", str(zip_path))
+    compressed = run_cli(
+        "archive", "compress", "--path", str(root), "--select", "p['X'] == 10", "--name", str(zip_path)
+    )
     assert compressed.exit_code == 0, compressed.output
     with zipfile.ZipFile(zip_path) as archive_zip:
         assert [member for member in archive_zip.namelist() if member.endswith("experiment_meta.json")]
@@ -458,7 +495,11 @@ def test_a_literal_backslash_name_and_its_lookalike_stay_two_experiments(tmp_pat
         (float("inf"), "Infinity", "p['V'] > 100"),
         (float("-inf"), "-Infinity", "p['V'] < -100"),
         (float("nan"), "NaN", "p['V'] != p['V']"),
-        ([1.0, float("nan"), {"deeper": float("inf")}], [1.0, "NaN", {"deeper": "Infinity"}], "p['V'][2]['deeper'] > 1e308"),
+        (
+            [1.0, float("nan"), {"deeper": float("inf")}],
+            [1.0, "NaN", {"deeper": "Infinity"}],
+            "p['V'][2]['deeper'] > 1e308",
+        ),
     ],
     ids=["inf", "-inf", "nan", "nested"],
 )
@@ -471,24 +512,37 @@ def test_non_finite_parameter_values_reach_select_as_floats_and_json_as_strings(
     assert selected.exit_code == 0, selected.output
     (experiment,) = json.loads(selected.stdout, parse_constant=pytest.fail)  # strict JSON: no NaN tokens
     assert experiment["rel_path"] == "ns/odd" and experiment["parameters"] == {"V": as_json, "X": 5}
-    everything = json.loads(run_cli("archive", "list", "--path", str(root), "--json").stdout, parse_constant=pytest.fail)
+    everything = json.loads(
+        run_cli("archive", "list", "--path", str(root), "--json").stdout, parse_constant=pytest.fail
+    )
     assert len(everything) == 3
     # The rest of the document still goes through SQL, and the odd run through Python, with one answer.
     assert run_cli("archive", "list", "--path", str(root), "--select", "p['X'] > 2").stdout.splitlines() == [
         "✅ results/ns/odd (2m 15s)"
     ]
-    grouped = json.loads(run_cli("archive", "scan", "--path", str(root), "--group", "p.get('V', 'none')", "--json").stdout)
+    grouped = json.loads(
+        run_cli("archive", "scan", "--path", str(root), "--group", "p.get('V', 'none')", "--json").stdout
+    )
     assert {group["group"]: group["count"] for group in grouped} == {"none": 2, str(value): 1}
     tail = run_cli("archive", "tail", "--path", str(root), "--json")
-    assert tail.exit_code == 0 and json.loads(tail.stdout, parse_constant=pytest.fail)[-1]["rel_path"] in {"ns/odd", "ns/ordinary_a"}
+    assert tail.exit_code == 0 and json.loads(tail.stdout, parse_constant=pytest.fail)[-1]["rel_path"] in {
+        "ns/odd",
+        "ns/ordinary_a",
+    }
 
 
 @pytest.mark.parametrize(
-    "value", [2**64 + 1, -(2**64) - 1, 2**63, 10**400, [2**70, {"x": 10**30}]], ids=["2**64+1", "-2**64-1", "2**63", "10**400", "nested"]
+    "value",
+    [2**64 + 1, -(2**64) - 1, 2**63, 10**400, [2**70, {"x": 10**30}]],
+    ids=["2**64+1", "-2**64-1", "2**63", "10**400", "nested"],
 )
 def test_integers_beyond_64_bits_stay_exact(tmp_path: Path, run_cli, value) -> None:
     root = _hostile_archive(tmp_path, {"big": make_metadata(parameters={"SEED": value}, big_key=value)})
-    for select in [f"p['SEED'] == {value!r}", f"m['big_key'] == {value!r}", f"m['parameters']['SEED']['value'] == {value!r}"]:
+    for select in [
+        f"p['SEED'] == {value!r}",
+        f"m['big_key'] == {value!r}",
+        f"m['parameters']['SEED']['value'] == {value!r}",
+    ]:
         result = run_cli("archive", "list", "--path", str(root), "--select", select, "--json")
         assert result.exit_code == 0, result.output
         (experiment,) = json.loads(result.stdout)
@@ -497,9 +551,13 @@ def test_integers_beyond_64_bits_stay_exact(tmp_path: Path, run_cli, value) -> N
     grouped = json.loads(run_cli("archive", "scan", "--path", str(root), "--group", "p.get('SEED')", "--json").stdout)
     assert {group["group"] for group in grouped} == {"None", str(value)}
     # modify rewrites the file with the integer as it was
-    modified = run_cli("archive", "modify", "--path", str(root), "--select", "'SEED' in p", "--modify-metadata", "m['seen'] = 1")
+    modified = run_cli(
+        "archive", "modify", "--path", str(root), "--select", "'SEED' in p", "--modify-metadata", "m['seen'] = 1"
+    )
     assert modified.exit_code == 0, modified.output
-    assert json.loads((root / "ns" / "big" / "experiment_meta.json").read_text())["parameters"]["SEED"]["value"] == value
+    assert (
+        json.loads((root / "ns" / "big" / "experiment_meta.json").read_text())["parameters"]["SEED"]["value"] == value
+    )
 
 
 ABSURD_TIMES = [
@@ -522,7 +580,11 @@ def test_one_absurd_time_does_not_spoil_the_figures_of_the_others(tmp_path: Path
     assert figures["first_start_time"] == 1700000000.0
     assert figures["last_start_time"] == 1700000500.0
     assert figures["maximum_duration"] == 135.0 and figures["average_duration"] == 135.0
-    for command in READ_COMMANDS + [["tail", "-n", "3"], ["list", "--json"], ["list", "--select", "m['duration'] > 100"]]:
+    for command in READ_COMMANDS + [
+        ["tail", "-n", "3"],
+        ["list", "--json"],
+        ["list", "--select", "m['duration'] > 100"],
+    ]:
         result = run_cli("archive", *command, "--path", str(root))
         assert result.exit_code == 0, (command, result.output)
     text = run_cli("archive", "overview", "--path", str(root)).stdout
@@ -531,7 +593,20 @@ def test_one_absurd_time_does_not_spoil_the_figures_of_the_others(tmp_path: Path
 
 # --- Property: no hostile archive stops a read command. ---
 
-ODD_STRINGS = ["", "\x00", "a\nb", "\r\n", "\x1b[31mred", "\u2028", "\ud800", "x\udfffy", "é" * 3, "x" * 20000, "NaN", "done"]
+ODD_STRINGS = [
+    "",
+    "\x00",
+    "a\nb",
+    "\r\n",
+    "\x1b[31mred",
+    "\u2028",
+    "\ud800",
+    "x\udfffy",
+    "é" * 3,
+    "x" * 20000,
+    "NaN",
+    "done",
+]
 ODD_SCALARS = st.one_of(
     st.none(),
     st.booleans(),
@@ -544,7 +619,9 @@ ODD_SCALARS = st.one_of(
 )
 ODD_VALUES = st.recursive(
     ODD_SCALARS,
-    lambda children: st.one_of(st.lists(children, max_size=3), st.dictionaries(st.sampled_from(ODD_STRINGS + ["a"]), children, max_size=3)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(st.sampled_from(ODD_STRINGS + ["a"]), children, max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -585,12 +662,23 @@ HOSTILE_METADATA = st.one_of(
     ),
     HOSTILE_VALUES,  # not even an object
 )
-ODD_FOLDER_NAMES = st.sampled_from([b"run", b"run-\xff", b"a\nb", b"back\\slash", b"\xc3\xbc\xe9", b"tab\t", b"x" * 200, b"\\xff"])
-HOSTILE_SELECTS = ["p['X'] > 0", "m['status'] == 'done' and p['MODEL'] == 'resnet'", "m['start_time'] > '2024-01-01'", "str(m) != ''"]
+ODD_FOLDER_NAMES = st.sampled_from(
+    [b"run", b"run-\xff", b"a\nb", b"back\\slash", b"\xc3\xbc\xe9", b"tab\t", b"x" * 200, b"\\xff"]
+)
+HOSTILE_SELECTS = [
+    "p['X'] > 0",
+    "m['status'] == 'done' and p['MODEL'] == 'resnet'",
+    "m['start_time'] > '2024-01-01'",
+    "str(m) != ''",
+]
 _hostile_counter = itertools.count()
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(runs=st.lists(st.tuples(ODD_FOLDER_NAMES, HOSTILE_METADATA), min_size=1, max_size=4))
 def test_no_hostile_archive_stops_a_read_command(tmp_path: Path, run_cli, runs) -> None:
     root = tmp_path / f"hostile{next(_hostile_counter)}" / "results"
@@ -604,7 +692,15 @@ def test_no_hostile_archive_stops_a_read_command(tmp_path: Path, run_cli, runs) 
                 file.write(json.dumps(metadata, indent=4, sort_keys=True))  # pycomex's format, NaN and all
             except (RecursionError, TypeError):
                 file.write(json.dumps(metadata))  # keys of mixed kinds cannot be sorted
-    commands = [["list"], ["list", "--json"], ["tail", "-n", "10"], ["overview"], ["info"], ["scan"], ["scan", "--group", "p.get('X')"]]
+    commands = [
+        ["list"],
+        ["list", "--json"],
+        ["tail", "-n", "10"],
+        ["overview"],
+        ["info"],
+        ["scan"],
+        ["scan", "--group", "p.get('X')"],
+    ]
     commands += [["list", "--select", select] for select in HOSTILE_SELECTS]
     for command in commands:
         result = run_cli("archive", *command, "--path", str(root))
@@ -614,9 +710,13 @@ def test_no_hostile_archive_stops_a_read_command(tmp_path: Path, run_cli, runs) 
     listed = run_cli("archive", "list", "--path", str(root)).stdout.splitlines()
     assert len(listed) == len(runs)
     assert sorted(int(line.split("/ns/")[1].split("-")[0]) for line in listed) == list(range(len(runs)))
-    experiments = json.loads(run_cli("archive", "list", "--path", str(root), "--json").stdout, parse_constant=pytest.fail)
+    experiments = json.loads(
+        run_cli("archive", "list", "--path", str(root), "--json").stdout, parse_constant=pytest.fail
+    )
     assert len(experiments) == len(runs)
-    figures = json.loads(run_cli("archive", "overview", "--path", str(root), "--json").stdout, parse_constant=pytest.fail)
+    figures = json.loads(
+        run_cli("archive", "overview", "--path", str(root), "--json").stdout, parse_constant=pytest.fail
+    )
     assert figures["total"] == len(runs)
 
 
@@ -636,8 +736,13 @@ def test_an_index_from_revision_0005_reads_again_what_it_stored_lossily(tmp_path
             "INSERT INTO experiments (id, archive_id, rel_path, namespace, outcome, start_time, duration, asset_count, "
             "disk_usage, meta_mtime_ns, meta_size, folder_mtime_ns) "
             "VALUES (:id, 1, :rel_path, 'ns', 'done', 1700000000.0, :duration, 1, 10, :mtime, :size, 1)",
-            {"id": number, "rel_path": f"ns/{name}", "mtime": meta.st_mtime_ns, "size": meta.st_size,
-             "duration": 1e300 if name == "odd" else 135.0},
+            {
+                "id": number,
+                "rel_path": f"ns/{name}",
+                "mtime": meta.st_mtime_ns,
+                "size": meta.st_size,
+                "duration": 1e300 if name == "odd" else 135.0,
+            },
         )
         parameters = '{"V":null}' if name == "odd" else json.dumps({"X": number})
         old.execute(
@@ -647,7 +752,13 @@ def test_an_index_from_revision_0005_reads_again_what_it_stored_lossily(tmp_path
     # A digest equal to the disk's, as 0005 left it: without the upgrade a sync would trust the stored rows.
     old.execute(
         "INSERT INTO folder_digests (archive_id, folder, digest) VALUES (1, 'ns', :digest)",
-        {"digest": next(listing_digest(listing.experiments) for listing in iter_folder_listings(str(root)) if listing.experiments)},
+        {
+            "digest": next(
+                listing_digest(listing.experiments)
+                for listing in iter_folder_listings(str(root))
+                if listing.experiments
+            )
+        },
     )
     old.close()
 

@@ -125,7 +125,9 @@ def test_spec_compress_examples_write_pycomex_layout_and_record_the_export(
     # Recorded by the command itself, read straight from the index file:
     (export,) = query(spec_archive, "SELECT id, zip_path, size, sha256, experiment_count FROM exports")
     assert export[1:] == (str(zip_path), size, hashlib.sha256(zip_path.read_bytes()).hexdigest(), len(selected))
-    members = {row[0] for row in query(spec_archive, f"SELECT rel_path FROM export_members WHERE export_id = {export[0]}")}
+    members = {
+        row[0] for row in query(spec_archive, f"SELECT rel_path FROM export_members WHERE export_id = {export[0]}")
+    }
     assert members == selected
     assert not [name for name in os.listdir(workdir) if name != zip_path.name]
 
@@ -149,11 +151,15 @@ def test_zip_extracts_to_the_same_tree(spec_archive: Path, tmp_path: Path, run_c
 
 
 def test_default_name_is_results_zip_in_the_current_folder(spec_archive: Path, tmp_path: Path, run_cli) -> None:
-    result = run_cli("archive", "compress", "--path", str(spec_archive), "--select", "m['name'] == 'best_model'", cwd=tmp_path)
+    result = run_cli(
+        "archive", "compress", "--path", str(spec_archive), "--select", "m['name'] == 'best_model'", cwd=tmp_path
+    )
     assert result.exit_code == 0, result.output
     assert "Created: results.zip (" in result.stdout
     with zipfile.ZipFile(tmp_path / "results.zip") as archive_zip:
-        assert {Path(name).parent.as_posix() for name in archive_zip.namelist()} == {"results/model/2024-01-15_10-30-45"}
+        assert {Path(name).parent.as_posix() for name in archive_zip.namelist()} == {
+            "results/model/2024-01-15_10-30-45"
+        }
 
 
 def test_symlinks_out_of_an_experiment_are_skipped_with_a_warning(tmp_path: Path, run_cli) -> None:
@@ -181,7 +187,10 @@ def test_symlinks_out_of_an_experiment_are_skipped_with_a_warning(tmp_path: Path
         "results/ns/run/inside_link.csv",
         "results/ns/run/sub/",
     }
-    assert f"Warning: skipped the symlink results/ns/run/outside_link.txt -> {tmp_path / 'secret.txt'}: it points outside the experiment" in result.stderr
+    assert (
+        f"Warning: skipped the symlink results/ns/run/outside_link.txt -> {tmp_path / 'secret.txt'}: it points outside the experiment"
+        in result.stderr
+    )
     assert "Warning: skipped the symlink results/ns/run/outside_folder" in result.stderr
     assert "Warning: skipped the symlink results/ns/run/sub/loop: it loops back to a folder above it" in result.stderr
     assert "dangling.txt" in result.stderr
@@ -209,7 +218,9 @@ def test_interrupted_compress_leaves_no_partial_zip_and_keeps_the_old_one(spec_a
 
 
 def test_target_in_a_missing_folder_is_a_clear_error(spec_archive: Path, tmp_path: Path, run_cli) -> None:
-    result = run_cli("archive", "compress", "--path", str(spec_archive), "--all", "--name", str(tmp_path / "nowhere" / "out.zip"))
+    result = run_cli(
+        "archive", "compress", "--path", str(spec_archive), "--all", "--name", str(tmp_path / "nowhere" / "out.zip")
+    )
     assert result.exit_code == 1, result.output
     assert result.stderr.strip() == (
         f"Error: cannot write {tmp_path / 'nowhere' / 'out.zip'}: the folder {tmp_path / 'nowhere'} does not exist"
@@ -227,7 +238,9 @@ def test_target_that_is_a_folder_is_a_clear_error(spec_archive: Path, tmp_path: 
 
 
 def test_select_matching_nothing_writes_no_zip(spec_archive: Path, tmp_path: Path, run_cli) -> None:
-    result = run_cli("archive", "compress", "--path", str(spec_archive), "--select", "m['status'] == 'nope'", cwd=tmp_path)
+    result = run_cli(
+        "archive", "compress", "--path", str(spec_archive), "--select", "m['status'] == 'nope'", cwd=tmp_path
+    )
     assert result.exit_code == 0, result.output
     assert result.stderr == "No experiments match the selection; nothing was changed.\n"
     assert not (tmp_path / "results.zip").exists()
@@ -236,7 +249,9 @@ def test_select_matching_nothing_writes_no_zip(spec_archive: Path, tmp_path: Pat
 def test_compress_needs_select_or_all(spec_archive: Path, tmp_path: Path, run_cli) -> None:
     result = run_cli("archive", "compress", "--path", str(spec_archive), cwd=tmp_path)
     assert result.exit_code == 2
-    assert "Error: choose the experiments to compress: give --select EXPR, or --all for every experiment" in result.stderr
+    assert (
+        "Error: choose the experiments to compress: give --select EXPR, or --all for every experiment" in result.stderr
+    )
     assert not (tmp_path / "results.zip").exists()
 
 
@@ -269,7 +284,15 @@ def _tree(folder: Path) -> dict[str, bytes]:
         ("linked.zip", "."),  # a symlink (dangling) leading into the archive
         ("results/.pycomex_index/index.sqlite3", "."),
     ],
-    ids=["own-metadata", "inside-an-experiment", "archive-root", "dot-dot", "symlinked-folder", "symlinked-file", "index"],
+    ids=[
+        "own-metadata",
+        "inside-an-experiment",
+        "archive-root",
+        "dot-dot",
+        "symlinked-folder",
+        "symlinked-file",
+        "index",
+    ],
 )
 def test_target_inside_the_archive_is_always_refused(
     spec_archive: Path, tmp_path: Path, run_cli, name: str, cwd: str, overwrite: list[str]
@@ -280,11 +303,16 @@ def test_target_inside_the_archive_is_always_refused(
     assert run_cli("index", "sync", "--path", str(spec_archive)).exit_code == 0
     before = _tree(spec_archive)
 
-    result = run_cli("archive", "compress", "--path", str(spec_archive), "--all", "--name", name, *overwrite, cwd=tmp_path / cwd)
+    result = run_cli(
+        "archive", "compress", "--path", str(spec_archive), "--all", "--name", name, *overwrite, cwd=tmp_path / cwd
+    )
 
     assert result.exit_code == 1, result.output
     target = os.path.abspath(tmp_path / cwd / name)
-    assert result.stderr == f"Error: cannot write {target}: it lies inside the archive {spec_archive}; write the ZIP outside it\n"
+    assert (
+        result.stderr
+        == f"Error: cannot write {target}: it lies inside the archive {spec_archive}; write the ZIP outside it\n"
+    )
     assert _tree(spec_archive) == before  # byte for byte, and no temporary either
     assert query(spec_archive, "SELECT COUNT(*) FROM exports") == [(0,)]  # the index is whole, too
 
@@ -339,7 +367,9 @@ def test_zip_written_inside_a_symlinked_experiment_does_not_pack_itself(tmp_path
         assert archive_zip.namelist() == ["results/ns/run/experiment_meta.json"]
 
 
-def test_existing_zip_is_replaced_with_overwrite_whole_and_keeping_its_permissions(spec_archive: Path, tmp_path: Path, run_cli) -> None:
+def test_existing_zip_is_replaced_with_overwrite_whole_and_keeping_its_permissions(
+    spec_archive: Path, tmp_path: Path, run_cli
+) -> None:
     target = tmp_path / "out.zip"
     target.write_bytes(b"old")
     os.chmod(target, 0o640)
@@ -349,11 +379,18 @@ def test_existing_zip_is_replaced_with_overwrite_whole_and_keeping_its_permissio
     assert target.stat().st_mode & 0o777 == 0o640
 
 
-def test_exports_are_listed_newest_first_and_known_to_delete_without_a_sync(spec_archive: Path, tmp_path: Path, run_cli) -> None:
+def test_exports_are_listed_newest_first_and_known_to_delete_without_a_sync(
+    spec_archive: Path, tmp_path: Path, run_cli
+) -> None:
     run_cli("archive", "list", "--path", str(spec_archive))
     freeze_index(spec_archive)
     for name, select in (("first.zip", "m['status'] == 'done'"), ("second.zip", "m['status'] == 'failed'")):
-        assert run_cli("archive", "compress", "--path", str(spec_archive), "--select", select, "--name", str(tmp_path / name)).exit_code == 0
+        assert (
+            run_cli(
+                "archive", "compress", "--path", str(spec_archive), "--select", select, "--name", str(tmp_path / name)
+            ).exit_code
+            == 0
+        )
     with open_archive_index(str(spec_archive)) as index:
         exports = recent_exports(index, limit=5)
         assert [Path(export.zip_path).name for export in exports] == ["second.zip", "first.zip"]

@@ -76,8 +76,18 @@ def test_processes_syncing_and_writing_overlapping_runs_at_once_leave_the_index_
     start_at = str(time.time() + 3)
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(archive), postgresql_url, str(seed), "12", start_at,
-             json.dumps(NAMESPACES), json.dumps(RUNS)],
+            [
+                sys.executable,
+                "-c",
+                WORKER,
+                str(archive),
+                postgresql_url,
+                str(seed),
+                "12",
+                start_at,
+                json.dumps(NAMESPACES),
+                json.dumps(RUNS),
+            ],
             stderr=subprocess.PIPE,
             text=True,
         )
@@ -89,7 +99,11 @@ def test_processes_syncing_and_writing_overlapping_runs_at_once_leave_the_index_
     on_disk = {}
     for meta in archive.glob("*/*/experiment_meta.json"):
         stat = meta.stat()
-        on_disk[str(meta.parent.relative_to(archive))] = (stat.st_mtime_ns, stat.st_size, json.loads(meta.read_text())["name"])
+        on_disk[str(meta.parent.relative_to(archive))] = (
+            stat.st_mtime_ns,
+            stat.st_size,
+            json.loads(meta.read_text())["name"],
+        )
     from pycomex_index.store import open_archive_index
 
     with open_archive_index(str(archive), postgresql_url) as index:

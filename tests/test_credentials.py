@@ -94,7 +94,10 @@ def test_the_daemon_never_shows_a_url_password(archive: Path, postgresql_url: st
     def command(*arguments: str) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "pycomex_index", "daemon", *arguments, "--path", str(archive)],
-            capture_output=True, text=True, timeout=90, env=environment,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            env=environment,
         )
 
     started = command("start", "--polling", "--interval", "0.2")
@@ -108,7 +111,9 @@ def test_the_daemon_never_shows_a_url_password(archive: Path, postgresql_url: st
             except FileNotFoundError:
                 continue
         deadline = time.monotonic() + 30
-        while (status := command("status", "--json")).returncode == 0 and json.loads(status.stdout)["mode"] == "starting":
+        while (status := command("status", "--json")).returncode == 0 and json.loads(status.stdout)[
+            "mode"
+        ] == "starting":
             assert time.monotonic() < deadline
             time.sleep(0.1)
         for arguments in (("status",), ("status", "--json")):

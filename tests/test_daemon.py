@@ -76,9 +76,7 @@ if gate and root:
 
 
 def pycomex_index(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "pycomex_index", *args], capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run([sys.executable, "-m", "pycomex_index", *args], capture_output=True, text=True, timeout=60)
     if check:
         assert result.returncode == 0, result.stderr
     assert "database is locked" not in result.stderr and "Traceback" not in result.stderr, result.stderr
@@ -135,14 +133,20 @@ def daemon(archive: Path, request: pytest.FixtureRequest) -> Iterator[Callable[.
         assert alive
         started.append(pid)
         ready = wait_until(
-            lambda: (row := heartbeat(archive)) is not None and row["pid"] == pid and row["mode"] in ("inotify", "polling"),
+            lambda: (
+                (row := heartbeat(archive)) is not None and row["pid"] == pid and row["mode"] in ("inotify", "polling")
+            ),
             timeout=20,
         )
         assert ready, (archive / ".pycomex_index" / "daemon.log").read_text()
         return heartbeat(archive)
 
     yield start
-    subprocess.run([sys.executable, "-m", "pycomex_index", "daemon", "stop", "--path", str(archive)], capture_output=True, timeout=90)
+    subprocess.run(
+        [sys.executable, "-m", "pycomex_index", "daemon", "stop", "--path", str(archive)],
+        capture_output=True,
+        timeout=90,
+    )
     for pid in started:
         if process_is_alive(pid) and is_this_archives_watcher(pid, archive):
             os.kill(pid, signal.SIGKILL)
@@ -235,7 +239,10 @@ def test_stopping_clears_the_heartbeat_and_the_pid_file(archive, daemon, tmp_pat
     if how == "SIGTERM":
         os.kill(status["pid"], signal.SIGTERM)
     else:
-        assert pycomex_index("daemon", "stop", "--path", str(archive)).stdout == f"Stopped the daemon (pid {status['pid']}).\n"
+        assert (
+            pycomex_index("daemon", "stop", "--path", str(archive)).stdout
+            == f"Stopped the daemon (pid {status['pid']}).\n"
+        )
     assert wait_until(lambda: not (archive / ".pycomex_index" / pid_file_name()).exists())
     connection = sqlite3.connect(archive / ".pycomex_index" / "index.sqlite3")
     assert connection.execute("SELECT COUNT(*) FROM watchers").fetchone() == (0,)
@@ -259,11 +266,16 @@ def test_tiny_watch_limit_reports_polling_and_misses_no_change(archive, daemon):
     os.rename(archive / "neural_net" / "done_04", archive / "debug_runs" / "done_04")
     expected = {"brand_new/namespace_run", "debug_runs/done_04"}
     assert wait_until(
-        lambda: expected <= index_outcomes(archive).keys()
-        and not {"neural_net/done_03", "neural_net/done_04"} & index_outcomes(archive).keys(),
+        lambda: (
+            expected <= index_outcomes(archive).keys()
+            and not {"neural_net/done_03", "neural_net/done_04"} & index_outcomes(archive).keys()
+        ),
         timeout=3,
     )
-    runs = {entry["rel_path"]: entry for entry in json.loads(pycomex_index("archive", "list", "--json", "--path", str(archive)).stdout)}
+    runs = {
+        entry["rel_path"]: entry
+        for entry in json.loads(pycomex_index("archive", "list", "--json", "--path", str(archive)).stdout)
+    }
     assert runs["neural_net/done_07"]["asset_count"] == 2
     assert len(runs) == 8 + 30 - 2 + 1 + 1
 
@@ -277,7 +289,12 @@ def test_cli_and_daemon_write_the_index_concurrently_without_locked_errors(archi
             stderr=subprocess.PIPE,
             text=True,
         )
-        for args in (["index", "sync", "--rebuild"], ["index", "sync"], ["archive", "list"], ["index", "sync", "--rebuild"])
+        for args in (
+            ["index", "sync", "--rebuild"],
+            ["index", "sync"],
+            ["archive", "list"],
+            ["index", "sync", "--rebuild"],
+        )
     ]
     for number in range(60):
         write_run(archive / "burst" / f"run_{number:02d}", status="done")
@@ -374,7 +391,9 @@ def test_runs_in_folders_named_with_odd_bytes_are_followed_by_the_daemon_as_sync
     for status in ("running", "done"):
         for rel in ODD_RUNS:
             _write_odd_run(archive, rel, status)
-        assert wait_until(lambda status=status: all(index_outcomes(archive).get(path) == status for path in stored), timeout=5)
+        assert wait_until(
+            lambda status=status: all(index_outcomes(archive).get(path) == status for path in stored), timeout=5
+        )
         assert index_outcomes(archive) == as_index_sync_stores_them()
         time.sleep(0.3)
     for rel in ODD_RUNS:

@@ -52,7 +52,9 @@ def spec_archive(archive: Path) -> Path:
 
 
 @pytest.mark.parametrize("command", SPEC_DELETE_WITH_YES)
-def test_spec_delete_examples_remove_exactly_the_selection_and_update_the_index(spec_archive: Path, run_cli, command) -> None:
+def test_spec_delete_examples_remove_exactly_the_selection_and_update_the_index(
+    spec_archive: Path, run_cli, command
+) -> None:
     args = spec_args(command, spec_archive)
     expected = oracle_selection(spec_archive, select_of(args)) - running_experiments(spec_archive)
     before = experiments_on_disk(spec_archive)
@@ -90,7 +92,9 @@ def test_spec_delete_examples_that_ask_refuse_without_a_terminal(spec_archive: P
     assert "Delete these experiments?" not in result.output
 
 
-@pytest.mark.parametrize(("answer", "deletes"), [("y", True), ("YES", True), ("n", False), ("", False), ("sure", False)])
+@pytest.mark.parametrize(
+    ("answer", "deletes"), [("y", True), ("YES", True), ("n", False), ("", False), ("sure", False)]
+)
 def test_prompt_on_a_real_terminal_deletes_only_on_y_or_yes(spec_archive: Path, run_cli, answer, deletes) -> None:
     run_cli("index", "sync", "--path", str(spec_archive))  # the child then only opens the index
     failed = oracle_selection(spec_archive, "m['status'] == 'failed'")
@@ -118,7 +122,9 @@ def test_delete_needs_select_or_all_but_not_both(spec_archive: Path, run_cli) ->
     neither = run_cli("archive", "delete", "--path", str(spec_archive), "--yes")
     both = run_cli("archive", "delete", "--path", str(spec_archive), "--all", "--select", "True", "--yes")
     assert neither.exit_code == 2 and both.exit_code == 2
-    assert "Error: choose the experiments to delete: give --select EXPR, or --all for every experiment" in neither.stderr
+    assert (
+        "Error: choose the experiments to delete: give --select EXPR, or --all for every experiment" in neither.stderr
+    )
     assert "Error: give either --select or --all, not both" in both.stderr
     assert experiments_on_disk(spec_archive) == before
 
@@ -144,11 +150,20 @@ def test_running_experiments_are_held_back_unless_included(spec_archive: Path, r
 def test_preview_warns_about_experiments_never_exported(spec_archive: Path, run_cli, tmp_path: Path) -> None:
     failed = oracle_selection(spec_archive, "m['status'] == 'failed'")
     preview = run_cli("archive", "delete", "--path", str(spec_archive), "--select", "m['status'] == 'failed'")
-    assert f"Warning: {len(failed)} of the selected experiments were never exported with `archive compress`." in preview.stderr
+    assert (
+        f"Warning: {len(failed)} of the selected experiments were never exported with `archive compress`."
+        in preview.stderr
+    )
 
     exported = run_cli(
-        "archive", "compress", "--path", str(spec_archive), "--select", "m['status'] == 'failed' and m['duration'] < 1",
-        "--name", str(tmp_path / "failed.zip"),
+        "archive",
+        "compress",
+        "--path",
+        str(spec_archive),
+        "--select",
+        "m['status'] == 'failed' and m['duration'] < 1",
+        "--name",
+        str(tmp_path / "failed.zip"),
     )
     assert exported.exit_code == 0, exported.output
     not_exported = failed - oracle_selection(spec_archive, "m['status'] == 'failed' and m['duration'] < 1")
@@ -197,7 +212,10 @@ def test_experiment_reached_through_a_symlinked_folder_is_refused(tmp_path: Path
     result = run_cli("archive", "delete", "--path", str(archive), "--all", "--yes")
 
     assert result.exit_code == 1, result.output
-    assert "Failed: results/ns/run: lies outside the archive root (through a symlinked folder); not deleted" in result.stderr
+    assert (
+        "Failed: results/ns/run: lies outside the archive root (through a symlinked folder); not deleted"
+        in result.stderr
+    )
     assert "Deleted 1 experiment (1 could not be deleted)." in result.stdout
     assert (outside / "run" / "experiment_meta.json").exists()
     assert not (archive / "inside" / "run").exists()
@@ -212,7 +230,10 @@ def test_folder_that_is_no_longer_an_experiment_is_skipped_with_a_warning(spec_a
     result = run_cli("archive", "delete", "--path", str(spec_archive), "--select", "'/model/' in m['path']", "--yes")
 
     assert result.exit_code == 0, result.output
-    assert "Warning: skipped results/model/2024-01-15_11-20-10: is no longer an experiment (no experiment_meta.json)" in result.stderr
+    assert (
+        "Warning: skipped results/model/2024-01-15_11-20-10: is no longer an experiment (no experiment_meta.json)"
+        in result.stderr
+    )
     assert (spec_archive / "model/2024-01-15_11-20-10/experiment_out.log").exists()
     assert not (spec_archive / "model/2024-01-10_10-00-00").exists()
     assert "Selected 3 experiments for deletion.\nDeleted 2 experiments (1 skipped).\n" in result.stdout
@@ -225,7 +246,12 @@ def test_list_and_overview_show_the_deletion_without_a_sync(spec_archive: Path, 
     deleted = oracle_selection(spec_archive, "m['status'] == 'failed'")
     write_meta(spec_archive / "sentinel" / "run", make_metadata())  # seen only by a sync
 
-    assert run_cli("archive", "delete", "--path", str(spec_archive), "--select", "m['status'] == 'failed'", "--yes").exit_code == 0
+    assert (
+        run_cli(
+            "archive", "delete", "--path", str(spec_archive), "--select", "m['status'] == 'failed'", "--yes"
+        ).exit_code
+        == 0
+    )
 
     listed = run_cli("archive", "list", "--path", str(spec_archive)).stdout
     assert "sentinel" not in listed  # so nothing synced: what list shows, delete wrote
@@ -240,7 +266,9 @@ def test_list_and_overview_show_the_deletion_without_a_sync(spec_archive: Path, 
 
 def test_unreadable_experiments_are_deleted_by_all_only(spec_archive: Path, run_cli) -> None:
     write_meta(spec_archive / "broken" / "run", "{ not json")
-    by_select = run_cli("archive", "delete", "--path", str(spec_archive), "--select", "True", "--include-running", "--yes")
+    by_select = run_cli(
+        "archive", "delete", "--path", str(spec_archive), "--select", "True", "--include-running", "--yes"
+    )
     assert by_select.exit_code == 0, by_select.output
     assert experiments_on_disk(spec_archive) == {"broken/run"}
     by_all = run_cli("archive", "delete", "--path", str(spec_archive), "--all", "--yes")
@@ -259,7 +287,12 @@ def test_select_matching_nothing_changes_nothing(spec_archive: Path, run_cli) ->
 @pytest.mark.parametrize("command", ["delete", "compress", "modify", "undo"])
 def test_archive_path_that_is_a_file_is_a_clear_error(tmp_path: Path, run_cli, command: str) -> None:
     (tmp_path / "results").write_text("not a folder")
-    extra = {"delete": ["--all", "--yes"], "compress": ["--all"], "modify": ["--all", "--modify-metadata", "m['x'] = 1"], "undo": ["--yes"]}
+    extra = {
+        "delete": ["--all", "--yes"],
+        "compress": ["--all"],
+        "modify": ["--all", "--modify-metadata", "m['x'] = 1"],
+        "undo": ["--yes"],
+    }
     result = run_cli("archive", command, "--path", str(tmp_path / "results"), *extra[command])
     assert result.exit_code == 2, result.output
     assert result.stderr.strip() == f"Error: archive path is not a folder: {tmp_path / 'results'}"
@@ -276,11 +309,22 @@ def test_select_with_a_syntax_error_is_a_usage_error_before_anything_happens(spe
 
 
 def test_selection_errors_on_some_experiments_are_reported_not_fatal(spec_archive: Path, run_cli) -> None:
-    result = run_cli("archive", "delete", "--path", str(spec_archive), "--select", "str(p['LERNING_RATE']).startswith('0.01')", "--yes")
+    result = run_cli(
+        "archive",
+        "delete",
+        "--path",
+        str(spec_archive),
+        "--select",
+        "str(p['LERNING_RATE']).startswith('0.01')",
+        "--yes",
+    )
     assert result.exit_code == 0, result.output
     assert "Warning: --select raised on" in result.stderr
     assert not (spec_archive / "model/2024-01-15_11-20-10").exists()
-    assert json.loads((spec_archive / "model/2024-01-15_10-30-45/experiment_meta.json").read_text())["name"] == "best_model"
+    assert (
+        json.loads((spec_archive / "model/2024-01-15_10-30-45/experiment_meta.json").read_text())["name"]
+        == "best_model"
+    )
 
 
 @pytest.mark.parametrize("yes", [True, False], ids=["deleting", "preview"])
@@ -293,7 +337,9 @@ def test_folder_holding_other_experiments_is_refused_and_the_rest_deleted(tmp_pa
     write_meta(archive / "other" / "run", make_metadata(status="failed", has_error=True))
     assert experiments_on_disk(archive) == {"ns", "other/run"}
 
-    result = run_cli("archive", "delete", "--path", str(archive), "--select", "m['status'] == 'failed'", *(["--yes"] if yes else []))
+    result = run_cli(
+        "archive", "delete", "--path", str(archive), "--select", "m['status'] == 'failed'", *(["--yes"] if yes else [])
+    )
 
     assert result.exit_code == 1, result.output
     assert (
@@ -328,7 +374,9 @@ def test_folder_that_came_to_hold_other_experiments_after_the_preview_is_not_del
     assert (archive / "ns" / "late" / "run" / "experiment_meta.json").exists()
 
 
-def test_next_delete_finishes_removing_what_a_killed_delete_left_out_of_the_archive(spec_archive: Path, run_cli) -> None:
+def test_next_delete_finishes_removing_what_a_killed_delete_left_out_of_the_archive(
+    spec_archive: Path, run_cli
+) -> None:
     from pycomex_index.delete import TRASH_FOLDER
 
     trash = spec_archive / TRASH_FOLDER
@@ -345,7 +393,10 @@ def test_next_delete_finishes_removing_what_a_killed_delete_left_out_of_the_arch
         result = run_cli("archive", "delete", "--path", str(spec_archive), "--select", "m['status'] == 'nope'", "--yes")
 
         assert result.exit_code == 0, result.output
-        assert "Finished removing 1 experiment an interrupted delete had already taken out of the archive." in result.stderr
+        assert (
+            "Finished removing 1 experiment an interrupted delete had already taken out of the archive."
+            in result.stderr
+        )
         assert os.listdir(trash) == [f"{alive.pid}.abcd1234.run"]  # a delete still at work keeps its own
         assert experiments_on_disk(spec_archive) == before == index_paths(spec_archive)
     finally:

@@ -58,7 +58,8 @@ def _mounted_tmpfs(mount_point: Path, size: str) -> Iterator[TinyFilesystem]:
         pytest.skip("needs root to mount a small tmpfs for the full-disk tests")
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mount_point)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (full-disk tests need it): {mounted.stderr.strip()}")
@@ -98,7 +99,9 @@ def _one_error_line(result) -> str:
     return error
 
 
-def test_compress_on_a_full_disk_leaves_no_temporary_and_no_zip(tmp_path: Path, tiny_filesystem: TinyFilesystem, run_cli) -> None:
+def test_compress_on_a_full_disk_leaves_no_temporary_and_no_zip(
+    tmp_path: Path, tiny_filesystem: TinyFilesystem, run_cli
+) -> None:
     archive = tmp_path / "results"
     generate_archive(archive, 12, payload=64 * 1024)  # random bytes: 768 KB that deflate cannot shrink below 512 KB
     assert run_cli("index", "sync", "--path", str(archive)).exit_code == 0
@@ -116,7 +119,9 @@ def test_compress_on_a_full_disk_leaves_no_temporary_and_no_zip(tmp_path: Path, 
 
 
 @pytest.mark.parametrize("size", [100, 9000, 200_000], ids=["buffered", "over-a-buffer", "bigger-than-the-disk"])
-def test_atomic_write_on_a_full_disk_keeps_the_old_file_and_leaves_no_temporary(tiny_filesystem: TinyFilesystem, size: int) -> None:
+def test_atomic_write_on_a_full_disk_keeps_the_old_file_and_leaves_no_temporary(
+    tiny_filesystem: TinyFilesystem, size: int
+) -> None:
     target = tiny_filesystem.path / "experiment_meta.json"
     target.write_bytes(b'{"old": true}')
     tiny_filesystem.fill()
@@ -127,9 +132,7 @@ def test_atomic_write_on_a_full_disk_keeps_the_old_file_and_leaves_no_temporary(
     assert sorted(os.listdir(tiny_filesystem.path)) == ["experiment_meta.json", "filler"]
 
 
-@pytest.mark.parametrize(
-    ("note", "leave"), [(2_000, 0), (20_000, 64 * 1024)], ids=["no-room-at-all", "room-for-a-few"]
-)
+@pytest.mark.parametrize(("note", "leave"), [(2_000, 0), (20_000, 64 * 1024)], ids=["no-room-at-all", "room-for-a-few"])
 def test_modify_on_a_full_disk_leaves_every_file_old_or_new_and_undoable(
     tmp_path: Path, tiny_filesystem: TinyFilesystem, run_cli, note: int, leave: int
 ) -> None:
@@ -142,7 +145,9 @@ def test_modify_on_a_full_disk_leaves_every_file_old_or_new_and_undoable(
     original = _files(archive)
     tiny_filesystem.fill(leave)
 
-    result = run_cli("archive", "modify", "--path", str(archive), "--all", "--modify-metadata", f"m['note'] = 'x' * {note}")
+    result = run_cli(
+        "archive", "modify", "--path", str(archive), "--all", "--modify-metadata", f"m['note'] = 'x' * {note}"
+    )
 
     assert result.exit_code == 1, result.output
     assert "No space left on device; left untouched" in result.stderr

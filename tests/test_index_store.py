@@ -144,7 +144,13 @@ def test_an_index_at_0008_gets_its_parameter_columns_filled(archive: Path, tmp_p
             )
         )
         # Lists, null and an integer a float cannot hold have no number; the NaN document has no rows at all.
-        assert typed == {("A", 0.30000000000000004, None), ("B", None, "x"), ("C", 1.0, None), ("F", None, None), ("__PREFIX__", 1e-05, None)}
+        assert typed == {
+            ("A", 0.30000000000000004, None),
+            ("B", None, "x"),
+            ("C", 1.0, None),
+            ("F", None, None),
+            ("__PREFIX__", 1e-05, None),
+        }
         assert db.fetch_one("SELECT COUNT(*) FROM experiment_parameters WHERE experiment_id = 8")[0] == 0
     assert _schema_differences(path) == []
 
@@ -155,7 +161,9 @@ def test_the_index_is_in_wal_mode(archive: Path) -> None:
         assert index.db.fetch_one("PRAGMA busy_timeout")[0] > 0
 
 
-def test_index_option_and_environment_variable_place_the_index(archive: Path, tmp_path: Path, run_cli, monkeypatch) -> None:
+def test_index_option_and_environment_variable_place_the_index(
+    archive: Path, tmp_path: Path, run_cli, monkeypatch
+) -> None:
     explicit = tmp_path / "elsewhere" / "explicit.sqlite3"
     assert run_cli("archive", "list", "--path", str(archive), "--index", str(explicit)).exit_code == 0
     assert explicit.exists()
@@ -168,7 +176,9 @@ def test_index_option_and_environment_variable_place_the_index(archive: Path, tm
 
 
 @pytest.mark.parametrize("folder_name", ["pc%41t", "100%"])
-def test_a_percent_sign_in_the_archive_or_index_path_is_taken_literally(tmp_path: Path, run_cli, folder_name: str) -> None:
+def test_a_percent_sign_in_the_archive_or_index_path_is_taken_literally(
+    tmp_path: Path, run_cli, folder_name: str
+) -> None:
     # A URL would decode "%41" to "A" and open (or fail to open) another file; the path must reach SQLite as given.
     archive = _copy_writable(FIXTURE_ARCHIVE, tmp_path / folder_name / "results")
     result = run_cli("archive", "list", "--path", str(archive))
@@ -295,7 +305,9 @@ def damage_site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for number in range(DAMAGE_EXPERIMENTS):
         write_meta(
             pristine / f"sweep_{number % 7}" / f"run_{number:04d}",
-            make_metadata(start_time=1700000000.0 + number, parameters={"LEARNING_RATE": number / 1000, "BATCH_SIZE": 32}),
+            make_metadata(
+                start_time=1700000000.0 + number, parameters={"LEARNING_RATE": number / 1000, "BATCH_SIZE": 32}
+            ),
         )
     for args in (
         ("archive", "list"),
@@ -324,7 +336,12 @@ def damaged_archive(damage_site: dict[str, Path]) -> Path:
 
 def _leaf_pages(database: Path, btree: str) -> list[int]:
     connection = sqlite3.connect(database)
-    pages = [row[0] for row in connection.execute("SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY pageno", (btree,))]
+    pages = [
+        row[0]
+        for row in connection.execute(
+            "SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY pageno", (btree,)
+        )
+    ]
     connection.close()
     return pages
 
@@ -354,7 +371,10 @@ def _damage(database: Path, btree: str) -> None:
 
 def _salvaged(database: Path) -> dict[str, int]:
     connection = sqlite3.connect(database)
-    counts = {table: connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in ("modify_runs", "modify_journal", "exports", "export_members")}
+    counts = {
+        table: connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        for table in ("modify_runs", "modify_journal", "exports", "export_members")
+    }
     connection.close()
     return counts
 
@@ -373,7 +393,11 @@ DAMAGE_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("command", "btree", "at_once"), DAMAGE_CASES, ids=lambda value: " ".join(value) if isinstance(value, list) else str(value))
+@pytest.mark.parametrize(
+    ("command", "btree", "at_once"),
+    DAMAGE_CASES,
+    ids=lambda value: " ".join(value) if isinstance(value, list) else str(value),
+)
 def test_damaged_pages_are_set_aside_and_rebuilt_keeping_journal_and_exports(
     damaged_archive: Path, run_cli, command: list[str], btree: str, at_once: bool
 ) -> None:
@@ -393,10 +417,15 @@ def test_damaged_pages_are_set_aside_and_rebuilt_keeping_journal_and_exports(
     if command[:2] == ["archive", "list"]:
         assert len(second.stdout.splitlines()) == DAMAGE_EXPERIMENTS
 
-    set_aside = [path for path in index_file.parent.glob("index.sqlite3.damaged-*") if not path.name.endswith(("-wal", "-shm"))]
+    set_aside = [
+        path for path in index_file.parent.glob("index.sqlite3.damaged-*") if not path.name.endswith(("-wal", "-shm"))
+    ]
     assert len(set_aside) == 1
     warnings = [line for line in first.stderr.splitlines() if "unusable" in line]
-    assert len(warnings) == 1 and "kept 1 modify runs with 300 journal entries and 1 exports with 300 members" in warnings[0]
+    assert (
+        len(warnings) == 1
+        and "kept 1 modify runs with 300 journal entries and 1 exports with 300 members" in warnings[0]
+    )
     assert _salvaged(index_file) == {"modify_runs": 1, "modify_journal": 300, "exports": 1, "export_members": 300}
     status = json.loads(run_cli("index", "status", "--path", str(damaged_archive), "--json").stdout)
     assert status["experiments"] == DAMAGE_EXPERIMENTS and len(status["exports"]) == 1
@@ -410,7 +439,9 @@ def test_undo_works_after_the_index_was_rebuilt(damaged_archive: Path, run_cli) 
     result = run_cli("archive", "undo", "--path", str(damaged_archive), "--yes")
     assert result.exit_code == 0, result.output
     assert result.stdout.endswith(f"Restored {DAMAGE_EXPERIMENTS} files.\n")
-    listed = json.loads(run_cli("archive", "list", "--path", str(damaged_archive), "--select", "p['BATCH_SIZE'] == 32", "--json").stdout)
+    listed = json.loads(
+        run_cli("archive", "list", "--path", str(damaged_archive), "--select", "p['BATCH_SIZE'] == 32", "--json").stdout
+    )
     assert len(listed) == DAMAGE_EXPERIMENTS
 
 
@@ -425,7 +456,9 @@ def test_a_damaged_journal_keeps_its_readable_entries_and_says_what_was_lost(dam
     kept = _salvaged(index_file)
     assert kept["modify_runs"] == 1 and kept["exports"] == 1 and kept["export_members"] == 300
     assert 200 < kept["modify_journal"] < 300  # two leaf pages lost, the rest read past them
-    (aside,) = [path for path in index_file.parent.glob("index.sqlite3.damaged-*") if not path.name.endswith(("-wal", "-shm"))]
+    (aside,) = [
+        path for path in index_file.parent.glob("index.sqlite3.damaged-*") if not path.name.endswith(("-wal", "-shm"))
+    ]
     assert aside.stat().st_size > 0  # the lost entries stay in the file set aside
 
 
@@ -453,7 +486,9 @@ def _make_unwritable(path: Path, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["chattr", "chmod"])
-def test_an_unwritable_index_serves_reads_with_one_warning_and_refuses_writes(real_disk_folder: Path, run_cli, how: str) -> None:
+def test_an_unwritable_index_serves_reads_with_one_warning_and_refuses_writes(
+    real_disk_folder: Path, run_cli, how: str
+) -> None:
     archive = _copy_writable(FIXTURE_ARCHIVE, real_disk_folder / "results")
     assert run_cli("archive", "list", "--path", str(archive)).exit_code == 0
     index_file = archive / ".pycomex_index" / "index.sqlite3"

@@ -128,7 +128,10 @@ INTERNAL_SIGNALS = {
 
 
 def _is_exception_class(node: ast.ClassDef) -> bool:
-    return any(isinstance(base, (ast.Name, ast.Attribute)) and ast.unparse(base).endswith(("Error", "Exception")) for base in node.bases)
+    return any(
+        isinstance(base, (ast.Name, ast.Attribute)) and ast.unparse(base).endswith(("Error", "Exception"))
+        for base in node.bases
+    )
 
 
 def test_the_library_defines_the_exceptions_it_raises_in_errors_only() -> None:
@@ -138,7 +141,11 @@ def test_the_library_defines_the_exceptions_it_raises_in_errors_only() -> None:
         if name == "errors":
             continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.ClassDef) and _is_exception_class(node) and f"{name}.{node.name}" not in INTERNAL_SIGNALS:
+            if (
+                isinstance(node, ast.ClassDef)
+                and _is_exception_class(node)
+                and f"{name}.{node.name}" not in INTERNAL_SIGNALS
+            ):
                 elsewhere.append(f"{name}.{node.name}")
     assert not elsewhere, f"define these in pycomex_index/errors.py: {elsewhere}"
 
@@ -162,7 +169,9 @@ def _function_level_imports(tree: ast.AST) -> Iterator[str]:
         for node in ast.walk(function):
             if isinstance(node, ast.Import):
                 yield from (alias.name for alias in node.names if alias.name.split(".")[0] == "pycomex_index")
-            elif isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == "pycomex_index"):
+            elif isinstance(node, ast.ImportFrom) and (
+                node.level or (node.module or "").split(".")[0] == "pycomex_index"
+            ):
                 yield "." * node.level + (node.module or "")
 
 
@@ -195,6 +204,8 @@ def test_every_library_module_can_be_imported_first_so_no_top_level_import_makes
         for _, path in _library_modules()
         if path.name != "__main__.py"
     )
-    result = subprocess.run([sys.executable, "-c", IMPORT_EACH_ALONE, *names], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_EACH_ALONE, *names], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""

@@ -37,7 +37,9 @@ def _states(run_cli, archive: Path) -> dict[str, str]:
     return {item["rel_path"]: item["state"] for item in json.loads(result.stdout)}
 
 
-def _write_record(archive: Path, rel_path: str, *, hostname: str, pid: int, heartbeat_age: float, interval: float = 30.0) -> None:
+def _write_record(
+    archive: Path, rel_path: str, *, hostname: str, pid: int, heartbeat_age: float, interval: float = 30.0
+) -> None:
     """A run_liveness row as the plugin writes it, for a process on ``hostname``."""
     from pycomex_index.store import open_archive_index
 
@@ -49,8 +51,13 @@ def _write_record(archive: Path, rel_path: str, *, hostname: str, pid: int, hear
                 "started_at, heartbeat_at, heartbeat_interval) VALUES (:archive_id, :rel_path, :hostname, NULL, :pid, "
                 ":started, :started, :heartbeat, :interval)",
                 {
-                    "archive_id": index.archive_id, "rel_path": rel_path, "hostname": hostname, "pid": pid,
-                    "started": now - 600, "heartbeat": now - heartbeat_age, "interval": interval,
+                    "archive_id": index.archive_id,
+                    "rel_path": rel_path,
+                    "hostname": hostname,
+                    "pid": pid,
+                    "started": now - 600,
+                    "heartbeat": now - heartbeat_age,
+                    "interval": interval,
                 },
             )
 

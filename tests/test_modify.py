@@ -41,7 +41,8 @@ def modify_archive(tmp_path: Path) -> Path:
     archive = tmp_path / "results"
     runs = {
         A: _experiment(
-            {"LEARNING_RATE": 0.001, "BATCH_SIZE": 32, "EPOCHS": 50.0, "MODEL": "old_model", "ACCURACY": 0.95}, name="test"
+            {"LEARNING_RATE": 0.001, "BATCH_SIZE": 32, "EPOCHS": 50.0, "MODEL": "old_model", "ACCURACY": 0.95},
+            name="test",
         ),
         B: _experiment(
             {"LEARNING_RATE": 0.0123456789, "BATCH_SIZE": 64, "EPOCHS": 10, "MODEL": "resnet", "ACCURACY": 0.5},
@@ -49,11 +50,15 @@ def modify_archive(tmp_path: Path) -> Path:
         ),
         TYPO: _experiment(
             {"LERNING_RATE": 0.01, "BATCH_SIZE": 16, "EPOCHS": 5, "MODEL": "resnet", "old_param": "x"},
-            has_error=True, error_type="ValueError", duration=12.0,
+            has_error=True,
+            error_type="ValueError",
+            duration=12.0,
         ),
         RUNNING: _experiment(
             {"LEARNING_RATE": 0.1, "BATCH_SIZE": 8, "EPOCHS": 1, "MODEL": "mlp"},
-            status="running", duration=0, end_time=None,
+            status="running",
+            duration=0,
+            end_time=None,
         ),
     }
     for rel_path, metadata in runs.items():
@@ -135,26 +140,38 @@ SPEC_MODIFY = [
   --modify-parameters="p['LEARNING_RATE'] = p.pop('LERNING_RATE')\"""",
         _rename("LERNING_RATE", "LEARNING_RATE"),
     ),
-    ("""pycomex archive modify --all \\
-  --modify-parameters="p['LEARNING_RATE'] *= 10\"""", _scale_learning_rate),
+    (
+        """pycomex archive modify --all \\
+  --modify-parameters="p['LEARNING_RATE'] *= 10\"""",
+        _scale_learning_rate,
+    ),
     (
         """pycomex archive modify \\
   --select="p['MODEL'] == 'old_model'" \\
   --modify-parameters="p['MODEL'] = 'new_model'\"""",
         lambda rel, m: _set_parameter(m, "MODEL", "new_model") if _values(m)["MODEL"] == "old_model" else None,
     ),
-    ("""pycomex archive modify --all \\
-  --modify-parameters="p['BATCH_SIZE'] *= 2; p['EPOCHS'] += 10\"""", _double_batch_and_more_epochs),
-    ("""pycomex archive modify --all \\
-  --modify-metadata="m['processed'] = True\"""", _set_keys(ALWAYS, processed=True)),
+    (
+        """pycomex archive modify --all \\
+  --modify-parameters="p['BATCH_SIZE'] *= 2; p['EPOCHS'] += 10\"""",
+        _double_batch_and_more_epochs,
+    ),
+    (
+        """pycomex archive modify --all \\
+  --modify-metadata="m['processed'] = True\"""",
+        _set_keys(ALWAYS, processed=True),
+    ),
     (
         """pycomex archive modify \\
   --select="m.get('has_error') and m['duration'] > 0" \\
   --modify-metadata="m['status'] = 'failed'\"""",
         _set_keys(lambda m: m.get("has_error") and m["duration"] > 0, status="failed"),
     ),
-    ("""pycomex archive modify --all \\
-  --modify-metadata="m['version'] = '2.0'\"""", _set_keys(ALWAYS, version="2.0")),
+    (
+        """pycomex archive modify --all \\
+  --modify-metadata="m['version'] = '2.0'\"""",
+        _set_keys(ALWAYS, version="2.0"),
+    ),
     (
         """pycomex archive modify \\
   --select="m['name'] == 'test'" \\
@@ -168,14 +185,23 @@ SPEC_MODIFY = [
   --modify-metadata="m['reviewed'] = True\"""",
         _round_learning_rate(4, lambda m: m["status"] == "done", reviewed=True),
     ),
-    ("""pycomex archive modify --all \\
+    (
+        """pycomex archive modify --all \\
   --modify-parameters="p['LEARNING_RATE'] *= 10" \\
-  --dry-run""", _scale_learning_rate),
-    ("""pycomex archive modify --all \\
+  --dry-run""",
+        _scale_learning_rate,
+    ),
+    (
+        """pycomex archive modify --all \\
   --modify-parameters="p['learning_rate'] = p.pop('LEARNING_RATE')" \\
-  --dry-run""", _rename("LEARNING_RATE", "learning_rate", when_missing=FAIL)),
-    ("""pycomex archive modify --all \\
-  --modify-parameters="p['LEARNING_RATE'] = round(p['LEARNING_RATE'], 6)\"""", _round_learning_rate(6)),
+  --dry-run""",
+        _rename("LEARNING_RATE", "learning_rate", when_missing=FAIL),
+    ),
+    (
+        """pycomex archive modify --all \\
+  --modify-parameters="p['LEARNING_RATE'] = round(p['LEARNING_RATE'], 6)\"""",
+        _round_learning_rate(6),
+    ),
     (
         """pycomex archive modify \\
   --select="'version' not in m" \\
@@ -186,23 +212,33 @@ SPEC_MODIFY = [
         """pycomex archive modify \\
   --select="m['status'] == 'done' and p['MODEL'] == 'resnet'" \\
   --modify-metadata="m['analyzed'] = True; m['best_accuracy'] = 0.95\"""",
-        _set_keys(lambda m: m["status"] == "done" and _values(m)["MODEL"] == "resnet", analyzed=True, best_accuracy=0.95),
+        _set_keys(
+            lambda m: m["status"] == "done" and _values(m)["MODEL"] == "resnet", analyzed=True, best_accuracy=0.95
+        ),
     ),
-    ("""pycomex archive modify --all \\
+    (
+        """pycomex archive modify --all \\
   --modify-parameters="p['EPOCHS'] = int(p['EPOCHS'])" \\
-  --verbose""", _epochs_as_int),
+  --verbose""",
+        _epochs_as_int,
+    ),
     ("""pycomex archive modify --all --modify-parameters="..." --dry-run""", NOTHING),
     ("""pycomex archive modify --all --modify-parameters="...\"""", NOTHING),
     ("""pycomex archive modify --all --modify-metadata="...\"""", NOTHING),
-    ("""pycomex archive modify \\
+    (
+        """pycomex archive modify \\
   --select="m['name'] == 'test'" \\
-  --modify-parameters="...\"""", NOTHING),
+  --modify-parameters="...\"""",
+        NOTHING,
+    ),
     (
         """pycomex archive modify \\
   --select="m['status'] == 'done' and p['ACCURACY'] > 0.9" \\
   --modify-metadata="m['for_analysis'] = True; m['high_accuracy'] = True\"""",
         _set_keys(
-            lambda m: m["status"] == "done" and _values(m).get("ACCURACY", 0) > 0.9, for_analysis=True, high_accuracy=True
+            lambda m: m["status"] == "done" and _values(m).get("ACCURACY", 0) > 0.9,
+            for_analysis=True,
+            high_accuracy=True,
         ),
     ),
     (
@@ -214,9 +250,15 @@ if 'old_param' in p:
   --dry-run""",
         _rename("old_param", "new_param"),
     ),
-    ("""pycomex archive modify --all \\
-  --modify-metadata="m['schema_version'] = '2.0'\"""", _set_keys(ALWAYS, schema_version="2.0")),
-    ("""pycomex-index archive modify --all --modify-parameters "p['LEARNING_RATE'] *= 10" --dry-run""", _scale_learning_rate),
+    (
+        """pycomex archive modify --all \\
+  --modify-metadata="m['schema_version'] = '2.0'\"""",
+        _set_keys(ALWAYS, schema_version="2.0"),
+    ),
+    (
+        """pycomex-index archive modify --all --modify-parameters "p['LEARNING_RATE'] *= 10" --dry-run""",
+        _scale_learning_rate,
+    ),
     (
         """pycomex-index archive modify --select "'LERNING_RATE' in p" --modify-parameters "p['LEARNING_RATE'] = p.pop('LERNING_RATE')\"""",
         _rename("LERNING_RATE", "LEARNING_RATE"),
@@ -276,15 +318,23 @@ def test_spec_modify_examples_change_exactly_what_they_say(modify_archive: Path,
 
 def test_dry_run_prints_the_spec_output_exactly(tmp_path: Path, run_cli) -> None:
     archive = tmp_path / "results"
-    write_meta(archive / "model/2024-01-15_10-30-45", make_metadata(start_time=1705311045.0, parameters={"LEARNING_RATE": 0.001}))
-    write_meta(archive / "model/2024-01-15_11-20-10", make_metadata(start_time=1705314010.0, parameters={"LEARNING_RATE": 0.01}))
+    write_meta(
+        archive / "model/2024-01-15_10-30-45",
+        make_metadata(start_time=1705311045.0, parameters={"LEARNING_RATE": 0.001}),
+    )
+    write_meta(
+        archive / "model/2024-01-15_11-20-10",
+        make_metadata(start_time=1705314010.0, parameters={"LEARNING_RATE": 0.01}),
+    )
     before = _files_in(archive)
-    result = run_cli(*spec_args(
-        """pycomex archive modify --all \\
+    result = run_cli(
+        *spec_args(
+            """pycomex archive modify --all \\
   --modify-parameters="p['LEARNING_RATE'] *= 10" \\
   --dry-run""",
-        archive,
-    ))
+            archive,
+        )
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout == (
         "DRY RUN - No changes will be saved\n"
@@ -311,9 +361,17 @@ def _files_in(archive: Path) -> dict[str, tuple[bytes, int]]:
 
 def test_dry_run_shows_added_removed_renamed_and_metadata_changes(modify_archive: Path, run_cli) -> None:
     result = run_cli(
-        "archive", "modify", "--path", str(modify_archive), "--select", "m['name'] == 'test'", "--dry-run",
-        "--modify-parameters", "p['NEW'] = [1, 2]; del p['ACCURACY']; p['LR'] = p.pop('LEARNING_RATE'); p['MODEL'] = 'x'",
-        "--modify-metadata", "m['status'] = 'failed'; m['tag'] = 'a'",
+        "archive",
+        "modify",
+        "--path",
+        str(modify_archive),
+        "--select",
+        "m['name'] == 'test'",
+        "--dry-run",
+        "--modify-parameters",
+        "p['NEW'] = [1, 2]; del p['ACCURACY']; p['LR'] = p.pop('LEARNING_RATE'); p['MODEL'] = 'x'",
+        "--modify-metadata",
+        "m['status'] = 'failed'; m['tag'] = 'a'",
     )
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[2:] == [
@@ -331,15 +389,31 @@ def test_dry_run_shows_added_removed_renamed_and_metadata_changes(modify_archive
 
 def test_added_removed_and_renamed_parameters_are_saved(modify_archive: Path, run_cli) -> None:
     result = run_cli(
-        "archive", "modify", "--path", str(modify_archive), "--select", "m['name'] == 'test'",
-        "--modify-parameters", "p['NEW'] = {'a': [1, 2]}; del p['ACCURACY']; p['LR'] = p.pop('LEARNING_RATE')",
+        "archive",
+        "modify",
+        "--path",
+        str(modify_archive),
+        "--select",
+        "m['name'] == 'test'",
+        "--modify-parameters",
+        "p['NEW'] = {'a': [1, 2]}; del p['ACCURACY']; p['LR'] = p.pop('LEARNING_RATE')",
     )
     assert result.exit_code == 0, result.output
     parameters = read_meta(modify_archive / A)["parameters"]
     assert "ACCURACY" not in parameters and "LEARNING_RATE" not in parameters
-    assert parameters["NEW"] == {"name": "NEW", "value": {"a": [1, 2]}, "type": "dict", "description": "", "usable": True}
+    assert parameters["NEW"] == {
+        "name": "NEW",
+        "value": {"a": [1, 2]},
+        "type": "dict",
+        "description": "",
+        "usable": True,
+    }
     assert parameters["LR"] == {
-        "name": "LR", "value": 0.001, "type": "float", "description": "What LEARNING_RATE means.", "usable": True
+        "name": "LR",
+        "value": 0.001,
+        "type": "float",
+        "description": "What LEARNING_RATE means.",
+        "usable": True,
     }
     assert index_documents(modify_archive)[A]["p"] == {name: entry["value"] for name, entry in parameters.items()}
 
@@ -347,8 +421,15 @@ def test_added_removed_and_renamed_parameters_are_saved(modify_archive: Path, ru
 def test_in_place_changes_of_values_are_saved(modify_archive: Path, run_cli) -> None:
     write_meta(modify_archive / "lists" / "run", _experiment({"HIDDEN_UNITS": [128, 64], "SEED": 1}))
     result = run_cli(
-        "archive", "modify", "--path", str(modify_archive), "--select", "'HIDDEN_UNITS' in p",
-        "--modify-parameters", "p['HIDDEN_UNITS'].append(32)", "-v",
+        "archive",
+        "modify",
+        "--path",
+        str(modify_archive),
+        "--select",
+        "'HIDDEN_UNITS' in p",
+        "--modify-parameters",
+        "p['HIDDEN_UNITS'].append(32)",
+        "-v",
     )
     assert result.exit_code == 0, result.output
     assert "  HIDDEN_UNITS: [128, 64] → [128, 64, 32]" in result.stdout
@@ -358,8 +439,13 @@ def test_in_place_changes_of_values_are_saved(modify_archive: Path, run_cli) -> 
 def test_values_json_cannot_hold_fail_that_experiment_only(modify_archive: Path, run_cli) -> None:
     before = _files(modify_archive)
     result = run_cli(
-        "archive", "modify", "--path", str(modify_archive), "--all",
-        "--modify-parameters", "p['TAGS'] = {'a', 'b'} if p['BATCH_SIZE'] == 32 else ['a']",
+        "archive",
+        "modify",
+        "--path",
+        str(modify_archive),
+        "--all",
+        "--modify-parameters",
+        "p['TAGS'] = {'a', 'b'} if p['BATCH_SIZE'] == 32 else ['a']",
     )
     assert result.exit_code == 1
     assert f"Failed: results/{A}: p['TAGS'] = " in result.stderr
@@ -372,11 +458,19 @@ def test_values_json_cannot_hold_fail_that_experiment_only(modify_archive: Path,
 def test_code_that_raises_is_reported_and_the_others_go_on(modify_archive: Path, run_cli) -> None:
     before = _files(modify_archive)
     result = run_cli(
-        "archive", "modify", "--path", str(modify_archive), "--all",
-        "--modify-metadata", "m['ratio'] = 1 / (p['BATCH_SIZE'] - 16)",
+        "archive",
+        "modify",
+        "--path",
+        str(modify_archive),
+        "--all",
+        "--modify-metadata",
+        "m['ratio'] = 1 / (p['BATCH_SIZE'] - 16)",
     )
     assert result.exit_code == 1
-    assert f"Failed: results/{TYPO}: --modify-metadata raised ZeroDivisionError: division by zero; left untouched\n" in result.stderr
+    assert (
+        f"Failed: results/{TYPO}: --modify-metadata raised ZeroDivisionError: division by zero; left untouched\n"
+        in result.stderr
+    )
     assert "Failed to modify 1 experiment; their files are untouched." in result.stderr
     assert _files(modify_archive)[TYPO] == before[TYPO]
     assert read_meta(modify_archive / B)["ratio"] == 1 / 48
@@ -401,7 +495,10 @@ def test_code_is_checked_before_anything_is_read(modify_archive: Path, run_cli) 
     [
         (["--all"], "Error: give at least one of --modify-parameters CODE and --modify-metadata CODE"),
         (["--modify-metadata", "m['x'] = 1"], "Error: choose the experiments to modify: give --select EXPR, or --all"),
-        (["--all", "--select", "True", "--modify-metadata", "m['x'] = 1"], "Error: give either --select or --all, not both"),
+        (
+            ["--all", "--select", "True", "--modify-metadata", "m['x'] = 1"],
+            "Error: give either --select or --all, not both",
+        ),
     ],
 )
 def test_modify_needs_code_and_a_choice_of_experiments(modify_archive: Path, run_cli, args, message) -> None:
@@ -415,7 +512,14 @@ def test_modify_needs_code_and_a_choice_of_experiments(modify_archive: Path, run
 def test_select_matching_nothing_changes_nothing(modify_archive: Path, run_cli) -> None:
     before = _files_in(modify_archive)
     result = run_cli(
-        "archive", "modify", "--path", str(modify_archive), "--select", "m['status'] == 'nope'", "--modify-metadata", "m['x'] = 1"
+        "archive",
+        "modify",
+        "--path",
+        str(modify_archive),
+        "--select",
+        "m['status'] == 'nope'",
+        "--modify-metadata",
+        "m['x'] = 1",
     )
     assert result.exit_code == 0
     assert result.stderr == "No experiments match the selection; nothing was changed.\n"
@@ -436,7 +540,12 @@ def test_read_only_experiment_file_fails_and_stays_untouched(modify_archive: Pat
 def test_files_are_replaced_whole_never_rewritten_in_place(modify_archive: Path, run_cli) -> None:
     path = modify_archive / B / "experiment_meta.json"
     inode = path.stat().st_ino
-    assert run_cli("archive", "modify", "--path", str(modify_archive), "--all", "--modify-metadata", "m['x'] = 1").exit_code == 0
+    assert (
+        run_cli(
+            "archive", "modify", "--path", str(modify_archive), "--all", "--modify-metadata", "m['x'] = 1"
+        ).exit_code
+        == 0
+    )
     assert path.stat().st_ino != inode  # a new file renamed over the old one
     assert sorted(os.listdir(modify_archive / B)) == ["experiment_meta.json"]
 
@@ -444,7 +553,12 @@ def test_files_are_replaced_whole_never_rewritten_in_place(modify_archive: Path,
 def test_file_permissions_are_kept(modify_archive: Path, run_cli) -> None:
     path = modify_archive / B / "experiment_meta.json"
     os.chmod(path, 0o640)
-    assert run_cli("archive", "modify", "--path", str(modify_archive), "--all", "--modify-metadata", "m['x'] = 1").exit_code == 0
+    assert (
+        run_cli(
+            "archive", "modify", "--path", str(modify_archive), "--all", "--modify-metadata", "m['x'] = 1"
+        ).exit_code
+        == 0
+    )
     assert path.stat().st_mode & 0o777 == 0o640
     assert read_meta(modify_archive / B)["x"] == 1
     assert not [name for name in os.listdir(modify_archive / B) if name != "experiment_meta.json"]
@@ -459,12 +573,16 @@ def test_unreadable_experiments_are_failed_and_untouched_with_all(modify_archive
     assert "Successfully modified 4 experiments." in result.stdout
 
 
-def _modified(metadata: dict[str, Any], parameters_code: str | None = None, metadata_code: str | None = None, path: str = "/a/run"):
+def _modified(
+    metadata: dict[str, Any], parameters_code: str | None = None, metadata_code: str | None = None, path: str = "/a/run"
+):
     code = ModifyCode(
         compile_expression(parameters_code, mode="exec", what="p") if parameters_code else None,
         compile_expression(metadata_code, mode="exec", what="m") if metadata_code else None,
     )
-    content, changes = apply_modification(json.dumps(metadata, indent=4, sort_keys=True).encode(), code, path=path, namespace="ns")
+    content, changes = apply_modification(
+        json.dumps(metadata, indent=4, sort_keys=True).encode(), code, path=path, namespace="ns"
+    )
     return (json.loads(content) if content is not None else None), changes
 
 
@@ -480,7 +598,9 @@ def test_derived_path_and_name_are_written_only_when_the_code_changes_them() -> 
 
 def test_times_are_written_as_the_numbers_they_were() -> None:
     metadata = make_metadata(start_time=1700000000, end_time=1700000135.5)
-    written, changes = _modified(metadata, metadata_code="m['copy'] = m['start_time']; m['later'] = m['end_time'] > '2020-01-01'")
+    written, changes = _modified(
+        metadata, metadata_code="m['copy'] = m['start_time']; m['later'] = m['end_time'] > '2020-01-01'"
+    )
     assert written["start_time"] == 1700000000 and isinstance(written["start_time"], int)
     assert written["copy"] == 1700000000.0 and type(written["copy"]) is float
     assert written["later"] is True
@@ -510,11 +630,20 @@ def test_nan_values_are_written_as_pycomex_writes_them() -> None:
 
 
 def test_undo_restores_the_exact_previous_bytes_and_the_index(modify_archive: Path, run_cli) -> None:
-    (modify_archive / A / "experiment_meta.json").write_text(json.dumps(read_meta(modify_archive / A)))  # not pycomex's format
+    (modify_archive / A / "experiment_meta.json").write_text(
+        json.dumps(read_meta(modify_archive / A))
+    )  # not pycomex's format
     before = _files(modify_archive)
     modified = run_cli(
-        "archive", "modify", "--path", str(modify_archive), "--all", "--modify-metadata", "m['x'] = 1",
-        "--modify-parameters", "p['EPOCHS'] = p['EPOCHS'] + 1",
+        "archive",
+        "modify",
+        "--path",
+        str(modify_archive),
+        "--all",
+        "--modify-metadata",
+        "m['x'] = 1",
+        "--modify-parameters",
+        "p['EPOCHS'] = p['EPOCHS'] + 1",
     )
     assert modified.exit_code == 0, modified.output
     assert "Undo with: pycomex-index archive undo --id 1" in modified.stdout
@@ -539,7 +668,10 @@ def test_undo_restores_the_exact_previous_bytes_and_the_index(modify_archive: Pa
 def test_undo_walks_back_one_modify_at_a_time_and_by_id(modify_archive: Path, run_cli) -> None:
     original = _files(modify_archive)
     for code in ("m['step'] = 1", "m['step'] = 2"):
-        assert run_cli("archive", "modify", "--path", str(modify_archive), "--all", "--modify-metadata", code).exit_code == 0
+        assert (
+            run_cli("archive", "modify", "--path", str(modify_archive), "--all", "--modify-metadata", code).exit_code
+            == 0
+        )
     refused = run_cli("archive", "undo", "--path", str(modify_archive), "--id", "1", "--yes")
     assert refused.exit_code == 1
     assert f"Not restored: results/{A}: changed since the modify; not overwritten" in refused.stderr
@@ -566,7 +698,12 @@ def test_undo_id_out_of_range_is_a_one_line_usage_error(modify_archive: Path, ru
 
 def test_undo_refuses_files_changed_since_and_restores_the_rest(modify_archive: Path, run_cli) -> None:
     before = _files(modify_archive)
-    assert run_cli("archive", "modify", "--path", str(modify_archive), "--all", "--modify-metadata", "m['x'] = 1").exit_code == 0
+    assert (
+        run_cli(
+            "archive", "modify", "--path", str(modify_archive), "--all", "--modify-metadata", "m['x'] = 1"
+        ).exit_code
+        == 0
+    )
     hand_edited = read_meta(modify_archive / B) | {"edited": "by hand"}
     write_meta(modify_archive / B, hand_edited)
 
@@ -591,10 +728,19 @@ def test_modify_and_undo_show_in_list_and_overview_without_a_sync(modify_archive
     freeze_index(modify_archive)  # from here on no command looks at the disk
     write_meta(modify_archive / "sentinel" / "run", make_metadata())  # seen only by a sync
 
-    assert run_cli(
-        "archive", "modify", "--path", str(modify_archive), "--select", "m['status'] == 'running'",
-        "--modify-metadata", "m['status'] = 'done'; m['duration'] = 3723",
-    ).exit_code == 0
+    assert (
+        run_cli(
+            "archive",
+            "modify",
+            "--path",
+            str(modify_archive),
+            "--select",
+            "m['status'] == 'running'",
+            "--modify-metadata",
+            "m['status'] = 'done'; m['duration'] = 3723",
+        ).exit_code
+        == 0
+    )
     listed = run_cli("archive", "list", "--path", str(modify_archive), "--select", "m['status'] == 'done'").stdout
     assert f"✅ results/{RUNNING} (1h 2m 3s)\n" in listed
     assert "Running: 0 (0.0%)" in run_cli("archive", "overview", "--path", str(modify_archive)).stdout
@@ -625,7 +771,9 @@ def test_code_that_makes_m_hold_itself_fails_cleanly() -> None:
 def test_transform_metadata_returns_new_metadata_changes_and_renames_and_leaves_the_original_alone() -> None:
     original = make_metadata(parameters={"LERNING_RATE": 0.01, "EPOCHS": 5})
     untouched = json.dumps(original, sort_keys=True)
-    code = ModifyCode(compile_expression("p['LEARNING_RATE'] = p.pop('LERNING_RATE'); p['EPOCHS'] = 6", mode="exec", what="p"), None)
+    code = ModifyCode(
+        compile_expression("p['LEARNING_RATE'] = p.pop('LERNING_RATE'); p['EPOCHS'] = 6", mode="exec", what="p"), None
+    )
     transformation = transform_metadata(original, code, path="/a/run", namespace="ns")
     assert json.dumps(original, sort_keys=True) == untouched
     assert transformation.renames == {"LEARNING_RATE": "LERNING_RATE"}

@@ -52,7 +52,17 @@ def _venv_with(tmp_path: Path, *pip_arguments: str) -> Path:
         sysconfig.get_paths()["purelib"] + "\n"
     )
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(environment / "bin" / "python"), "install", "-q", "--no-deps", *pip_arguments],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(environment / "bin" / "python"),
+            "install",
+            "-q",
+            "--no-deps",
+            *pip_arguments,
+        ],
         check=True,
         capture_output=True,
     )

@@ -66,7 +66,12 @@ def test_runs_without_a_start_time_are_listed_in_the_same_place_on_both_backends
             monkeypatch.setenv("PYCOMEX_INDEX", postgresql_url)
         outputs[backend] = [
             run_cli("archive", *command, "--path", str(archive)).output
-            for command in (["list"], ["tail", "-n", "3"], ["list", "--select", "True"], ["tail", "-n", "3", "--select", "True"])
+            for command in (
+                ["list"],
+                ["tail", "-n", "3"],
+                ["list", "--select", "True"],
+                ["tail", "-n", "3", "--select", "True"],
+            )
         ]
     assert "queued/run" in outputs["sqlite"][0]
     assert outputs["postgresql"] == outputs["sqlite"]

@@ -56,8 +56,25 @@ EXPERIMENT = st.fixed_dictionaries(
 )
 
 SUBJECTS = ["m['status']", "m['error_type']", "m['duration']", "m['start_time']", "p['LEARNING_RATE']", "p['MODEL']"]
-CONSTANTS = ["'done'", "'ValueError'", "'resnet'", "0", "1", "32", "0.01", "0.001", "-5", "1.7e9", "'2024-01-10'", "'2025-06-01T12:00'", "True", "None",
-             "1e400", "18446744073709551617", "1e300"]
+CONSTANTS = [
+    "'done'",
+    "'ValueError'",
+    "'resnet'",
+    "0",
+    "1",
+    "32",
+    "0.01",
+    "0.001",
+    "-5",
+    "1.7e9",
+    "'2024-01-10'",
+    "'2025-06-01T12:00'",
+    "True",
+    "None",
+    "1e400",
+    "18446744073709551617",
+    "1e300",
+]
 OPERATORS = ["==", "<", "<=", ">", ">=", "!="]
 
 
@@ -68,7 +85,11 @@ def expressions(draw, depth: int = 0) -> str:
         parts = draw(st.lists(expressions(depth=depth + 1), min_size=2, max_size=3))
         text = joiner.join(f"({part})" for part in parts)
         return f"not ({text})" if draw(st.integers(0, 5)) == 0 else text
-    subject, operator, constant = draw(st.sampled_from(SUBJECTS)), draw(st.sampled_from(OPERATORS)), draw(st.sampled_from(CONSTANTS))
+    subject, operator, constant = (
+        draw(st.sampled_from(SUBJECTS)),
+        draw(st.sampled_from(OPERATORS)),
+        draw(st.sampled_from(CONSTANTS)),
+    )
     return f"{constant} {operator} {subject}" if draw(st.booleans()) else f"{subject} {operator} {constant}"
 
 
@@ -77,9 +98,15 @@ _counter = itertools.count()
 
 def _write_archive(root: Path, experiments: list[dict]) -> None:
     for number, fields in enumerate(experiments):
-        metadata = {key: value for key, value in fields.items() if key not in ("LEARNING_RATE", "MODEL") and value is not MISSING}
+        metadata = {
+            key: value
+            for key, value in fields.items()
+            if key not in ("LEARNING_RATE", "MODEL") and value is not MISSING
+        }
         metadata["parameters"] = {
-            name: {"name": name, "value": fields[name]} for name in ("LEARNING_RATE", "MODEL") if fields[name] is not MISSING
+            name: {"name": name, "value": fields[name]}
+            for name in ("LEARNING_RATE", "MODEL")
+            if fields[name] is not MISSING
         }
         folder = root / "ns" / f"run{number}"
         folder.mkdir(parents=True)
@@ -92,7 +119,9 @@ def _pure_python(root: Path, source: str) -> tuple[set[str], int]:
     selected = set()
     raised = 0
     for folder in (root / "ns").iterdir():
-        metadata = build_metadata(json.loads((folder / "experiment_meta.json").read_text()), path=str(folder), namespace="ns")
+        metadata = build_metadata(
+            json.loads((folder / "experiment_meta.json").read_text()), path=str(folder), namespace="ns"
+        )
         try:
             if eval(expression.code, evaluation_globals(metadata, parameter_values(metadata))):
                 selected.add(f"ns/{folder.name}")
@@ -114,16 +143,54 @@ def test_pushdown_selects_exactly_what_python_selects(tmp_path: Path, experiment
     assert (selected, stats.count) == _pure_python(root, source), (source, stats.sql_condition)
 
 
-EDGE_VALUES = [MISSING, None, True, False, 0, 1, 32, 0.001, 0.01, 0.0099999, 2.0**60, 2**60 + 1, -5, 1.7e9, 1_700_000_000,
-               "done", "Done", "ValueError", "resnet", "0.01", "2024-01-10", "2025-06-01T12:00", [1], {"a": 1},
-               *NON_FINITE, *BEYOND_64_BITS, 1e300, [float("nan")], {"a": 2**64 + 1}]
+EDGE_VALUES = [
+    MISSING,
+    None,
+    True,
+    False,
+    0,
+    1,
+    32,
+    0.001,
+    0.01,
+    0.0099999,
+    2.0**60,
+    2**60 + 1,
+    -5,
+    1.7e9,
+    1_700_000_000,
+    "done",
+    "Done",
+    "ValueError",
+    "resnet",
+    "0.01",
+    "2024-01-10",
+    "2025-06-01T12:00",
+    [1],
+    {"a": 1},
+    *NON_FINITE,
+    *BEYOND_64_BITS,
+    1e300,
+    [float("nan")],
+    {"a": 2**64 + 1},
+]
 
 
 def _edge_archive(root: Path) -> None:
     """Every edge value in every field, each in an experiment of its own, plus a few all-round ones."""
-    baseline = {"status": "done", "error_type": None, "duration": 5.0, "start_time": 1.7e9, "LEARNING_RATE": 0.001, "MODEL": "resnet"}
+    baseline = {
+        "status": "done",
+        "error_type": None,
+        "duration": 5.0,
+        "start_time": 1.7e9,
+        "LEARNING_RATE": 0.001,
+        "MODEL": "resnet",
+    }
     experiments = [dict(baseline, **{field: value}) for field in baseline for value in EDGE_VALUES]
-    experiments += [dict(zip(baseline, values, strict=True)) for values in zip(*(EDGE_VALUES[i:] + EDGE_VALUES[:i] for i in range(6)), strict=True)]
+    experiments += [
+        dict(zip(baseline, values, strict=True))
+        for values in zip(*(EDGE_VALUES[i:] + EDGE_VALUES[:i] for i in range(6)), strict=True)
+    ]
     _write_archive(root, experiments)
 
 
@@ -204,7 +271,9 @@ def test_untranslatable_parts_are_left_to_python() -> None:
 
 
 def test_explain_says_what_ran_where(archive: Path, run_cli) -> None:
-    result = run_cli("archive", "list", "--path", str(archive), "--select", "m['status'] == 'done' and len(p) > 3", "--explain")
+    result = run_cli(
+        "archive", "list", "--path", str(archive), "--select", "m['status'] == 'done' and len(p) > 3", "--explain"
+    )
     assert result.exit_code == 0, result.output
     assert "in SQL" in result.stderr and "m['status'] == 'done'" in result.stderr
     assert "in Python: the whole expression, on the 3 experiments left" in result.stderr

@@ -92,7 +92,10 @@ def indexed_rows(archive: Path) -> dict[str, str]:
     """{run folder name: outcome} straight from the index file: what the hooks wrote, with no sync."""
     connection = sqlite3.connect(archive / ".pycomex_index" / "index.sqlite3")
     try:
-        return {rel_path.split("/")[-1]: outcome for rel_path, outcome in connection.execute("SELECT rel_path, outcome FROM experiments")}
+        return {
+            rel_path.split("/")[-1]: outcome
+            for rel_path, outcome in connection.execute("SELECT rel_path, outcome FROM experiments")
+        }
     finally:
         connection.close()
 
@@ -123,7 +126,11 @@ def test_successful_and_failing_runs_are_in_the_index_when_they_end(
     assert not plugin_warnings(done.stderr + failed.stderr)
 
     listed = subprocess.run(
-        [PYCOMEX, "archive", "--path", str(archive), "list"], env=plugin_env, capture_output=True, text=True, timeout=120
+        [PYCOMEX, "archive", "--path", str(archive), "list"],
+        env=plugin_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert listed.returncode == 0, listed.stderr
     assert [line[0] for line in listed.stdout.splitlines()] == ["✅", "❌"]
@@ -132,7 +139,11 @@ def test_successful_and_failing_runs_are_in_the_index_when_they_end(
 def liveness_rows(archive: Path) -> list[tuple]:
     connection = sqlite3.connect(archive / ".pycomex_index" / "index.sqlite3")
     try:
-        return list(connection.execute("SELECT hostname, pid, process_started_at, heartbeat_at, heartbeat_interval FROM run_liveness"))
+        return list(
+            connection.execute(
+                "SELECT hostname, pid, process_started_at, heartbeat_at, heartbeat_interval FROM run_liveness"
+            )
+        )
     finally:
         connection.close()
 
@@ -148,7 +159,10 @@ def test_a_live_run_shows_as_running_and_once_killed_as_interrupted_and_deletabl
     process = subprocess.Popen(
         [sys.executable, str(experiment_module)],
         env={
-            **plugin_env, "ARCHIVE": str(archive), "MODE": "hang", "STARTED": str(started),
+            **plugin_env,
+            "ARCHIVE": str(archive),
+            "MODE": "hang",
+            "STARTED": str(started),
             "PYCOMEX_INDEX_HEARTBEAT_INTERVAL": "0.2",
         },
         stdout=subprocess.DEVNULL,
@@ -241,14 +255,22 @@ def test_pycomex_archive_runs_the_indexed_commands_and_the_switch_turns_them_off
     tmp_path: Path, plugin_env: dict[str, str], archive: Path
 ) -> None:
     ours = subprocess.run(
-        [PYCOMEX, "archive", "--path", str(archive), "overview"], env=plugin_env, capture_output=True, text=True, timeout=120
+        [PYCOMEX, "archive", "--path", str(archive), "overview"],
+        env=plugin_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert ours.returncode == 0, ours.stderr
     assert "Total Experiments: 8" in ours.stdout
     assert (archive / ".pycomex_index" / "index.sqlite3").exists()
 
     help_text = subprocess.run(
-        [PYCOMEX, "archive", "--help"], env={**plugin_env, "PYCOMEX_INDEX_PLUGIN": "0"}, capture_output=True, text=True, timeout=120
+        [PYCOMEX, "archive", "--help"],
+        env={**plugin_env, "PYCOMEX_INDEX_PLUGIN": "0"},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert help_text.returncode == 0, help_text.stderr
     assert "undo" not in help_text.stdout and "pycomex-index" not in help_text.stdout

@@ -146,7 +146,9 @@ def test_tail_truncates_long_descriptions(tmp_path: Path, run_cli) -> None:
 
 
 def test_tail_select_and_num(archive: Path, run_cli) -> None:
-    result = run_cli("archive", "tail", "-n", "10", "--path", str(archive), "--select", "m['has_error'] == True", "--json")
+    result = run_cli(
+        "archive", "tail", "-n", "10", "--path", str(archive), "--select", "m['has_error'] == True", "--json"
+    )
     experiments = json.loads(result.stdout)
     assert [item["rel_path"] for item in experiments] == [
         rel for rel in reversed(_expected_order()) if read_meta(archive / rel)["has_error"]
@@ -201,8 +203,12 @@ def test_overview_text_has_the_spec_sections(archive: Path, run_cli) -> None:
 
 
 def test_overview_select_with_a_date_string_compares_start_times(archive: Path, run_cli) -> None:
-    everything = run_cli("archive", "overview", "--path", str(archive), "--select", "m['start_time'] > '2024-01-10'", "--json")
-    nothing = run_cli("archive", "overview", "--path", str(archive), "--select", "m['start_time'] > '2999-01-01'", "--json")
+    everything = run_cli(
+        "archive", "overview", "--path", str(archive), "--select", "m['start_time'] > '2024-01-10'", "--json"
+    )
+    nothing = run_cli(
+        "archive", "overview", "--path", str(archive), "--select", "m['start_time'] > '2999-01-01'", "--json"
+    )
     assert everything.exit_code == 0, everything.output
     assert json.loads(everything.stdout)["total"] == 8
     assert json.loads(nothing.stdout)["total"] == 0
@@ -222,7 +228,10 @@ def test_info_adds_namespaces(archive: Path, run_cli) -> None:
 
 def test_scan_groups_by_the_default_prefix_and_by_an_expression(archive: Path, run_cli) -> None:
     default = json.loads(run_cli("archive", "scan", "--path", str(archive), "--json").stdout)
-    assert {group["group"]: group["count"] for group in default} == {"ablation": 1, "": 7}  # pycomex writes __PREFIX__ = ""
+    assert {group["group"]: group["count"] for group in default} == {
+        "ablation": 1,
+        "": 7,
+    }  # pycomex writes __PREFIX__ = ""
     by_namespace = json.loads(
         run_cli("archive", "scan", "--path", str(archive), "--group", "m['namespace']", "--json").stdout
     )

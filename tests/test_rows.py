@@ -15,15 +15,28 @@ from pycomex_index.store import open_archive_index
 
 #: Paths around folder "a/b": below it, beside it, and names that sort close to "a/b/" in some collation.
 PATHS = [
-    "a/b/run", "a/b/deep/run", "a/b/\\\\x/run", "a/b/caf\u00e9", "a/b/0",
-    "a/b", "a/b0/run", "a/b-c/run", "a/bc/run", "a/B/run", "a/b.c/run", "a/b\\xff/run", "b/run", "a0/run",
+    "a/b/run",
+    "a/b/deep/run",
+    "a/b/\\\\x/run",
+    "a/b/caf\u00e9",
+    "a/b/0",
+    "a/b",
+    "a/b0/run",
+    "a/b-c/run",
+    "a/bc/run",
+    "a/B/run",
+    "a/b.c/run",
+    "a/b\\xff/run",
+    "b/run",
+    "a0/run",
 ]
 BELOW = {"a/b/run", "a/b/deep/run", "a/b/\\\\x/run", "a/b/caf\u00e9", "a/b/0"}
 
 
 def _insert(connection: sqlite3.Connection) -> None:
     connection.executemany(
-        "INSERT INTO experiments (archive_id, rel_path) VALUES (?, ?)", [(archive_id, path) for archive_id in (1, 2) for path in PATHS]
+        "INSERT INTO experiments (archive_id, rel_path) VALUES (?, ?)",
+        [(archive_id, path) for archive_id in (1, 2) for path in PATHS],
     )
 
 
@@ -34,8 +47,17 @@ def test_rows_below_a_folder_are_exactly_those_whose_path_starts_with_it_and_sql
     with open_archive_index(str(tmp_path / "archive"), str(tmp_path / "index.sqlite3")) as index:
         archive_id = index.archive_id
         rows = [
-            {"archive_id": archive_id, "rel_path": path, "namespace": path.rpartition("/")[0], "outcome": "done",
-             "asset_count": 0, "disk_usage": 0, "meta_mtime_ns": 1, "meta_size": 1, "folder_mtime_ns": 1}
+            {
+                "archive_id": archive_id,
+                "rel_path": path,
+                "namespace": path.rpartition("/")[0],
+                "outcome": "done",
+                "asset_count": 0,
+                "disk_usage": 0,
+                "meta_mtime_ns": 1,
+                "meta_size": 1,
+                "folder_mtime_ns": 1,
+            }
             for path in PATHS
         ]
         with index.db.transaction():
@@ -83,9 +105,12 @@ def test_rows_below_a_folder_do_not_depend_on_the_collation() -> None:
     db = _LocaleLikeDatabase()
     _insert(db.connection)
     # The range SQLite uses would be wrong here: "a/b/run" sorts after "a/b0" once the '/' is ignored.
-    by_range = {row[0] for row in db.execute(
-        "SELECT rel_path FROM experiments WHERE archive_id = 1 AND rel_path > 'a/b/' AND rel_path < 'a/b0'"
-    )}
+    by_range = {
+        row[0]
+        for row in db.execute(
+            "SELECT rel_path FROM experiments WHERE archive_id = 1 AND rel_path > 'a/b/' AND rel_path < 'a/b0'"
+        )
+    }
     assert by_range != BELOW
     assert {row[0] for row in rows_below(db, 1, "a/b")} == BELOW
     assert {row[0] for row in rows_below(db, 2, "a/b/deep")} == {"a/b/deep/run"}

@@ -12,7 +12,22 @@ from pycomex_index.store import open_archive_index
 from pycomex_index.sync import sync_archive
 from tests.conftest import make_metadata, write_meta
 
-VALUES = ["resnet", "mlp", 1, 1.0, 0.001, 0.1 + 0.2, 1e-05, True, None, [128, 64], {"a": 1}, 2**70, float("nan"), "None"]
+VALUES = [
+    "resnet",
+    "mlp",
+    1,
+    1.0,
+    0.001,
+    0.1 + 0.2,
+    1e-05,
+    True,
+    None,
+    [128, 64],
+    {"a": 1},
+    2**70,
+    float("nan"),
+    "None",
+]
 
 
 @pytest.fixture
@@ -22,7 +37,12 @@ def mixed_archive(tmp_path: Path) -> Path:
         status = ("done", "failed", "running")[number % 3]
         write_meta(
             root / f"ns{number % 2}" / f"run{number}",
-            make_metadata(status=status, duration=float(number), end_time=1700000000.0 + number, parameters={"MODEL": value, "__PREFIX__": value}),
+            make_metadata(
+                status=status,
+                duration=float(number),
+                end_time=1700000000.0 + number,
+                parameters={"MODEL": value, "__PREFIX__": value},
+            ),
         )
     write_meta(root / "ns0" / "no_model", make_metadata(parameters={}))
     write_meta(root / "ns0" / "no_status", {key: value for key, value in make_metadata().items() if key != "status"})

@@ -35,7 +35,9 @@ _MAINTAINED = (
 )
 
 
-def _record(rel_path: str, outcome: str, namespace: str, error_type, duration, parameter_count, assets: int) -> ExperimentRecord:
+def _record(
+    rel_path: str, outcome: str, namespace: str, error_type, duration, parameter_count, assets: int
+) -> ExperimentRecord:
     return ExperimentRecord(
         rel_path=rel_path,
         namespace=namespace,

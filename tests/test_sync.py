@@ -223,7 +223,9 @@ def _read_sync(archive: Path, statements: list[str] | None = None):
 
 def _folder_loads(statements: list[str]) -> list[str]:
     """The folders whose stored rows a sync loaded (the traced SQL carries the bound values)."""
-    return [statement.split("rel_path > '")[1].split("/'")[0] for statement in statements if "rel_path > '" in statement]
+    return [
+        statement.split("rel_path > '")[1].split("/'")[0] for statement in statements if "rel_path > '" in statement
+    ]
 
 
 def test_a_read_sync_loads_the_rows_of_changed_folders_only(archive: Path, run_cli) -> None:

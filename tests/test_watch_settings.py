@@ -27,7 +27,11 @@ def parsed_by_watch_command(argv: list[str]) -> WatchSettings:
     """What the real ``watch`` command builds from these arguments."""
     params = watch_command.make_context("watch", argv).params
     return watch_settings(
-        params["polling"], params["interval"], params["max_watches"], params["reconcile_interval"], params["quiet_after"],
+        params["polling"],
+        params["interval"],
+        params["max_watches"],
+        params["reconcile_interval"],
+        params["quiet_after"],
         params["lease_seconds"],
     )
 
@@ -43,7 +47,10 @@ def test_omitted_options_mean_the_defaults():
     settings = parsed_by_watch_command([])
     assert settings == WatchSettings()
     assert (settings.poll_interval, settings.reconcile_interval, settings.max_watches, settings.polling) == (
-        DEFAULT_POLL_INTERVAL_SECONDS, DEFAULT_RECONCILE_INTERVAL_SECONDS, None, False,
+        DEFAULT_POLL_INTERVAL_SECONDS,
+        DEFAULT_RECONCILE_INTERVAL_SECONDS,
+        None,
+        False,
     )
 
 
@@ -83,7 +90,10 @@ def test_settings_are_frozen_and_whole_numbers_of_seconds_become_floats():
     "arguments, message",
     [
         (["watch", "--interval", "0"], "Invalid value for '--interval': must be more than 0 seconds, not 0.0"),
-        (["daemon", "start", "--interval", "-2"], "Invalid value for '--interval': must be more than 0 seconds, not -2.0"),
+        (
+            ["daemon", "start", "--interval", "-2"],
+            "Invalid value for '--interval': must be more than 0 seconds, not -2.0",
+        ),
         (["watch", "--once", "--reconcile-interval", "0"], "Invalid value for '--reconcile-interval': must be more"),
         (["daemon", "start", "--max-watches", "-1"], "Invalid value for '--max-watches': must be a whole number"),
     ],
@@ -107,6 +117,8 @@ def test_invalid_settings_are_usage_errors_that_touch_nothing(archive, run_cli, 
     ids=["import", "watch --help", "daemon start --help"],
 )
 def test_watchdog_is_imported_only_when_a_watcher_starts(code, tmp_path: Path):
-    script = f"import sys\n{code}\nsys.stderr.write(repr(sorted(m for m in sys.modules if m.split('.')[0] == 'watchdog')))"
+    script = (
+        f"import sys\n{code}\nsys.stderr.write(repr(sorted(m for m in sys.modules if m.split('.')[0] == 'watchdog')))"
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert result.stderr.endswith("[]"), result.stderr

@@ -79,7 +79,10 @@ def test_one_reader_thread_reports_events_of_many_watches_with_their_descriptor_
     assert threading.active_count() == threads_before  # watches add no thread
     assert len(set(descriptors.values())) == len(folders) and all(wd >= 0 for wd in descriptors.values())
     # The same folder again: the same descriptor.
-    assert inotify.add_callback(os.fsencode(folders[0]), event_mask(), recorder, RECORDER_ID + 1) == descriptors["folder_0"]
+    assert (
+        inotify.add_callback(os.fsencode(folders[0]), event_mask(), recorder, RECORDER_ID + 1)
+        == descriptors["folder_0"]
+    )
     inotify.remove_callbacks([(descriptors["folder_0"], RECORDER_ID + 1)])
     for folder in folders:
         (folder / "experiment_meta.json").write_text("{}")

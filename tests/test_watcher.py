@@ -198,7 +198,10 @@ def test_edits_to_finished_runs_are_caught_by_the_periodic_rewalk(archive, start
 def test_heartbeat_vouches_while_running_and_is_cleared_on_stop(archive, start_watcher, polling):
     watcher = start_watcher(polling=polling, poll_interval=0.2)
     index = ArchiveIndex(
-        db=SqliteFileDatabase(str(archive / ".pycomex_index" / "index.sqlite3")), root=str(archive), archive_id=1, location=""
+        db=SqliteFileDatabase(str(archive / ".pycomex_index" / "index.sqlite3")),
+        root=str(archive),
+        archive_id=1,
+        location="",
     )
     try:
         assert wait_until(lambda: has_fresh_watcher(index))
@@ -243,9 +246,7 @@ def test_running_runs_past_the_watch_budget_are_polled_not_missed(archive, start
     assert watcher.status().mode == "inotify"
 
 
-def test_many_polled_running_runs_are_polled_round_robin_at_a_bounded_rate(
-    archive, start_watcher, reader, monkeypatch
-):
+def test_many_polled_running_runs_are_polled_round_robin_at_a_bounded_rate(archive, start_watcher, reader, monkeypatch):
     # 46,000 killed runs polled every 2 s took a third of a core: the polling rate is capped instead,
     # and every run is still seen, a slice per interval.
     import pycomex_index.watcher.watches as watches_module
@@ -272,7 +273,10 @@ def test_running_runs_unchanged_for_quiet_after_are_polled_rarely_not_watched(
     long_ago = time.time() - 7200
     for number in range(3):
         write_run(archive / "neural_net" / f"killed_{number}", status="running")
-        for path in (archive / "neural_net" / f"killed_{number}" / "experiment_meta.json", archive / "neural_net" / f"killed_{number}"):
+        for path in (
+            archive / "neural_net" / f"killed_{number}" / "experiment_meta.json",
+            archive / "neural_net" / f"killed_{number}",
+        ):
             os.utime(path, (long_ago, long_ago))
     os.utime(archive / RUNNING_FIXTURE / "experiment_meta.json")  # alive: written just now
     watcher = start_watcher(quiet_after=3600, poll_interval=0.2)

@@ -117,7 +117,10 @@ class Host:
         environment = {**os.environ, HOSTNAME_ENV_VARIABLE: self.name}
         result = subprocess.run(
             [sys.executable, "-m", "pycomex_index", *args, "--path", str(self.archive)],
-            capture_output=True, text=True, timeout=90, env=environment,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            env=environment,
         )
         assert "Traceback" not in result.stderr, result.stderr
         return result
@@ -167,7 +170,10 @@ def test_one_daemon_per_archive_across_hosts_and_a_silent_hosts_lease_is_taken_o
 
     not_here = beta.run("daemon", "stop")
     assert not_here.returncode == 1
-    assert not_here.stderr == f"Error: the watcher of {archive} runs on host alpha (pid {pid}, since {since}): stop it there\n"
+    assert (
+        not_here.stderr
+        == f"Error: the watcher of {archive} runs on host alpha (pid {pid}, since {since}): stop it there\n"
+    )
     assert process_is_alive(pid) and lease_of(archive).holder == first.holder
 
     # Alpha goes silent: its lease still holds until it expires, then beta takes the archive over.

@@ -51,7 +51,9 @@ def seed() -> int:
     return int.from_bytes(os.urandom(4), "big")
 
 
-def test_modify_killed_at_a_random_moment_leaves_every_file_whole_and_undoable(tmp_path: Path, run_cli, seed: int) -> None:
+def test_modify_killed_at_a_random_moment_leaves_every_file_whole_and_undoable(
+    tmp_path: Path, run_cli, seed: int
+) -> None:
     chance = random.Random(seed)
     archive = tmp_path / "results"
     rel_paths = generate_archive(archive, EXPERIMENTS)
@@ -60,9 +62,15 @@ def test_modify_killed_at_a_random_moment_leaves_every_file_whole_and_undoable(t
     kill_after = chance.randint(20, 600)
 
     process = cli_process(
-        "archive", "modify", "--path", str(archive), "--all",
-        "--modify-metadata", "m['touched'] = True; m['note'] = 'x' * 4000",
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        "archive",
+        "modify",
+        "--path",
+        str(archive),
+        "--all",
+        "--modify-metadata",
+        "m['touched'] = True; m['note'] = 'x' * 4000",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     journaled = lambda: query(archive, "SELECT COUNT(*) FROM modify_journal")[0][0] >= kill_after  # noqa: E731
     _kill_when(process, journaled, chance.uniform(0, 0.004))
@@ -89,7 +97,9 @@ def test_modify_killed_at_a_random_moment_leaves_every_file_whole_and_undoable(t
 
 
 @pytest.mark.parametrize("existing", [True, False], ids=["replacing-a-zip", "new-zip"])
-def test_compress_killed_never_leaves_a_partial_zip_under_the_name(tmp_path: Path, run_cli, seed: int, existing: bool) -> None:
+def test_compress_killed_never_leaves_a_partial_zip_under_the_name(
+    tmp_path: Path, run_cli, seed: int, existing: bool
+) -> None:
     chance = random.Random(seed)
     archive = tmp_path / "results"
     generate_archive(archive, 300, payload=64 * 1024)
@@ -106,8 +116,16 @@ def test_compress_killed_never_leaves_a_partial_zip_under_the_name(tmp_path: Pat
         return bool(partials) and partials[0].stat().st_size >= kill_at_size
 
     process = cli_process(
-        "archive", "compress", "--path", str(archive), "--all", "--name", str(target), "--overwrite",
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        "archive",
+        "compress",
+        "--path",
+        str(archive),
+        "--all",
+        "--name",
+        str(target),
+        "--overwrite",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     _kill_when(process, partial_is_big_enough, 0)
 
@@ -125,7 +143,9 @@ def test_compress_killed_never_leaves_a_partial_zip_under_the_name(tmp_path: Pat
         assert len(archive_zip.namelist()) == 600
 
 
-def test_delete_killed_leaves_each_run_whole_or_gone_and_the_next_delete_clears_the_rest(tmp_path: Path, run_cli, seed: int) -> None:
+def test_delete_killed_leaves_each_run_whole_or_gone_and_the_next_delete_clears_the_rest(
+    tmp_path: Path, run_cli, seed: int
+) -> None:
     chance = random.Random(seed)
     archive = tmp_path / "results"
     generate_archive(archive, EXPERIMENTS, payload=16)
@@ -133,8 +153,14 @@ def test_delete_killed_leaves_each_run_whole_or_gone_and_the_next_delete_clears_
     kill_after = chance.randint(20, 600)
 
     process = cli_process(
-        "archive", "delete", "--path", str(archive), "--all", "--yes",
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        "archive",
+        "delete",
+        "--path",
+        str(archive),
+        "--all",
+        "--yes",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deleted_enough = lambda: query(archive, "SELECT COUNT(*) FROM experiments")[0][0] <= EXPERIMENTS - kill_after  # noqa: E731
     _kill_when(process, deleted_enough, chance.uniform(0, 0.004))

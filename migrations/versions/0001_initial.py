@@ -62,7 +62,16 @@ def upgrade() -> None:
     op.create_index(
         "ix_experiments_outcome",
         "experiments",
-        ["archive_id", "outcome", "error_type", "start_time", "duration", "parameter_count", "asset_count", "disk_usage"],
+        [
+            "archive_id",
+            "outcome",
+            "error_type",
+            "start_time",
+            "duration",
+            "parameter_count",
+            "asset_count",
+            "disk_usage",
+        ],
     )
     op.create_index("ix_experiments_namespace", "experiments", ["archive_id", "namespace"])
     op.create_index(

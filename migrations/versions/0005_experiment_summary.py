@@ -129,7 +129,16 @@ def downgrade() -> None:
     op.create_index(
         "ix_experiments_outcome",
         "experiments",
-        ["archive_id", "outcome", "error_type", "start_time", "duration", "parameter_count", "asset_count", "disk_usage"],
+        [
+            "archive_id",
+            "outcome",
+            "error_type",
+            "start_time",
+            "duration",
+            "parameter_count",
+            "asset_count",
+            "disk_usage",
+        ],
     )
     op.drop_index("ix_experiments_asset_count", table_name="experiments")
     op.drop_index("ix_experiments_parameter_count", table_name="experiments")

@@ -51,9 +51,7 @@ def upgrade() -> None:
     dialect = connection.dialect.name
     # Parameters written as null may have been NaN or Infinity; the summary of nearly every run has
     # "error_type": null, so only its numbers and NaN markers count there.
-    parameters_lost = (
-        f"(f.parameters_json LIKE '%null%' OR {_holds_numbers_or_markers('f.parameters_json', dialect)})"
-    )
+    parameters_lost = f"(f.parameters_json LIKE '%null%' OR {_holds_numbers_or_markers('f.parameters_json', dialect)})"
     summary_lost = _holds_numbers_or_markers("f.summary_json", dialect)
     connection.execute(
         sa.text(

@@ -238,7 +238,10 @@ class ChangeApplier:
         self._on_change()
         logger.info(
             "applied %d changes: %d read, %d removed, %d with new assets",
-            len(changes), len(changes.records), len(removed), len(changes.assets),
+            len(changes),
+            len(changes.records),
+            len(removed),
+            len(changes.assets),
         )
         for rel, record in changes.records.items():
             if record.read_error:

@@ -156,7 +156,9 @@ class ArchiveWatcher:
         """Become the archive's one watcher, or raise :class:`DaemonAlreadyRunningError` naming the one there is."""
         assert self._index is not None
         index, seconds = self._index, self.settings.lease_seconds
-        lease = acquire_lease(index.db, index.archive_id, self.holder, seconds=seconds, started_at=self._state.started_at)
+        lease = acquire_lease(
+            index.db, index.archive_id, self.holder, seconds=seconds, started_at=self._state.started_at
+        )
         if lease.holder != self.holder:
             raise lease.held_error(self.root)
         keeper_index = open_archive_index(index.root, index.location)
@@ -257,7 +259,12 @@ class ArchiveWatcher:
                 pause = min(pause * 2, 60.0)
         logger.info(
             "caught up in %.2f s: %d added, %d updated, %d removed, %d with new assets, %d unchanged",
-            report.seconds, report.added, report.updated, report.removed, report.assets_refreshed, report.unchanged,
+            report.seconds,
+            report.added,
+            report.updated,
+            report.removed,
+            report.assets_refreshed,
+            report.unchanged,
         )
         if report.changed:
             self._state.changed_now()

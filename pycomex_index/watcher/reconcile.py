@@ -129,7 +129,11 @@ class Reconciler:
                 self._on_change()
                 logger.info(
                     "re-walk found %d added, %d updated, %d removed, %d with new assets (%.2f s)",
-                    report.added, report.updated, report.removed, report.assets_refreshed, report.seconds,
+                    report.added,
+                    report.updated,
+                    report.removed,
+                    report.assets_refreshed,
+                    report.seconds,
                 )
         except Stopping:
             pass

@@ -56,8 +56,14 @@ def event_mask() -> int:
     from watchdog.observers.inotify_c import InotifyConstants as flags
 
     return (
-        flags.IN_CREATE | flags.IN_MODIFY | flags.IN_ATTRIB | flags.IN_DELETE | flags.IN_MOVED_FROM
-        | flags.IN_MOVED_TO | flags.IN_DELETE_SELF | flags.IN_ONLYDIR
+        flags.IN_CREATE
+        | flags.IN_MODIFY
+        | flags.IN_ATTRIB
+        | flags.IN_DELETE
+        | flags.IN_MOVED_FROM
+        | flags.IN_MOVED_TO
+        | flags.IN_DELETE_SELF
+        | flags.IN_ONLYDIR
     )
 
 
