@@ -9,7 +9,11 @@ from pycomex_index.cli.common import archive_options, json_option, opened_index,
 
 @click.command("sync")
 @archive_options
-@click.option("--rebuild", is_flag=True, help="Forget every row and read every experiment again.")
+@click.option(
+    "--rebuild",
+    is_flag=True,
+    help="Read every experiment again, changed or not (the index keeps serving readers meanwhile).",
+)
 @json_option
 @click.pass_context
 def sync_command(ctx: click.Context, archive_path, index_location, rebuild: bool, as_json: bool) -> None:

@@ -236,6 +236,12 @@ def test_index_sync_and_rebuild(archive: Path, run_cli) -> None:
     assert text.startswith("Synced ") and "8 unchanged" in text
 
 
+def test_rebuild_help_says_what_rebuild_does(run_cli) -> None:
+    # A rebuild re-reads every experiment but never empties the index (a concurrent reader keeps its rows).
+    shown = " ".join(run_cli("index", "sync", "--help").stdout.split())
+    assert "Read every experiment again" in shown and "Forget" not in shown
+
+
 def _modules_loaded_by(arguments: list[str], cwd: Path) -> set[str]:
     script = (
         "import sys, runpy\n"

@@ -49,8 +49,9 @@ def event_mask() -> int:
     """What every watch asks the kernel for: entries created, deleted or moved in and out, files written
     or touched, and the folder's own deletion (then its watch ends).
 
-    Not open, close or access: on a large archive those flood the kernel queue (see DESIGN.md,
-    "Measured"). The same events as watchdog's ``event_filter`` of created, modified, deleted and moved
+    Not open, close or access: on a large archive those flood the kernel queue (measured on 100,000
+    folders: watchdog's default mask never delivered an event, looping on overflow at a full core;
+    this mask cost 1.8 s to set up and events arrived in under 1 ms). The same events as watchdog's ``event_filter`` of created, modified, deleted and moved
     events asked for; symlinks to folders are followed, as discovery follows them.
     """
     from watchdog.observers.inotify_c import InotifyConstants as flags
