@@ -8,7 +8,6 @@ import random
 import shutil
 import sqlite3
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -240,35 +239,6 @@ def test_rebuild_help_says_what_rebuild_does(run_cli) -> None:
     # A rebuild re-reads every experiment but never empties the index (a concurrent reader keeps its rows).
     shown = " ".join(run_cli("index", "sync", "--help").stdout.split())
     assert "Read every experiment again" in shown and "Forget" not in shown
-
-
-def _modules_loaded_by(arguments: list[str], cwd: Path) -> set[str]:
-    script = (
-        "import sys, runpy\n"
-        f"sys.argv = ['pycomex-index', *{arguments!r}]\n"
-        "try:\n"
-        "    from pycomex_index.cli import main\n"
-        "    main()\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "sys.stderr.write('\\n'.join(sorted(sys.modules)))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=cwd)
-    return set(result.stderr.split())
-
-
-def test_help_imports_neither_sqlalchemy_nor_alembic_nor_rich(tmp_path: Path) -> None:
-    modules = _modules_loaded_by(["--help"], tmp_path)
-    assert "click" in modules
-    assert not {"sqlalchemy", "alembic", "rich", "watchdog"} & modules
-
-
-def test_a_read_command_on_a_current_index_does_not_import_alembic_or_sqlalchemy(archive: Path) -> None:
-    first = _modules_loaded_by(["archive", "list", "--path", str(archive)], archive.parent)
-    assert "alembic" in first  # the new index was created by the migrations
-    again = _modules_loaded_by(["archive", "list", "--path", str(archive)], archive.parent)
-    assert "pycomex_index.queries" in again
-    assert not {"alembic", "sqlalchemy"} & again
 
 
 def test_the_index_database_is_a_plain_sqlite_file_other_tools_can_read(archive: Path) -> None:
