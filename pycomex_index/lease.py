@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pycomex_index.db import IndexDatabase
 from pycomex_index.errors import DaemonAlreadyRunningError
 from pycomex_index.formatting import format_time
-from pycomex_index.paths import process_is_alive, this_host
+from pycomex_index.paths import process_is_alive, process_start_ticks, this_host
 
 
 def host_file_tag(host: str) -> str:
@@ -39,15 +39,13 @@ def host_file_tag(host: str) -> str:
 def process_start(pid: int) -> str:
     """When process ``pid`` started, as ``<clock ticks since boot>@<boot id>``; "" when unknown (no /proc,
     or no such process). Two processes with one pid never share it, across reboots included."""
+    ticks = process_start_ticks(pid)
     try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            fields = file.read().rpartition(b")")[2].split()
         with open("/proc/sys/kernel/random/boot_id", "rb") as file:
-            boot_id = file.read().strip()
+            boot_id = file.read().strip().decode()
     except OSError:
         return ""
-    # Field 22 of /proc/<pid>/stat, the start time; fields[0] here is field 3 (the state).
-    return f"{fields[19].decode()}@{boot_id.decode()}" if len(fields) > 19 else ""
+    return f"{ticks}@{boot_id}" if ticks is not None else ""
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from typing import Any
 
 from pycomex_index.db import IndexDatabase
 from pycomex_index.discovery import METADATA_FILE_NAME
-from pycomex_index.paths import UnsafePathError, experiment_folder, process_is_alive, this_host
+from pycomex_index.paths import UnsafePathError, experiment_folder, process_is_alive, process_start_ticks, this_host
 from pycomex_index.store import ArchiveIndex
 
 LIVE, FINISHED, INTERRUPTED = "live", "finished", "interrupted"
@@ -80,12 +80,12 @@ def this_pid_namespace() -> str | None:
 
 def process_started_at(pid: int) -> float | None:
     """When ``pid`` started, as a POSIX time (``/proc/<pid>/stat`` starttime + boot time); None where unknown."""
+    ticks = process_start_ticks(pid)
+    if ticks is None:
+        return None
     try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            fields = file.read().rpartition(b")")[2].split()
-        ticks = int(fields[19])  # field 22 of the whole line: starttime, in clock ticks after boot
         return _boot_time() + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
+    except (OSError, ValueError):
         return None
 
 

@@ -84,12 +84,31 @@ def process_is_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    fields = _proc_stat_fields(pid)
+    if fields is None:
+        return True  # no /proc (not Linux): the signal test is all there is
+    return fields[:1] not in ([b"Z"], [b"X"])
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks after boot (``/proc/<pid>/stat`` field 22); None where unknown.
+
+    With the pid, it names one process: a reused pid has a later start.
+    """
+    fields = _proc_stat_fields(pid)
+    try:
+        return int(fields[19]) if fields is not None else None  # fields[0] is field 3 (the state)
+    except (IndexError, ValueError):
+        return None
+
+
+def _proc_stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (which may hold spaces); None without it."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as file:
-            state = file.read().rpartition(b")")[2].split()[:1]
+            return file.read().rpartition(b")")[2].split()
     except OSError:
-        return True  # no /proc (not Linux): the signal test is all there is
-    return state not in ([b"Z"], [b"X"])
+        return None
 
 
 def owner_still_running(pid: int) -> bool:
