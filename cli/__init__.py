@@ -3,7 +3,8 @@
 Each command parses its options, calls one library function and renders the
 result. The groups here are lazy: a command's module is imported only when
 that command runs (or shows its own help), so ``--help`` and every command
-load only what they use. Subcommand modules import only click at module level.
+load only what they use. Subcommand modules import only click and the project's
+cheap modules at module level; the library's working parts load inside the commands.
 """
 
 from __future__ import annotations
@@ -14,11 +15,7 @@ from typing import Any
 import click
 
 from pycomex_index import __version__
-from pycomex_index.cli.common import (
-    DEFAULT_ARCHIVE_PATH,
-    CleanErrorsGroup,
-    install_library_logging,
-)
+from pycomex_index.cli.common import CleanErrorsGroup, archive_options, install_library_logging
 
 #: Group -> command name -> (module in pycomex_index.cli, its attribute, the first sentence of its help).
 #: The sentence is what the group's help lists, so listing imports none of the modules; tests/test_startup.py
@@ -150,20 +147,7 @@ def cli() -> None:
 
 
 @cli.group("archive", cls=LazyGroup, lazy_commands=LAZY_COMMANDS["archive"])
-@click.option(
-    "--path",
-    "archive_path",
-    default=None,
-    metavar="RESULTS_PATH",
-    help=f"Archive location (default: {DEFAULT_ARCHIVE_PATH}).",
-)
-@click.option(
-    "--index",
-    "index_location",
-    default=None,
-    metavar="FILE|URL",
-    help="Index file or SQLAlchemy URL (env PYCOMEX_INDEX).",
-)
+@archive_options
 @click.pass_context
 def archive(ctx: click.Context, archive_path: str | None, index_location: str | None) -> None:
     """Query and maintain an experiment archive (pycomex's `archive` commands).

@@ -373,8 +373,3 @@ def _render_scan_table(console, index, result, select, group_expression) -> None
             "(select them with --select \"m['state'] == 'interrupted'\")",
             markup=False,
         )
-
-
-def register(group: click.Group) -> None:
-    for command in (list_command, tail_command, overview_command, info_command, scan_command):
-        group.add_command(command)

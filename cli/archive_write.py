@@ -25,9 +25,6 @@ from pycomex_index.cli.common import (
 )
 from pycomex_index.formatting import plural, printable
 
-# The library's write modules are imported inside the commands, not up here: cli/__init__ imports this
-# module for every command (list and --help too), and loading them would add ~40 ms to a ~75 ms start.
-
 #: Longest a shown value gets in a before → after line.
 VALUE_WIDTH = 60
 #: Index ids are positive SQLite/PostgreSQL BIGINTs; anything outside is a usage error, not an OverflowError.
@@ -472,8 +469,3 @@ def undo_command(ctx, run_id, yes, verbose, archive_path, index_location) -> Non
             err=True,
         )
         ctx.exit(1)
-
-
-def register(group: click.Group) -> None:
-    for command in (delete_command, compress_command, modify_command, undo_command):
-        group.add_command(command)

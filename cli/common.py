@@ -24,7 +24,6 @@ DAEMON_HINT_AFTER_SECONDS = 1.0
 #: The daemon hint is given at most once in this many seconds per archive.
 DAEMON_HINT_EVERY_SECONDS = 24 * 3600
 #: Beside the archive's daemon pid file: its modification time is when the hint was last given.
-DAEMON_HINT_FILE_NAME = "daemon-hint"
 
 
 def archive_options(command: Callable) -> Callable:
@@ -342,8 +341,8 @@ def daemon_hint(ctx: click.Context, index: Any, report: Any, path: str, location
     act on it, and it would use up the day's hint), never with ``--json`` on a
     pipe (a program reads the output), never while a watcher runs (one still
     catching up walks too); at most once a day per archive. The day is
-    remembered in a file beside the daemon's pid file, never in the index,
-    which may be read-only.
+    remembered in the daemon's hint file beside its pid file, never in the
+    index, which may be read-only.
     """
     from pycomex_index.liveness import seconds_from_environment
 
@@ -351,13 +350,11 @@ def daemon_hint(ctx: click.Context, index: Any, report: Any, path: str, location
         return None
     if not sys.stderr.isatty() or (ctx.params.get("as_json") and not sys.stdout.isatty()):
         return None
-    from pycomex_index.daemon import daemon_files, pid_file_name
-    from pycomex_index.heartbeat import read_watcher_state
+    from pycomex_index.daemon import daemon_files, live_lease
 
-    watcher = read_watcher_state(index)
-    if watcher is not None and not watcher.holder.is_dead_here():
+    if live_lease(index) is not None:
         return None
-    stamp = daemon_files(index.root, index.location).pid_path.removesuffix(pid_file_name()) + DAEMON_HINT_FILE_NAME
+    stamp = daemon_files(index.root, index.location).hint_path
     try:
         given_ago = time.time() - os.stat(stamp).st_mtime
     except OSError:

@@ -90,8 +90,3 @@ def status_command(ctx: click.Context, archive_path, index_location, as_json: bo
         for export in status.exports
     ]
     write_lines(lines)
-
-
-def register(group: click.Group) -> None:
-    group.add_command(sync_command)
-    group.add_command(status_command)

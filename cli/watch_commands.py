@@ -273,7 +273,7 @@ def status_command(ctx, archive_path, index_location, as_json) -> None:
         ]
         if status.note:
             lines.append(f"  {status.note}")
-        if status.mode in ("inotify", "polling") and not status.fresh:
+        if status.heartbeat_late:
             lines.append("  its heartbeat is late (busy or stuck): commands check the disk themselves meanwhile")
         write_lines(lines)
     if not status.running:

@@ -36,7 +36,6 @@ logger = logging.getLogger("pycomex_index")
 
 #: The top folder inside the ZIP, as pycomex writes it.
 ZIP_ROOT = "results"
-DEFAULT_ZIP_NAME = "results.zip"
 _HASH_CHUNK = 1 << 20
 #: Errors of writing the ZIP that ``ZipFile.write`` raises mixed with those of reading a source file.
 _ZIP_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -52,10 +51,6 @@ class ExportResult:
     sha256: str
     members: list[str]
     skipped: list[str] = field(default_factory=list)
-
-    @property
-    def experiment_count(self) -> int:
-        return len(self.members)
 
 
 def compress_experiments(

@@ -44,7 +44,7 @@ from platformdirs import user_cache_dir
 from pycomex_index.discovery import INDEX_FOLDER_NAME
 from pycomex_index.errors import DaemonAlreadyRunningError, DaemonError  # noqa: F401 - this module's API too
 from pycomex_index.formatting import format_time
-from pycomex_index.heartbeat import read_watcher_state
+from pycomex_index.heartbeat import LIVE_MODES, MODE_STARTING, read_watcher_state
 from pycomex_index.lease import Lease, host_file_tag, read_lease
 from pycomex_index.paths import this_host
 from pycomex_index.pidfile import (  # noqa: F401 - the pid-file functions are this module's API too
@@ -66,6 +66,7 @@ from pycomex_index.watcher import ArchiveWatcher, WatcherStatus, WatchSettings
 logger = logging.getLogger("pycomex_index.daemon")
 
 LOG_FILE_NAME = "daemon.log"
+HINT_FILE_NAME = "daemon-hint"
 LOG_MAX_BYTES = 2_000_000
 LOG_BACKUP_COUNT = 3
 #: How long ``daemon start`` waits for the new process to take the lease.
@@ -80,6 +81,8 @@ EXIT_ALREADY_RUNNING = 75
 class DaemonFiles:
     pid_path: str
     log_path: str
+    #: Touched when a read command last suggested starting the daemon (at most once a day per archive).
+    hint_path: str
 
 
 @dataclass
@@ -102,6 +105,11 @@ class DaemonStatus:
     pid_file: str
     log_file: str
 
+    @property
+    def heartbeat_late(self) -> bool:
+        """A watcher in a live mode whose heartbeat is late (busy or stuck): commands check the disk meanwhile."""
+        return self.mode in LIVE_MODES and not self.fresh
+
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -112,19 +120,22 @@ def pid_file_name() -> str:
 
 
 def daemon_files(root: str, location: str) -> DaemonFiles:
-    """Where this host's pid file and the log of this archive's daemon live (see the module docstring)."""
+    """Where this host's pid file, the log and the hint stamp of this archive's daemon live (see the module docstring)."""
+    prefix = _daemon_file_prefix(root, location)
+    return DaemonFiles(prefix + pid_file_name(), prefix + LOG_FILE_NAME, prefix + HINT_FILE_NAME)
+
+
+def _daemon_file_prefix(root: str, location: str) -> str:
+    """The archive's index folder (with a trailing separator), or a per-archive stem ending in a dot."""
     archive_folder = os.path.join(root, INDEX_FOLDER_NAME)
-    pid_name = pid_file_name()
     if not is_database_url(location):
         if os.path.dirname(location) == archive_folder:
-            return DaemonFiles(os.path.join(archive_folder, pid_name), os.path.join(archive_folder, LOG_FILE_NAME))
+            return archive_folder + os.sep
         # Beside an index kept elsewhere; named per archive, as one index file may serve several.
-        stem = f"{location}.{_archive_tag(root)}"
-        return DaemonFiles(f"{stem}.{pid_name}", f"{stem}.{LOG_FILE_NAME}")
+        return f"{location}.{_archive_tag(root)}."
     if os.path.isdir(archive_folder) and os.access(archive_folder, os.W_OK):
-        return DaemonFiles(os.path.join(archive_folder, pid_name), os.path.join(archive_folder, LOG_FILE_NAME))
-    stem = os.path.join(user_cache_dir("pycomex-index"), f"{os.path.basename(root) or 'root'}-{_archive_tag(root)}")
-    return DaemonFiles(f"{stem}.{pid_name}", f"{stem}.{LOG_FILE_NAME}")
+        return archive_folder + os.sep
+    return os.path.join(user_cache_dir("pycomex-index"), f"{os.path.basename(root) or 'root'}-{_archive_tag(root)}.")
 
 
 def _archive_tag(root: str) -> str:
@@ -245,7 +256,7 @@ def start_daemon(
     # opening writes the archive's id into <archive>/.pycomex_index, which decides where the pid file is.
     with open_archive_index(path, index) as opened:
         root, location, files = _locate(path, index)
-        lease = _live_lease(opened)
+        lease = live_lease(opened)
         if lease is not None:
             raise lease.held_error(root)
         pid, alive = pid_file_owner(files.pid_path)
@@ -273,7 +284,7 @@ def start_daemon(
             code = process.poll()
             if code is not None:
                 if code == EXIT_ALREADY_RUNNING:
-                    lease = _live_lease(opened)
+                    lease = live_lease(opened)
                     if lease is not None:
                         raise lease.held_error(root)
                     raise DaemonAlreadyRunningError(root, pid_file_owner(files.pid_path)[0])
@@ -287,8 +298,8 @@ def start_daemon(
     return daemon_status(root, location)
 
 
-def _live_lease(index: ArchiveIndex) -> Lease | None:
-    """The archive's lease while a live watcher holds it, wherever it runs."""
+def live_lease(index: ArchiveIndex) -> Lease | None:
+    """The archive's lease while a live watcher holds it, wherever it runs: the one answer to "is a watcher running"."""
     lease = read_lease(index.db, index.archive_id)
     return lease if lease is not None and lease.is_live() else None
 
@@ -342,7 +353,7 @@ def stop_daemon(path: str, index: str | None = None, *, timeout: float = STOP_TI
     if not alive:
         remove_stale_pid_file(files.pid_path)
         with open_archive_index(root, location, allow_read_only=True) as opened:
-            lease = _live_lease(opened)
+            lease = live_lease(opened)
         if lease is not None and not lease.holder.is_local():
             holder = lease.holder
             raise DaemonError(
@@ -388,7 +399,7 @@ def daemon_status(path: str, index: str | None = None) -> DaemonStatus:
         log_file=files.log_path,
     )
     with open_archive_index(root, location, allow_read_only=True) as opened:
-        lease = _live_lease(opened)
+        lease = live_lease(opened)
         state = read_watcher_state(opened)
     if not alive:
         if lease is None or lease.holder.is_local():
@@ -408,6 +419,6 @@ def daemon_status(path: str, index: str | None = None) -> DaemonStatus:
         status.heartbeat_at = state.heartbeat_at
         status.fresh = state.is_fresh()
     else:
-        status.mode = "starting"
+        status.mode = MODE_STARTING
         status.note = "opening the index"
     return status

@@ -21,8 +21,10 @@ from pycomex_index.store import ArchiveIndex
 HEARTBEAT_INTERVAL_SECONDS = 1.0
 #: A heartbeat older than this no longer vouches for the index.
 STALE_AFTER_SECONDS = 5.0
+#: The watcher's modes, as its heartbeat records them.
+MODE_INOTIFY, MODE_POLLING, MODE_STARTING = "inotify", "polling", "starting"
 #: Modes in which the watcher keeps the index current; ``starting`` (still catching up) vouches for nothing.
-LIVE_MODES = frozenset({"inotify", "polling"})
+LIVE_MODES = frozenset({MODE_INOTIFY, MODE_POLLING})
 
 
 @dataclass

@@ -112,9 +112,9 @@ class JournalEntry:
     written_sha256: str
 
 
-def modify_runs(index: ArchiveIndex, *, include_undone: bool = False) -> list[ModifyRunInfo]:
-    """The journaled modifies of this archive, newest first."""
-    return _runs(index, "" if include_undone else " AND r.undone_at IS NULL", {})
+def modify_runs(index: ArchiveIndex) -> list[ModifyRunInfo]:
+    """The journaled modifies of this archive not undone yet, newest first."""
+    return _runs(index, " AND r.undone_at IS NULL", {})
 
 
 def find_modify_run(index: ArchiveIndex, run_id: int) -> ModifyRunInfo | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from pycomex_index.discovery import Outcome
 from pycomex_index.exports import ExportSummary, recent_exports
-from pycomex_index.store import ArchiveIndex, stored_revision
+from pycomex_index.store import ArchiveIndex, is_database_url, stored_revision
 
 
 @dataclass
@@ -29,17 +29,17 @@ class IndexStatus:
 
 def index_status(index: ArchiveIndex) -> IndexStatus:
     db = index.db
-    experiments, unreadable = db.fetch_one(
+    experiments, unreadable = db.fetch_row(
         f"SELECT COUNT(*), SUM(CASE WHEN outcome = '{Outcome.ERROR.value}' THEN 1 ELSE 0 END) FROM experiments "
         "WHERE archive_id = :archive_id",
         {"archive_id": index.archive_id},
-    ) or (0, 0)
-    last_sync_at, last_sync_seconds = db.fetch_one(
+    )
+    last_sync_at, last_sync_seconds = db.fetch_row(
         "SELECT last_sync_at, last_sync_seconds FROM archives WHERE id = :archive_id",
         {"archive_id": index.archive_id},
-    ) or (None, None)
+    )
     size = None
-    if "://" not in index.location and os.path.exists(index.location):
+    if not is_database_url(index.location) and os.path.exists(index.location):
         size = sum(
             os.path.getsize(index.location + suffix)
             for suffix in ("", "-wal")

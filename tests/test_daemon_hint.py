@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pycomex_index.cli.common import DAEMON_HINT_FILE_NAME
+from pycomex_index.daemon import HINT_FILE_NAME
 
 HINT = "Hint: checking the archive for changes took"
 
@@ -50,7 +50,7 @@ def _run(arguments: list[str], cwd: Path, *, stdout_tty: bool = False, stderr_tt
 
 
 def _stamp(archive: Path) -> Path:
-    return archive / ".pycomex_index" / DAEMON_HINT_FILE_NAME
+    return archive / ".pycomex_index" / HINT_FILE_NAME
 
 
 def test_a_slow_walk_without_a_daemon_gives_the_hint_once_a_day(archive: Path) -> None:
@@ -119,7 +119,7 @@ def test_the_hint_is_not_given_when_it_cannot_be_remembered(archive: Path) -> No
 def test_a_command_failing_after_the_walk_gets_no_hint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from pycomex_index.cli.common import give_daemon_hint
 
-    stamp = tmp_path / DAEMON_HINT_FILE_NAME
+    stamp = tmp_path / HINT_FILE_NAME
     try:
         raise BrokenPipeError  # as when `list | head -1` ends: the command's context closes while it is handled
     except BrokenPipeError:

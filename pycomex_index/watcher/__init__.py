@@ -38,13 +38,14 @@ inotify mode does.
 from __future__ import annotations
 
 from pycomex_index.errors import InvalidWatchSettingsError
+from pycomex_index.heartbeat import MODE_INOTIFY, MODE_POLLING, MODE_STARTING
 from pycomex_index.watcher.core import ArchiveWatcher, watch_once
 from pycomex_index.watcher.settings import (
     DEFAULT_POLL_INTERVAL_SECONDS,
     DEFAULT_RECONCILE_INTERVAL_SECONDS,
     WatchSettings,
 )
-from pycomex_index.watcher.state import MODE_INOTIFY, MODE_POLLING, MODE_STARTING, WatcherStatus
+from pycomex_index.watcher.state import WatcherStatus
 from pycomex_index.watcher.system import (
     MAX_WATCHES_ENV_VARIABLE,
     default_watch_limit,

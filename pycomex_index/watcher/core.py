@@ -25,7 +25,14 @@ from typing import Any
 
 from pycomex_index.discovery import Outcome
 from pycomex_index.errors import DaemonError
-from pycomex_index.heartbeat import HEARTBEAT_INTERVAL_SECONDS, clear_heartbeat, write_heartbeat
+from pycomex_index.heartbeat import (
+    HEARTBEAT_INTERVAL_SECONDS,
+    MODE_INOTIFY,
+    MODE_POLLING,
+    MODE_STARTING,
+    clear_heartbeat,
+    write_heartbeat,
+)
 from pycomex_index.lease import Holder, acquire_lease
 from pycomex_index.rows import rows_below
 from pycomex_index.store import ArchiveIndex, is_database_url, open_archive_index
@@ -35,7 +42,7 @@ from pycomex_index.watcher.changes import Batch, ChangeQueue
 from pycomex_index.watcher.keeper import LeaseKeeper
 from pycomex_index.watcher.reconcile import Reconciler, Stopping, abandon_on_stop
 from pycomex_index.watcher.settings import WatchSettings
-from pycomex_index.watcher.state import MODE_INOTIFY, MODE_POLLING, MODE_STARTING, WatcherState, WatcherStatus
+from pycomex_index.watcher.state import WatcherState, WatcherStatus
 from pycomex_index.watcher.system import default_watch_limit, filesystem_type, is_network_filesystem
 from pycomex_index.watcher.watches import IndexedChildren, WatchLimitReached, WatchSet
 
@@ -194,7 +201,7 @@ class ArchiveWatcher:
                 self._state.set_mode(MODE_INOTIFY)
             except WatchLimitReached as reason:
                 self._fall_back_to_polling(str(reason), reconcile=False)
-        if "://" not in index.location and is_network_filesystem(os.path.dirname(index.location)):
+        if not is_database_url(index.location) and is_network_filesystem(os.path.dirname(index.location)):
             logger.warning(
                 "the index %s is on a network filesystem: SQLite's WAL does not work there; "
                 "put it on a local disk with --index",

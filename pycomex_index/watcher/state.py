@@ -11,9 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-MODE_INOTIFY = "inotify"
-MODE_POLLING = "polling"
-MODE_STARTING = "starting"
+from pycomex_index.heartbeat import MODE_STARTING
 
 
 @dataclass(frozen=True)
