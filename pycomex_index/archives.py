@@ -6,7 +6,7 @@ id, a random UUID in ``<archive>/.pycomex_index/archive.json``, written once;
 ``archives.uuid`` finds its row through any of those paths, so they share one
 set of rows, one modify journal and one export list. ``archive_roots``
 records where each host reaches the archive. An index made before archive
-ids (migration 0008) gives the row of the path it is opened through the id
+ids (migration 0010) gives the row of the path it is opened through the id
 at that open. An archive where archive.json cannot be written (read-only)
 stays keyed by ``archives.root``, its path, as before.
 """

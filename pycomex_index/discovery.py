@@ -48,6 +48,8 @@ class Outcome(str, enum.Enum):
 MAX_NESTING_DEPTH = 200
 #: orjson reads integers beyond 64 bits as floats; a float this large may have been such an integer.
 _INEXACT_FLOAT = 2.0**63
+#: The largest integer a float holds exactly (2**53): beyond it, SQL's numbers and Python's ints may disagree.
+EXACT_FLOAT_INTEGER = 2**53
 #: Times and durations at least this far from zero (the end of year 9999, in seconds) are absurd:
 #: the index keeps them out of its number columns, so they spoil no sort, sum or date.
 SECONDS_LIMIT = 253402300800.0

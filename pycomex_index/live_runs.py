@@ -21,13 +21,25 @@ from collections.abc import Callable
 
 from pycomex_index.db import short_busy_timeout
 from pycomex_index.errors import RunOutsideArchiveError
-from pycomex_index.liveness import forget_run, record_heartbeat, record_run_start
+from pycomex_index.liveness import (
+    RUN_HEARTBEAT_INTERVAL_SECONDS,
+    RUN_HEARTBEAT_INTERVAL_VARIABLE,
+    forget_run,
+    record_heartbeat,
+    record_run_start,
+    seconds_from_environment,
+)
 from pycomex_index.operations import reindex_experiment
 from pycomex_index.store import open_archive_index
 
 #: How long a run's start or end waits for a locked index. A daemon's or a command's write takes
 #: milliseconds; an index locked longer than this is left to catch up at its next sync.
 RUN_BUSY_TIMEOUT_SECONDS = 0.5
+
+
+def run_heartbeat_interval() -> float | None:
+    """Seconds between a run's heartbeats (``PYCOMEX_INDEX_HEARTBEAT_INTERVAL``); None when 0 turns them off."""
+    return seconds_from_environment(RUN_HEARTBEAT_INTERVAL_VARIABLE, RUN_HEARTBEAT_INTERVAL_SECONDS) or None
 
 
 def run_rel_path(archive_root: str, run_folder: str) -> str:

@@ -41,8 +41,8 @@ from pycomex_index.store import ArchiveIndex
 LIVE, FINISHED, INTERRUPTED = "live", "finished", "interrupted"
 
 #: How often the plugin's thread refreshes a run's heartbeat (``PYCOMEX_INDEX_HEARTBEAT_INTERVAL``; 0 turns it off).
-HEARTBEAT_INTERVAL_SECONDS = 30.0
-HEARTBEAT_INTERVAL_VARIABLE = "PYCOMEX_INDEX_HEARTBEAT_INTERVAL"
+RUN_HEARTBEAT_INTERVAL_SECONDS = 30.0
+RUN_HEARTBEAT_INTERVAL_VARIABLE = "PYCOMEX_INDEX_HEARTBEAT_INTERVAL"
 #: A heartbeat older than this many intervals means the run's process is gone (``PYCOMEX_INDEX_MISSED_HEARTBEATS``).
 MISSED_HEARTBEATS = 3.0
 MISSED_HEARTBEATS_VARIABLE = "PYCOMEX_INDEX_MISSED_HEARTBEATS"

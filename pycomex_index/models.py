@@ -29,7 +29,7 @@ NAMING_CONVENTION = {
 
 
 #: Paths compare and sort bytewise on every backend (SQLite does by itself; PostgreSQL needs collation "C"),
-#: so "the rows below folder F" is the range F/ .. F0 and listings order paths alike (migration 0006).
+#: so "the rows below folder F" is the range F/ .. F0 and listings order paths alike (migration 0007).
 PathText = Text().with_variant(Text(collation="C"), "postgresql")
 
 
@@ -41,7 +41,7 @@ class Archive(Base):
     """One archive (an index may serve several) and when it was last synced.
 
     ``uuid`` is the id in the archive's own ``.pycomex_index/archive.json``: the
-    same archive through any mount point, symlink or bind mount (migration 0008).
+    same archive through any mount point, symlink or bind mount (migration 0010).
     ``root`` is where it was first opened; an archive without archive.json
     (read-only) is found by it.
     """
@@ -112,7 +112,7 @@ class Experiment(Base):
     meta_size: Mapped[int] = mapped_column(BigInteger)
     folder_mtime_ns: Mapped[int] = mapped_column(BigInteger)
     read_error: Mapped[str | None] = mapped_column(Text)
-    #: pycomex's own ``__NAME__`` parameters, a small JSON object (NULL: needs Python's dialect; see migration 0008).
+    #: pycomex's own ``__NAME__`` parameters, a small JSON object (NULL: needs Python's dialect; see migration 0009).
     special_parameters_json: Mapped[str | None] = mapped_column(Text)
 
 

@@ -49,21 +49,6 @@ def _archive_of(experiment: Any) -> tuple[str, str] | None:
 #: The heartbeat threads of the runs this process runs, by run folder.
 _heartbeats: dict[str, Any] = {}
 
-#: Seconds between heartbeats when ``PYCOMEX_INDEX_HEARTBEAT_INTERVAL`` does not say (pycomex_index.liveness).
-DEFAULT_HEARTBEAT_INTERVAL = 30.0
-
-
-def _heartbeat_interval() -> float | None:
-    """``PYCOMEX_INDEX_HEARTBEAT_INTERVAL`` (seconds; 0 turns the heartbeat off: None), else the default."""
-    text = os.environ.get("PYCOMEX_INDEX_HEARTBEAT_INTERVAL", "").strip()
-    try:
-        interval = float(text) if text else DEFAULT_HEARTBEAT_INTERVAL
-    except ValueError:
-        interval = DEFAULT_HEARTBEAT_INTERVAL
-    if interval != interval or interval == float("inf") or interval < 0:
-        interval = DEFAULT_HEARTBEAT_INTERVAL
-    return interval or None
-
 
 def _heartbeat_failed(error: BaseException) -> None:
     warn_once(
@@ -79,10 +64,10 @@ def _index_run(experiment: Any, moment: str) -> None:
         location = _archive_of(experiment)
         if location is None:
             return
-        from pycomex_index.live_runs import RunHeartbeat, index_run
+        from pycomex_index.live_runs import RunHeartbeat, index_run, run_heartbeat_interval
 
         if moment == "start":
-            interval = _heartbeat_interval()
+            interval = run_heartbeat_interval()
             index_run(*location, liveness="start", heartbeat_interval=interval)
             if interval is not None and location[1] not in _heartbeats:
                 heartbeat = RunHeartbeat(*location, interval=interval, on_error=_heartbeat_failed)

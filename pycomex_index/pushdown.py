@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pycomex_index.discovery import EXACT_FLOAT_INTEGER
 from pycomex_index.selection import METADATA_NAMES, PARAMETER_NAMES, CompiledExpression
 
 _TEXT_COLUMNS = {"status": "e.status", "error_type": "e.error_type"}
@@ -39,8 +40,6 @@ _DATE_COMPARABLE = {"start_time", "end_time"}
 _MIRRORED = {ast.Eq: ast.Eq, ast.Lt: ast.Gt, ast.LtE: ast.GtE, ast.Gt: ast.Lt, ast.GtE: ast.LtE}
 #: Floats read back from JSON by SQLite may differ from Python's by an ulp: compare with this much slack.
 _RELATIVE_SLACK = 1e-9
-#: Beyond this a float column cannot hold an integer exactly; such rows are left to Python.
-_EXACT_FLOAT_LIMIT = 2.0**53
 
 
 @dataclass
@@ -159,7 +158,7 @@ class _Translator:
         column = _NUMBER_COLUMNS[key]
         true_test, false_test = self._number_tests(column, operator_type, float(constant))
         # NULL: the file's value is no number (Python may compare, or raise); huge: the float column is inexact.
-        inexact = f"ABS({column}) >= {_EXACT_FLOAT_LIMIT!r}"
+        inexact = f"ABS({column}) >= {float(EXACT_FLOAT_INTEGER)!r}"
         return _Verdict(f"CASE WHEN {inexact} THEN NULL{_when(true_test, false_test)} END")
 
     def _parameter_verdict(self, name: str, operator_type: type, constant: Any) -> _Verdict:
@@ -168,7 +167,7 @@ class _Translator:
         if isinstance(constant, str):
             if operator_type is not ast.Eq:
                 return _UNDECIDED
-        elif not isinstance(constant, (int, float)) or abs(constant) >= _EXACT_FLOAT_LIMIT:
+        elif not isinstance(constant, (int, float)) or abs(constant) >= EXACT_FLOAT_INTEGER:
             return _UNDECIDED
         # Numbers and booleans (1/0: Python compares bools as 0/1) are in ``number``, strings in ``text``.
         # No row (missing: KeyError in Python; null, list, dict; an integer a float cannot hold; a document in

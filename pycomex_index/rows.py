@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
 
 from pycomex_index.db import IndexDatabase, Row
-from pycomex_index.discovery import EXPERIMENT_COLUMNS, ExperimentRecord, namespace_of
+from pycomex_index.discovery import EXACT_FLOAT_INTEGER, EXPERIMENT_COLUMNS, ExperimentRecord, namespace_of
 
 _UPSERT_EXPERIMENT_SQL = (
     f"INSERT INTO experiments (archive_id, {', '.join(EXPERIMENT_COLUMNS)}) "
@@ -51,7 +51,7 @@ _ADD_PARAMETER_NAMES_SQL = (
 #: json_each's atom is SQLite's own reading of the value: the same json_extract gave the pushdown before.
 #: An integer a float cannot hold exactly keeps no number (SQL leaves it to Python).
 PARAMETER_VALUES_SQL = (
-    "CASE WHEN j.type = 'text' OR (j.type = 'integer' AND ABS(j.atom) >= 9007199254740992) THEN NULL "
+    f"CASE WHEN j.type = 'text' OR (j.type = 'integer' AND ABS(j.atom) >= {EXACT_FLOAT_INTEGER}) THEN NULL "
     "ELSE j.atom END, CASE WHEN j.type = 'text' THEN j.atom END"
 )
 _ADD_PARAMETERS_SQL = (

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pycomex_index.discovery import DOCUMENT_ONLY_KEYS
+from pycomex_index.discovery import DOCUMENT_ONLY_KEYS, EXACT_FLOAT_INTEGER
 from pycomex_index.errors import SelectionError
 
 METADATA_NAMES = frozenset({"m", "metadata", "meta"})
@@ -28,7 +28,6 @@ PARAMETER_NAMES = frozenset({"p", "parameters", "params"})
 CONTEXT_NAMES = METADATA_NAMES | PARAMETER_NAMES
 TIME_KEYS = ("start_time", "end_time")
 
-_EXACT_FLOAT_INTEGER = 2**53
 
 #: How much of an experiment's metadata an expression reads, from least to most.
 READS_NO_METADATA, READS_SUMMARY, READS_DOCUMENT = range(3)
@@ -212,7 +211,7 @@ def build_metadata(metadata: dict[str, Any], *, path: str, namespace: str) -> di
     for key in TIME_KEYS:
         value = metadata.get(key)
         # An integer a float cannot hold exactly stays an integer, so it still compares as pycomex's would.
-        if isinstance(value, float) or (type(value) is int and -_EXACT_FLOAT_INTEGER <= value <= _EXACT_FLOAT_INTEGER):
+        if isinstance(value, float) or (type(value) is int and -EXACT_FLOAT_INTEGER <= value <= EXACT_FLOAT_INTEGER):
             metadata[key] = PosixTime(value)
     return metadata
 
