@@ -6,7 +6,6 @@ import itertools
 import json
 import os
 import sqlite3
-import subprocess
 import zipfile
 from pathlib import Path
 
@@ -237,38 +236,7 @@ def test_a_locked_index_is_a_one_line_busy_error(archive: Path, run_cli, monkeyp
     _assert_one_line_error(result, 75, "the index is busy (another pycomex-index process is writing); try again")
 
 
-@pytest.fixture
-def tiny_filesystem(tmp_path: Path):
-    """A 1 MiB tmpfs (needs root), unmounted afterwards."""
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, text=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tiny tmpfs here: {mounted.stderr.strip()}")
-    yield mount_point
-    subprocess.run(["umount", str(mount_point)], capture_output=True)
-
-
-def test_a_full_disk_under_the_index_is_a_one_line_error(archive: Path, tiny_filesystem: Path, run_cli) -> None:
-    index_file = tiny_filesystem / "index.sqlite3"
-    assert run_cli("archive", "list", "--path", str(archive), "--index", str(index_file)).exit_code == 0
-    filler = tiny_filesystem / "filler"
-    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while os.write(descriptor, b"\0" * 4096):
-            pass
-    except OSError:  # ENOSPC: the filesystem is full
-        pass
-    finally:
-        os.close(descriptor)
-    for number in range(40):  # something new to write into the index
-        write_meta(archive / "more" / f"run_{number}", make_metadata(description="x" * 2000))
-    result = run_cli("index", "sync", "--path", str(archive), "--index", str(index_file))
-    _assert_one_line_error(result, 74, "no space left on the device; nothing was lost")
-    filler.unlink()
-    assert run_cli("index", "sync", "--path", str(archive), "--index", str(index_file)).exit_code == 0
+# A full disk under the index: tests/test_full_disk.py::test_index_on_a_full_disk_is_a_clear_error_and_loses_nothing.
 
 
 FOREIGN_FILES = {

@@ -36,7 +36,17 @@ def password_role(postgresql_cluster) -> str:
         admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'")
         admin.execute(f"ALTER DATABASE {database} OWNER TO {role}")
         admin.execute("SELECT pg_reload_conf()")
-    time.sleep(0.2)  # the postmaster reloads pg_hba.conf on SIGHUP, asynchronously
+    # The postmaster reloads pg_hba.conf on SIGHUP, asynchronously: wait until the role needs its password.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            psycopg.connect(
+                postgresql_cluster.url(database, driver="postgresql").replace("postgres@", f"{role}@")
+            ).close()
+        except psycopg.OperationalError:
+            break
+        assert time.monotonic() < deadline, "pg_hba.conf was not reloaded"
+        time.sleep(0.05)
     return url.replace("postgres@", f"{role}@")
 
 

@@ -125,12 +125,6 @@ def test_a_lazy_group_lists_its_commands_as_click_would_once_they_are_loaded() -
             )
 
 
-def test_help_imports_neither_sqlalchemy_nor_alembic_nor_rich(tmp_path: Path) -> None:
-    modules = _modules_loaded_by(["--help"], tmp_path)
-    assert "click" in modules
-    assert not {"sqlalchemy", "alembic", "rich", "watchdog"} & modules
-
-
 def test_a_read_command_on_a_current_index_does_not_import_alembic_or_sqlalchemy(archive: Path) -> None:
     first = _modules_loaded_by(["archive", "list", "--path", str(archive)], archive.parent)
     assert "alembic" in first  # the new index was created by the migrations

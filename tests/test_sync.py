@@ -160,7 +160,7 @@ def test_sync_of_many_experiments_is_batched_and_complete(tmp_path: Path, count:
         assert index.db.fetch_one("SELECT COUNT(*) FROM experiment_fields")[0] == count
 
 
-def test_a_first_build_reads_while_it_walks_without_listing_the_archive_first(tmp_path: Path, monkeypatch) -> None:
+def test_a_first_build_stores_batches_while_it_walks_not_after_it(tmp_path: Path, monkeypatch) -> None:
     import pycomex_index.sync as sync_module
 
     monkeypatch.setattr(sync_module, "BATCH_SIZE", 10)
