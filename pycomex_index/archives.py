@@ -85,7 +85,7 @@ def register_archive(db: IndexDatabase, root: str) -> int:
     UUID at its first open here. The root each host reaches the archive at is
     recorded in ``archive_roots``.
     """
-    read_only = getattr(db, "read_only", False)
+    read_only = db.read_only
     identity = archive_identity(root)
     if identity is None:
         return _register_archive_by_root(db, root, read_only)

@@ -117,7 +117,7 @@ def _sqlstate(error: BaseException) -> str | None:
     return getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
 
 
-def _reason(error: BaseException) -> str:
+def database_reason(error: BaseException) -> str:
     """The database's own words, without SQLAlchemy's wrapping (statement, parameters, help link)."""
     original = getattr(error, "orig", None) or error
     return str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
@@ -135,11 +135,11 @@ def translate_database_error(error: BaseException, where: str) -> PycomexIndexEr
         if code == _SQLITE_FULL or sqlite_result_code(error, extended=True) == _SQLITE_IOERR_SHMSIZE:
             return IndexFullError(FULL_MESSAGE)
         if code in SQLITE_DAMAGE_CODES:
-            return IndexDamagedError(f"the index {where} is damaged ({_reason(error)})", location=where)
+            return IndexDamagedError(f"the index {where} is damaged ({database_reason(error)})", location=where)
         if code == _SQLITE_READONLY:
-            return IndexReadOnlyError(f"the index {where} cannot be written ({_reason(error)})")
+            return IndexReadOnlyError(f"the index {where} cannot be written ({database_reason(error)})")
         if code in (_SQLITE_PERM, _SQLITE_IOERR, _SQLITE_CANTOPEN):
-            return IndexUnavailableError(f"cannot use the index {where}: {_reason(error)}")
+            return IndexUnavailableError(f"cannot use the index {where}: {database_reason(error)}")
         return None
     state = _sqlstate(error)
     if not state:
@@ -152,11 +152,11 @@ def translate_database_error(error: BaseException, where: str) -> PycomexIndexEr
     if state in ("53100", "53200"):
         return IndexFullError(FULL_MESSAGE)
     if state in ("XX001", "XX002"):
-        return IndexDamagedError(f"the index {where} is damaged ({_reason(error)})", location=where)
+        return IndexDamagedError(f"the index {where} is damaged ({database_reason(error)})", location=where)
     if state == "25006":
-        return IndexReadOnlyError(f"the index {where} cannot be written ({_reason(error)})")
+        return IndexReadOnlyError(f"the index {where} cannot be written ({database_reason(error)})")
     if state.startswith("08"):
-        return IndexUnavailableError(f"cannot use the index {where}: {_reason(error)}")
+        return IndexUnavailableError(f"cannot use the index {where}: {database_reason(error)}")
     return None
 
 
@@ -182,6 +182,14 @@ class IndexDatabase:
     url: str
     #: How the database is named in messages: a file's path, or the URL with its password masked.
     where: str
+    #: Opened so that nothing is ever written (an index file that cannot be written).
+    read_only: bool = False
+
+    def _fail(self, error: BaseException) -> None:
+        """Raise the library's exception for a database condition; return (the caller re-raises) for a bug."""
+        translated = translate_database_error(error, self.where)
+        if translated is not None:
+            raise translated from error
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> Iterator[Row]:
         raise NotImplementedError
@@ -296,12 +304,6 @@ class SqliteFileDatabase(IndexDatabase):
         for pragma in ("PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL"):
             self._run(pragma)
 
-    def _fail(self, error: BaseException) -> None:
-        """Raise the library's exception for a database condition; return (the caller re-raises) for a bug."""
-        translated = translate_database_error(error, self.path)
-        if translated is not None:
-            raise translated from error
-
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> Iterator[Row]:
         try:
             cursor = self.connection.execute(sql, params or {})
@@ -407,14 +409,8 @@ class SqlAlchemyDatabase(IndexDatabase):
             self.connection = self.engine.connect()
         except DBAPIError as error:
             self._fail(error)
-            raise IndexUnavailableError(f"cannot use the index {self.where}: {_reason(error)}") from None
+            raise IndexUnavailableError(f"cannot use the index {self.where}: {database_reason(error)}") from None
         self._in_transaction = False
-
-    def _fail(self, error: BaseException) -> None:
-        """Raise the library's exception for a database condition; return (the caller re-raises) for a bug."""
-        translated = translate_database_error(error, self.where)
-        if translated is not None:
-            raise translated from error
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> Iterator[Row]:
         from sqlalchemy import text

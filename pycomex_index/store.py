@@ -29,6 +29,7 @@ from pycomex_index.db import (
     IndexDatabase,
     SqlAlchemyDatabase,
     SqliteFileDatabase,
+    database_reason,
     masked_url,
     sqlite_result_code,
     translate_database_error,
@@ -170,15 +171,9 @@ def _open_database(location: str, read_only: bool = False) -> IndexDatabase:
                 db.close()
             if isinstance(error, PycomexIndexError):
                 raise
-            raise IndexUnavailableError(f"cannot open index {masked_url(location)}: {_first_line(error)}") from None
+            raise IndexUnavailableError(f"cannot open index {masked_url(location)}: {database_reason(error)}") from None
         return db
     return _open_sqlite_file(location, read_only=read_only)
-
-
-def _first_line(error: BaseException) -> str:
-    """The database's own first line, without SQLAlchemy's statement, parameters and help link."""
-    text = str(getattr(error, "orig", None) or error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _check_index_path(path: str) -> None:
