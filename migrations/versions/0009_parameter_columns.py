@@ -79,16 +79,17 @@ def upgrade() -> None:
         sqlite_with_rowid=False,
     )
     connection = op.get_bind()
-    documents = connection.execute(
-        sa.text(
-            "SELECT f.experiment_id, f.parameters_json FROM experiment_fields f "
-            "WHERE NOT f.needs_python AND f.parameters_json IS NOT NULL"
-        )
-    ).fetchall()
+    # A page of documents at a time, by id: a million of them (~0.5 KB each) must not be held at once.
+    page = sa.text(
+        "SELECT f.experiment_id, f.parameters_json FROM experiment_fields f "
+        "WHERE f.experiment_id > :after AND NOT f.needs_python AND f.parameters_json IS NOT NULL "
+        "ORDER BY f.experiment_id LIMIT :limit"
+    )
     update = sa.text("UPDATE experiments SET special_parameters_json = :special WHERE id = :id")
-    for start in range(0, len(documents), _BATCH):
-        batch = documents[start : start + _BATCH]
+    after = -1
+    while batch := connection.execute(page, {"after": after, "limit": _BATCH}).fetchall():
         connection.execute(update, [{"id": id_, "special": _special_json(text)} for id_, text in batch])
+        after = batch[-1][0]
     if connection.dialect.name == "sqlite":
         connection.execute(
             sa.text(
