@@ -84,13 +84,17 @@ def _library_modules() -> list[tuple[str, Path]]:
 
 
 def _imported_modules(path: Path) -> set[str]:
+    """Absolute names of what ``path`` imports; a relative import is resolved against the file's package."""
+    package = ["pycomex_index", *path.relative_to(LIBRARY).parent.parts]
     imported = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             imported.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            imported.add(node.module)
-            imported.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            imported.add(module)
+            imported.update(f"{module}.{alias.name}" for alias in node.names)
     return imported
 
 
