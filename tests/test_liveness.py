@@ -174,6 +174,47 @@ def test_the_fixture_archives_killed_run_is_interrupted_by_default_once_its_file
     assert "💀 1 interrupted: status 'running', but the process is gone" in scan
 
 
+def test_modify_leaves_running_runs_alone_unless_their_death_is_certain_or_include_running(
+    tmp_path: Path, run_cli, monkeypatch
+) -> None:
+    """pycomex rewrites a run's metadata when the run ends: a change to a live run's file would be lost."""
+    monkeypatch.setenv("PYCOMEX_INDEX_INTERRUPTED_AFTER", "3600")
+    archive = tmp_path / "results"
+    dead = _running_run(archive, "dead")  # its heartbeat stopped on another host: certainly interrupted
+    live = _running_run(archive, "live")
+    guessed = _running_run(archive, f"26_11_2026__14_03_50__p{2**22 + 12345}__wKXG")  # a pid never alive here
+    _backdate(archive / guessed, 2 * 3600)
+    finished = _finished_run(archive)
+    assert run_cli("index", "sync", "--path", str(archive)).exit_code == 0
+    _write_record(archive, dead, hostname="elsewhere.example", pid=1, heartbeat_age=91)
+    _write_record(archive, live, hostname="elsewhere.example", pid=1, heartbeat_age=5)
+
+    def batch_sizes() -> dict[str, int]:
+        return {rel: read_meta(archive / rel)["parameters"]["BATCH_SIZE"]["value"] for rel in (dead, live, guessed)}
+
+    modify = ("archive", "modify", "--path", str(archive), "--all", "--modify-parameters", "p['BATCH_SIZE'] = 64")
+    result = run_cli(*modify)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == (
+        "Held back 2 running experiments (1 of them look interrupted, but that is a guess from a folder name's "
+        "pid and the files' age); add --include-running to modify them too."
+    )
+    assert "Successfully modified 2 experiments." in result.stdout  # pycomex's words, for the finished and the dead
+    assert read_meta(archive / finished)["parameters"]["BATCH_SIZE"]["value"] == 64
+    assert batch_sizes() == {dead: 64, live: 32, guessed: 32}
+
+    everything = run_cli(*modify, "--include-running")
+    assert everything.exit_code == 0, everything.output
+    assert "Held back" not in everything.stdout and "Successfully modified 2 experiments" in everything.stdout
+    assert batch_sizes() == {dead: 64, live: 64, guessed: 64}
+
+    # Only running runs selected: says what it held back, changes nothing, and that is no failure.
+    only_live = run_cli(*modify[:4], "--select", f"m['path'].endswith('{live}')", "--modify-parameters", "p['X'] = 1")
+    assert only_live.exit_code == 0, only_live.output
+    assert only_live.stdout == "Held back 1 running experiment; add --include-running to modify it too.\n"
+    assert "X" not in read_meta(archive / live)["parameters"]
+
+
 KILLED_RUN = "neural_net/26_11_2026__14_03_50__p11237__wKXG"
 
 
