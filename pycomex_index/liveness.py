@@ -33,6 +33,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -69,7 +70,7 @@ COPIED_AFTER_SECONDS = 3 * 3600.0
 LOG_HEAD_BYTES = 512
 LOG_TAIL_BYTES = 16384
 #: The time logging's default format (``%(asctime)s - %(message)s``, as pycomex uses) puts before a record.
-_LOG_RECORD_TIME = re.compile(rb"(?:^|\n)(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) - ")
+_LOG_RECORD_TIME = re.compile(rb"(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d),(\d{3}) - ")
 
 
 def seconds_from_environment(variable: str, default: float) -> float:
@@ -363,18 +364,22 @@ def log_record_times(log_path: str, size: int) -> tuple[datetime, datetime] | No
             tail = file.read(LOG_TAIL_BYTES)
     except OSError:
         return None
+    tail_lines = tail.split(b"\n")
     if tail_start > 0:
-        tail = tail[tail.find(b"\n") :] if b"\n" in tail else b""  # the tail's first line may be cut
-    first = _LOG_RECORD_TIME.search(head)
+        del tail_lines[0]  # cut by the seek
     # A record's message may span lines; only the first line of a record starts with its time.
-    lasts = _LOG_RECORD_TIME.findall(tail)
-    if first is None or not lasts:
-        return None
-    try:
-        return _record_time(first.group(1)), _record_time(lasts[-1])
-    except ValueError:
-        return None
+    first = _first_record_time(head.split(b"\n"))
+    last = _first_record_time(reversed(tail_lines))
+    return None if first is None or last is None else (first, last)
 
 
-def _record_time(stamp: bytes) -> datetime:
-    return datetime.strptime(stamp.decode("ascii"), "%Y-%m-%d %H:%M:%S,%f")
+def _first_record_time(lines: Iterable[bytes]) -> datetime | None:
+    for line in lines:
+        match = _LOG_RECORD_TIME.match(line)
+        if match is not None:
+            year, month, day, hour, minute, second, millisecond = map(int, match.groups())
+            try:
+                return datetime(year, month, day, hour, minute, second, millisecond * 1000)
+            except ValueError:
+                return None
+    return None
