@@ -30,6 +30,7 @@ Two sources, from certain to guessed:
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -340,7 +341,9 @@ class RunStates:
         being judged by its mtimes, even after ``modify`` rewrote its metadata.
         """
         start_time = self._start_times.get(rel_path)
-        if start_time is None or metadata_mtime - start_time <= COPIED_AFTER_SECONDS:
+        if not isinstance(start_time, float | int) or not math.isfinite(start_time):
+            return None  # no start time, or an absurd one: nothing to compare the mtimes with
+        if metadata_mtime - start_time <= COPIED_AFTER_SECONDS:
             return None
         record_times = log_record_times(log_path, log.st_size)
         if record_times is None:
