@@ -388,9 +388,12 @@ def modify_command(
         if not targets:
             return
         targets, held = hold_back_running(index, targets, include_running=include_running)
-        if held.experiments:
-            write_lines([_held_back_line(len(held.experiments), held.look_interrupted, "modify")])
+        # After pycomex's own words ("DRY RUN …", "Successfully modified …"), which scripts look for.
+        held_back = (
+            [_held_back_line(len(held.experiments), held.look_interrupted, "modify")] if held.experiments else []
+        )
         if not targets:
+            write_lines(held_back)
             return
         if dry_run:
             write_lines(["DRY RUN - No changes will be saved"])
@@ -408,7 +411,7 @@ def modify_command(
                 if on_progress and not dry_run:
                     on_progress(done, len(targets))
     if dry_run:
-        write_lines(["", f"Would modify {plural(counts[MODIFIED], 'experiment')}."])
+        write_lines(["", f"Would modify {plural(counts[MODIFIED], 'experiment')}.", *held_back])
     else:
         # "Successfully modified" is pycomex's wording, which scripts written around pycomex look for.
         summary = f"Successfully modified {plural(counts[MODIFIED], 'experiment')}"
@@ -417,7 +420,7 @@ def modify_command(
         summary += "."
         if run_id is not None:
             summary += f" Undo with: {(ctx.find_object(dict) or {}).get('archive_command', 'pycomex-index archive')} undo --id {run_id}"
-        write_lines(([""] if verbose and counts[MODIFIED] else []) + [summary])
+        write_lines(([""] if verbose and counts[MODIFIED] else []) + [summary, *held_back])
     if counts[FAILED]:
         click.echo(f"Failed to modify {plural(counts[FAILED], 'experiment')}; their files are untouched.", err=True)
         ctx.exit(1)

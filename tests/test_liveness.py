@@ -195,11 +195,13 @@ def test_modify_leaves_running_runs_alone_unless_their_death_is_certain_or_inclu
     modify = ("archive", "modify", "--path", str(archive), "--all", "--modify-parameters", "p['BATCH_SIZE'] = 64")
     result = run_cli(*modify)
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[0] == (
+    summary, held_back = result.stdout.splitlines()
+    # pycomex's words first (scripts look for them), for the finished and the dead; then what was left alone.
+    assert summary.startswith("Successfully modified 2 experiments.")
+    assert held_back == (
         "Held back 2 running experiments (1 of them look interrupted, but that is a guess from a folder name's "
         "pid and the files' age); add --include-running to modify them too."
     )
-    assert "Successfully modified 2 experiments." in result.stdout  # pycomex's words, for the finished and the dead
     assert read_meta(archive / finished)["parameters"]["BATCH_SIZE"]["value"] == 64
     assert batch_sizes() == {dead: 64, live: 32, guessed: 32}
 
