@@ -84,6 +84,15 @@ def _selected_targets(index, selection, select: str | None, failures) -> list:
     return targets
 
 
+def include_running_option(verb: str):
+    """``--include-running`` of delete and modify, which hold back running experiments without it."""
+    return click.option(
+        "--include-running",
+        is_flag=True,
+        help=f"Also {verb} experiments whose status is 'running' (not needed for runs certainly interrupted).",
+    )
+
+
 def _held_back_line(count: int, look_interrupted: int, verb: str) -> str:
     """``Held back 2 running experiments (1 looks interrupted, ...); add --include-running to delete them too.``"""
     guessed = ""
@@ -129,11 +138,7 @@ def _confirm(ctx: click.Context, question: str, yes: bool, what: str, no_termina
 @select_option
 @all_option
 @yes_option
-@click.option(
-    "--include-running",
-    is_flag=True,
-    help="Also delete experiments whose status is 'running' (not needed for runs certainly interrupted).",
-)
+@include_running_option("delete")
 @verbose_option
 @archive_options
 @click.pass_context
@@ -330,17 +335,32 @@ def _change_lines(changes) -> list[str]:
 )
 @click.option("--modify-metadata", metavar="CODE", help="Python code changing the metadata dict m (p is there too).")
 @click.option("--dry-run", is_flag=True, help="Show every change (before → after) and save nothing.")
+@include_running_option("modify")
 @verbose_option
 @archive_options
 @click.pass_context
 def modify_command(
-    ctx, select, select_all, modify_parameters, modify_metadata, dry_run, verbose, archive_path, index_location
+    ctx,
+    select,
+    select_all,
+    modify_parameters,
+    modify_metadata,
+    dry_run,
+    include_running,
+    verbose,
+    archive_path,
+    index_location,
 ) -> None:
     """Change parameters or metadata of experiments with Python code, safely and reversibly.
 
     Changes to p are saved into parameters[NAME]['value'], including added,
     removed and renamed parameters. Each file is replaced atomically, and its
     previous content is kept so that `archive undo` can restore it.
+
+    Running experiments are left alone unless --include-running is given
+    (pycomex rewrites a run's experiment_meta.json when the run ends, which
+    would silently drop the change), but for runs certainly interrupted (the
+    pycomex plugin recorded their process, now gone).
 
     \b
     Examples:
@@ -349,6 +369,7 @@ def modify_command(
       pycomex-index archive modify --all --modify-metadata "m['reviewed'] = True; m['version'] = '2.0'"
     """
     from pycomex_index.modify import FAILED, MODIFIED, UNCHANGED, ModifyCode, modify_experiments
+    from pycomex_index.operations import hold_back_running
     from pycomex_index.selection import EvaluationFailures
 
     if not modify_parameters and not modify_metadata:
@@ -366,6 +387,14 @@ def modify_command(
         targets = _selected_targets(index, selection, select, failures)
         if not targets:
             return
+        targets, held = hold_back_running(index, targets, include_running=include_running)
+        # After pycomex's own words ("DRY RUN …", "Successfully modified …"), which scripts look for.
+        held_back = (
+            [_held_back_line(len(held.experiments), held.look_interrupted, "modify")] if held.experiments else []
+        )
+        if not targets:
+            write_lines(held_back)
+            return
         if dry_run:
             write_lines(["DRY RUN - No changes will be saved"])
         with progress_bar("Modifying experiments") as on_progress:
@@ -382,7 +411,7 @@ def modify_command(
                 if on_progress and not dry_run:
                     on_progress(done, len(targets))
     if dry_run:
-        write_lines(["", f"Would modify {plural(counts[MODIFIED], 'experiment')}."])
+        write_lines(["", f"Would modify {plural(counts[MODIFIED], 'experiment')}.", *held_back])
     else:
         # "Successfully modified" is pycomex's wording, which scripts written around pycomex look for.
         summary = f"Successfully modified {plural(counts[MODIFIED], 'experiment')}"
@@ -391,7 +420,7 @@ def modify_command(
         summary += "."
         if run_id is not None:
             summary += f" Undo with: {(ctx.find_object(dict) or {}).get('archive_command', 'pycomex-index archive')} undo --id {run_id}"
-        write_lines(([""] if verbose and counts[MODIFIED] else []) + [summary])
+        write_lines(([""] if verbose and counts[MODIFIED] else []) + [summary, *held_back])
     if counts[FAILED]:
         click.echo(f"Failed to modify {plural(counts[FAILED], 'experiment')}; their files are untouched.", err=True)
         ctx.exit(1)

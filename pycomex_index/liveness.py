@@ -19,18 +19,24 @@ Two sources, from certain to guessed:
   protection of running runs in ``delete`` and ``modify``.
 - **The folder name** (``…__p11237__…``) for runs made without the plugin: the
   run is taken for interrupted when that pid is not alive on this host (or is
-  alive but started after the run began: a reused pid) *and* its folder,
-  metadata and log have not changed for :data:`QUIET_AFTER_SECONDS`. pycomex records no host, so on a
-  shared filesystem the file age is the only sign that the run is not alive
-  elsewhere. A *guess*: delete and modify still want ``--include-running``.
+  alive but started after the run began: a reused pid) *and* it has been quiet
+  for :data:`QUIET_AFTER_SECONDS`: its folder, metadata and log have not
+  changed, or, when those files were plainly copied or checked out since (their
+  mtimes far past the times written inside them), the last record of its log is
+  that old. pycomex records no host, so on a shared filesystem the files are
+  the only sign that the run is not alive elsewhere. A *guess*: delete and
+  modify still want ``--include-running``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pycomex_index.db import IndexDatabase
@@ -57,6 +63,15 @@ START_TIME_SLACK_SECONDS = 2.0
 LOG_FILE_NAME = "experiment_out.log"
 
 _FOLDER_PID = re.compile(r"__p(\d{1,9})__")
+
+#: A file changed this long after the newest time written inside it was not changed by the run: copied, checked
+#: out, touched. Wider than a DST shift and the clock differences of a cluster's hosts, far below a copy's usual age.
+COPIED_AFTER_SECONDS = 3 * 3600.0
+#: How much of a run's log is read to find its first and last record: the head and the tail, never the whole.
+LOG_HEAD_BYTES = 512
+LOG_TAIL_BYTES = 16384
+#: The time logging's default format (``%(asctime)s - %(message)s``, as pycomex uses) puts before a record.
+_LOG_RECORD_TIME = re.compile(rb"(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d),(\d{3}) - ")
 
 
 def seconds_from_environment(variable: str, default: float) -> float:
@@ -280,20 +295,94 @@ class RunStates:
         return Judgement(INTERRUPTED)
 
     def _age_of_files(self, rel_path: str) -> float | None:
-        """Seconds since the run's folder, its metadata or its log last changed.
+        """Seconds since the run last did something: its folder, metadata or log changed, or its log last wrote.
 
         Three stats, no listing: the folder's own time moves whenever a file is
         added or removed in it, and pycomex appends to its log as the run prints.
+        Those times are the run's own unless the files were copied or checked
+        out (every file then has the time of the copy): see
+        :meth:`_activity_recorded_inside`.
         """
         try:
             folder = experiment_folder(self.index.root, rel_path)
         except UnsafePathError:
             return None
-        newest = None
-        for path in (folder, os.path.join(folder, METADATA_FILE_NAME), os.path.join(folder, LOG_FILE_NAME)):
+        metadata_path, log_path = os.path.join(folder, METADATA_FILE_NAME), os.path.join(folder, LOG_FILE_NAME)
+        stats: dict[str, os.stat_result] = {}
+        for path in (folder, metadata_path, log_path):
             try:
-                modified = os.stat(path).st_mtime
+                stats[path] = os.stat(path)
             except OSError:
                 continue
-            newest = modified if newest is None else max(newest, modified)
-        return None if newest is None else self._judged_at - newest
+        if not stats:
+            return None
+        age = self._judged_at - max(found.st_mtime for found in stats.values())
+        if age >= self.quiet_after:
+            return age
+        metadata, log = stats.get(metadata_path), stats.get(log_path)
+        if metadata is None or log is None:
+            return age
+        recorded = self._activity_recorded_inside(rel_path, metadata.st_mtime, log_path, log)
+        return age if recorded is None else self._judged_at - recorded
+
+    def _activity_recorded_inside(
+        self, rel_path: str, metadata_mtime: float, log_path: str, log: os.stat_result
+    ) -> float | None:
+        """When the run last wrote, by the times inside its files, if their mtimes are not the run's; else None.
+
+        While a run runs, pycomex 0.29.0 writes ``experiment_meta.json`` once,
+        at ``start_time``, and stamps every log record with the time it was
+        written (``2026-11-26 14:03:50,754 - …``, the writing host's local
+        time). Files written by the run therefore carry mtimes close to the
+        times they hold. Only when *both* files changed long after the newest
+        time they hold (:data:`COPIED_AFTER_SECONDS`) are their mtimes taken for
+        a copy's and the recorded times used instead. A live run's log gets its
+        mtime from its latest record, so a run that is alive anywhere keeps
+        being judged by its mtimes, even after ``modify`` rewrote its metadata.
+        """
+        start_time = self._start_times.get(rel_path)
+        if not isinstance(start_time, float | int) or not math.isfinite(start_time):
+            return None  # no start time, or an absurd one: nothing to compare the mtimes with
+        if metadata_mtime - start_time <= COPIED_AFTER_SECONDS:
+            return None
+        record_times = log_record_times(log_path, log.st_size)
+        if record_times is None:
+            return None
+        first, last = record_times
+        # The log's times are local and name no zone: only their distance is used. The first record is the
+        # start panel, written right after the metadata.
+        last_record = start_time + (last - first).total_seconds()
+        if log.st_mtime - last_record <= COPIED_AFTER_SECONDS:
+            return None
+        return last_record
+
+
+def log_record_times(log_path: str, size: int) -> tuple[datetime, datetime] | None:
+    """The times of the first and the last record of a pycomex log, reading its head and tail only."""
+    tail_start = max(0, size - LOG_TAIL_BYTES)
+    try:
+        with open(log_path, "rb") as file:
+            head = file.read(LOG_HEAD_BYTES)
+            file.seek(tail_start)
+            tail = file.read(LOG_TAIL_BYTES)
+    except OSError:
+        return None
+    tail_lines = tail.split(b"\n")
+    if tail_start > 0:
+        del tail_lines[0]  # cut by the seek
+    # A record's message may span lines; only the first line of a record starts with its time.
+    first = _first_record_time(head.split(b"\n"))
+    last = _first_record_time(reversed(tail_lines))
+    return None if first is None or last is None else (first, last)
+
+
+def _first_record_time(lines: Iterable[bytes]) -> datetime | None:
+    for line in lines:
+        match = _LOG_RECORD_TIME.match(line)
+        if match is not None:
+            year, month, day, hour, minute, second, millisecond = map(int, match.groups())
+            try:
+                return datetime(year, month, day, hour, minute, second, millisecond * 1000)
+            except ValueError:
+                return None
+    return None

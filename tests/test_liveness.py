@@ -11,11 +11,12 @@ import json
 import os
 import socket
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_metadata, write_meta
+from tests.conftest import make_metadata, read_meta, write_meta
 
 NAMESPACE = "ns"
 
@@ -171,6 +172,118 @@ def test_the_fixture_archives_killed_run_is_interrupted_by_default_once_its_file
     assert "Status: interrupted 💀" in tail and "Ended: (interrupted)" in tail
     scan = run_cli("archive", "scan", "--path", str(archive)).stdout
     assert "💀 1 interrupted: status 'running', but the process is gone" in scan
+
+
+def test_modify_leaves_running_runs_alone_unless_their_death_is_certain_or_include_running(
+    tmp_path: Path, run_cli, monkeypatch
+) -> None:
+    """pycomex rewrites a run's metadata when the run ends: a change to a live run's file would be lost."""
+    monkeypatch.setenv("PYCOMEX_INDEX_INTERRUPTED_AFTER", "3600")
+    archive = tmp_path / "results"
+    dead = _running_run(archive, "dead")  # its heartbeat stopped on another host: certainly interrupted
+    live = _running_run(archive, "live")
+    guessed = _running_run(archive, f"26_11_2026__14_03_50__p{2**22 + 12345}__wKXG")  # a pid never alive here
+    _backdate(archive / guessed, 2 * 3600)
+    finished = _finished_run(archive)
+    assert run_cli("index", "sync", "--path", str(archive)).exit_code == 0
+    _write_record(archive, dead, hostname="elsewhere.example", pid=1, heartbeat_age=91)
+    _write_record(archive, live, hostname="elsewhere.example", pid=1, heartbeat_age=5)
+
+    def batch_sizes() -> dict[str, int]:
+        return {rel: read_meta(archive / rel)["parameters"]["BATCH_SIZE"]["value"] for rel in (dead, live, guessed)}
+
+    modify = ("archive", "modify", "--path", str(archive), "--all", "--modify-parameters", "p['BATCH_SIZE'] = 64")
+    result = run_cli(*modify)
+    assert result.exit_code == 0, result.output
+    summary, held_back = result.stdout.splitlines()
+    # pycomex's words first (scripts look for them), for the finished and the dead; then what was left alone.
+    assert summary.startswith("Successfully modified 2 experiments.")
+    assert held_back == (
+        "Held back 2 running experiments (1 of them look interrupted, but that is a guess from a folder name's "
+        "pid and the files' age); add --include-running to modify them too."
+    )
+    assert read_meta(archive / finished)["parameters"]["BATCH_SIZE"]["value"] == 64
+    assert batch_sizes() == {dead: 64, live: 32, guessed: 32}
+
+    everything = run_cli(*modify, "--include-running")
+    assert everything.exit_code == 0, everything.output
+    assert "Held back" not in everything.stdout and "Successfully modified 2 experiments" in everything.stdout
+    assert batch_sizes() == {dead: 64, live: 64, guessed: 64}
+
+    # Only running runs selected: says what it held back, changes nothing, and that is no failure.
+    only_live = run_cli(*modify[:4], "--select", f"m['path'].endswith('{live}')", "--modify-parameters", "p['X'] = 1")
+    assert only_live.exit_code == 0, only_live.output
+    assert only_live.stdout == "Held back 1 running experiment; add --include-running to modify it too.\n"
+    assert "X" not in read_meta(archive / live)["parameters"]
+
+
+KILLED_RUN = "neural_net/26_11_2026__14_03_50__p11237__wKXG"
+
+
+def _fresh_mtimes(archive: Path) -> None:
+    """Every file and folder changed just now, as after a git checkout, an unzip or a plain cp."""
+    for folder, _, files in os.walk(archive):
+        for path in [folder, *(os.path.join(folder, name) for name in files)]:
+            os.utime(path)
+
+
+def _listed(run_cli, archive: Path, rel_path: str) -> str:
+    result = run_cli("archive", "list", "--path", str(archive))
+    assert result.exit_code == 0, result.output
+    (line,) = [line for line in result.stdout.splitlines() if rel_path in line]
+    return line
+
+
+def test_a_fresh_checkout_shows_the_killed_run_interrupted_at_once(archive: Path, run_cli, monkeypatch) -> None:
+    monkeypatch.setenv("PYCOMEX_INDEX_INTERRUPTED_AFTER", "3600")  # the default (conftest sets 0 for the fixture)
+    _fresh_mtimes(archive)
+    # The files are a second old, but the run wrote its metadata and its last log line days before that.
+    assert _listed(run_cli, archive, KILLED_RUN) == f"💀 results/{KILLED_RUN} (interrupted)"
+    overview = run_cli("archive", "overview", "--path", str(archive)).stdout.splitlines()
+    assert "Running: 0 (0.0%)" in overview and "Interrupted: 1 (12.5%)" in overview
+
+
+def test_a_run_whose_metadata_says_it_began_just_now_stays_running(archive: Path, run_cli, monkeypatch) -> None:
+    monkeypatch.setenv("PYCOMEX_INDEX_INTERRUPTED_AFTER", "3600")
+    killed = archive / KILLED_RUN
+    write_meta(killed, {**read_meta(killed), "start_time": time.time() - 60})
+    _fresh_mtimes(archive)
+    assert _listed(run_cli, archive, KILLED_RUN) == f"⏳ results/{KILLED_RUN} (running)"
+
+
+def test_a_run_still_logging_stays_running_though_its_metadata_was_rewritten_since_it_began(
+    archive: Path, run_cli, monkeypatch
+) -> None:
+    """As after ``modify`` on a long run: the metadata's mtime is hours past its start_time, the log is current."""
+    monkeypatch.setenv("PYCOMEX_INDEX_INTERRUPTED_AFTER", "3600")
+    killed = archive / KILLED_RUN
+    began = 5 * 3600
+    write_meta(killed, {**read_meta(killed), "start_time": time.time() - began})
+    log = killed / "experiment_out.log"
+    first_record = datetime.strptime(log.read_text()[:23], "%Y-%m-%d %H:%M:%S,%f")
+    last_record = first_record + timedelta(seconds=began - 60)  # a minute ago, in the log's own clock
+    with log.open("a") as file:
+        file.write(f"{last_record:%Y-%m-%d %H:%M:%S},{last_record.microsecond // 1000:03d} - epoch 001\n")
+    _fresh_mtimes(archive)
+    assert _listed(run_cli, archive, KILLED_RUN) == f"⏳ results/{KILLED_RUN} (running)"
+
+
+def test_only_the_head_and_the_tail_of_a_long_log_are_read(tmp_path: Path) -> None:
+    from pycomex_index.liveness import LOG_TAIL_BYTES, log_record_times
+
+    log = tmp_path / "experiment_out.log"
+    lines = ["2026-11-26 14:03:50,741 - started"]
+    lines += [f"2026-11-26 14:{second // 60:02d}:{second % 60:02d},000 - step {second}" for second in range(300, 3600)]
+    lines += ["2026-11-26 15:00:00,500 - Traceback follows", "x" * (LOG_TAIL_BYTES // 2), "  File …, line 3"]
+    log.write_text("\n".join(lines) + "\n")
+    size = log.stat().st_size
+    assert size > LOG_TAIL_BYTES
+    assert log_record_times(str(log), size) == (
+        datetime(2026, 11, 26, 14, 3, 50, 741000),
+        datetime(2026, 11, 26, 15, 0, 0, 500000),
+    )
+    log.write_text("x" * (2 * LOG_TAIL_BYTES))  # no record at all: nothing to judge by
+    assert log_record_times(str(log), log.stat().st_size) is None
 
 
 def test_the_state_is_selected_in_python_and_grouped_by(archive: Path, run_cli) -> None:

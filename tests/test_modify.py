@@ -280,6 +280,9 @@ def test_spec_modify_examples_change_exactly_what_they_say(modify_archive: Path,
     dry_run = "--dry-run" in args
     before = _files(modify_archive)
     wanted = {rel: expect(rel, json.loads(content)) for rel, content in before.items()}
+    # A running run is held back (pycomex would overwrite the change when the run ends), and said so last.
+    must_hold_back = wanted[RUNNING] is not None
+    wanted[RUNNING] = None
     changed = {
         rel
         for rel, outcome in wanted.items()
@@ -299,7 +302,10 @@ def test_spec_modify_examples_change_exactly_what_they_say(modify_archive: Path,
             assert after[rel_path] == before[rel_path], rel_path
     for rel_path in failed:
         assert f"Failed: results/{rel_path}: " in result.stderr
-    lines = result.stdout.splitlines()
+    held_back = "Held back 1 running experiment; add --include-running to modify it too.\n"
+    assert (held_back in result.stdout) >= must_hold_back
+    stdout = result.stdout.removesuffix(held_back)
+    lines = stdout.splitlines()
     # --verbose also lists selected experiments the code left as they were, each with "  No changes" (pycomex's words).
     shown = {
         line[len("Experiment: results/") :]
@@ -307,11 +313,11 @@ def test_spec_modify_examples_change_exactly_what_they_say(modify_archive: Path,
         if line.startswith("Experiment: ") and following != "  No changes"
     }
     if dry_run:
-        assert result.stdout.startswith("DRY RUN - No changes will be saved\n")
-        assert result.stdout.endswith(f"\nWould modify {experiments(len(changed))}.\n")
+        assert stdout.startswith("DRY RUN - No changes will be saved\n")
+        assert stdout.endswith(f"\nWould modify {experiments(len(changed))}.\n")
         assert shown == changed
     else:
-        assert f"Successfully modified {experiments(len(changed))}" in result.stdout
+        assert f"Successfully modified {experiments(len(changed))}" in stdout
         assert shown == (changed if "--verbose" in args else set())
     assert_index_matches_disk(modify_archive)  # the command updated the index itself
 
@@ -444,6 +450,7 @@ def test_values_json_cannot_hold_fail_that_experiment_only(modify_archive: Path,
         "--path",
         str(modify_archive),
         "--all",
+        "--include-running",
         "--modify-parameters",
         "p['TAGS'] = {'a', 'b'} if p['BATCH_SIZE'] == 32 else ['a']",
     )
@@ -566,7 +573,16 @@ def test_file_permissions_are_kept(modify_archive: Path, run_cli) -> None:
 
 def test_unreadable_experiments_are_failed_and_untouched_with_all(modify_archive: Path, run_cli) -> None:
     write_meta(modify_archive / "broken" / "run", "{ not json")
-    result = run_cli("archive", "modify", "--path", str(modify_archive), "--all", "--modify-metadata", "m['x'] = 1")
+    result = run_cli(
+        "archive",
+        "modify",
+        "--path",
+        str(modify_archive),
+        "--all",
+        "--include-running",
+        "--modify-metadata",
+        "m['x'] = 1",
+    )
     assert result.exit_code == 1
     assert "Failed: results/broken/run: metadata unreadable (experiment_meta.json is invalid JSON" in result.stderr
     assert (modify_archive / "broken" / "run" / "experiment_meta.json").read_text() == "{ not json"
@@ -640,6 +656,7 @@ def test_undo_restores_the_exact_previous_bytes_and_the_index(modify_archive: Pa
         "--path",
         str(modify_archive),
         "--all",
+        "--include-running",
         "--modify-metadata",
         "m['x'] = 1",
         "--modify-parameters",
@@ -668,10 +685,8 @@ def test_undo_restores_the_exact_previous_bytes_and_the_index(modify_archive: Pa
 def test_undo_walks_back_one_modify_at_a_time_and_by_id(modify_archive: Path, run_cli) -> None:
     original = _files(modify_archive)
     for code in ("m['step'] = 1", "m['step'] = 2"):
-        assert (
-            run_cli("archive", "modify", "--path", str(modify_archive), "--all", "--modify-metadata", code).exit_code
-            == 0
-        )
+        modify = ("archive", "modify", "--path", str(modify_archive), "--all", "--include-running")
+        assert run_cli(*modify, "--modify-metadata", code).exit_code == 0
     refused = run_cli("archive", "undo", "--path", str(modify_archive), "--id", "1", "--yes")
     assert refused.exit_code == 1
     assert f"Not restored: results/{A}: changed since the modify; not overwritten" in refused.stderr
@@ -700,7 +715,14 @@ def test_undo_refuses_files_changed_since_and_restores_the_rest(modify_archive: 
     before = _files(modify_archive)
     assert (
         run_cli(
-            "archive", "modify", "--path", str(modify_archive), "--all", "--modify-metadata", "m['x'] = 1"
+            "archive",
+            "modify",
+            "--path",
+            str(modify_archive),
+            "--all",
+            "--include-running",
+            "--modify-metadata",
+            "m['x'] = 1",
         ).exit_code
         == 0
     )
@@ -736,6 +758,7 @@ def test_modify_and_undo_show_in_list_and_overview_without_a_sync(modify_archive
             str(modify_archive),
             "--select",
             "m['status'] == 'running'",
+            "--include-running",  # a run that only looks dead (no plugin record) is no longer held back
             "--modify-metadata",
             "m['status'] = 'done'; m['duration'] = 3723",
         ).exit_code

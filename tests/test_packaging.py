@@ -16,12 +16,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    # From a copy of the project's own files: setuptools builds in ./build and reuses what an earlier build
-    # left there (a renamed migration, say), and the checkout stays clean.
-    source = tmp_path_factory.mktemp("source") / "pycomex-index"
+def _copy_of_the_project(target: Path) -> Path:
+    """The project's own files, to build from: setuptools builds in ./build and reuses what an earlier build
+    left there (a renamed migration, say), and the checkout stays clean."""
+    source = target / "pycomex-index"
     shutil.copytree(
         REPO,
         source,
@@ -29,6 +27,13 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
             ".git", ".venv*", "build", "*.egg-info", "__pycache__", ".pycomex_index", ".venvs"
         ),
     )
+    return source
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    source = _copy_of_the_project(tmp_path_factory.mktemp("source"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q", "-w", str(out)],
         check=True,
@@ -126,3 +131,30 @@ def test_an_install_path_with_a_percent_sign_creates_a_new_index(wheel: Path, ar
     assert result.returncode == 0, result.stderr
     assert result.stdout.count('"rel_path"') == 8
     assert (archive / ".pycomex_index" / "index.sqlite3").is_file()
+
+
+@pytest.mark.parametrize(
+    ("editable_mode", "found"),
+    [("strict", True), (None, False)],
+    ids=["strict-editable-is-found", "default-editable-is-not"],
+)
+def test_which_editable_install_pycomex_finds_as_a_plugin(tmp_path: Path, editable_mode: str | None, found: bool):
+    # pycomex finds plugins with pkgutil.iter_modules over sys.path. setuptools' default editable install maps
+    # cli/ and migrations/ into the package with an import hook that iter_modules cannot see; the strict mode
+    # puts a tree of links to the files on sys.path instead. The README tells developers which to use.
+    source = _copy_of_the_project(tmp_path)
+    settings = ["--config-settings", f"editable_mode={editable_mode}"] if editable_mode else []
+    environment = _venv_with(tmp_path, "--no-build-isolation", *settings, "-e", str(source))
+    result = subprocess.run(
+        [
+            str(environment / "bin" / "python"),
+            "-c",
+            "from pycomex.config import Config; import pycomex_index.cli; print(sorted(Config().plugins))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={key: value for key, value in os.environ.items() if key != "PYTHONPATH"},
+    )
+    assert result.returncode == 0, result.stderr  # either way the package, cli/ included, imports
+    assert ("pycomex_index" in result.stdout) is found, result.stdout

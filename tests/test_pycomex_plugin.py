@@ -183,6 +183,9 @@ def test_a_live_run_shows_as_running_and_once_killed_as_interrupted_and_deletabl
         assert listed.stdout.startswith("⏳ ") and listed.stdout.endswith(" (running)\n"), listed.output
         kept = run_cli("archive", "delete", "--path", str(archive), "--all", "--yes")
         assert "Held back 1 running experiment; add --include-running" in kept.stdout
+        # pycomex rewrites the metadata when the run ends, so a change now would be lost: modify holds it back.
+        unmodified = run_cli("archive", "modify", "--path", str(archive), "--all", "--modify-metadata", "m['x'] = 1")
+        assert unmodified.stdout == "Held back 1 running experiment; add --include-running to modify it too.\n"
         # The daemon thread refreshes the heartbeat while the experiment sleeps.
         deadline = time.monotonic() + 30
         while liveness_rows(archive)[0][3] == first_beat:
@@ -198,6 +201,9 @@ def test_a_live_run_shows_as_running_and_once_killed_as_interrupted_and_deletabl
     assert listed.stdout.startswith("💀 ") and listed.stdout.endswith(" (interrupted)\n"), listed.output
     assert "Interrupted: 1 (100.0%)" in run_cli("archive", "overview", "--path", str(archive)).stdout.splitlines()
     # A certain death lifts the protection: no --include-running needed.
+    modified = run_cli("archive", "modify", "--path", str(archive), "--all", "--modify-metadata", "m['x'] = 1")
+    assert modified.exit_code == 0 and "Held back" not in modified.stdout, modified.output
+    assert modified.stdout.startswith("Successfully modified 1 experiment.")
     deleted = run_cli("archive", "delete", "--path", str(archive), "--all", "--yes")
     assert deleted.exit_code == 0, deleted.output
     assert "Held back" not in deleted.stdout
