@@ -1,0 +1,461 @@
+"""Several hosts, one archive, one index, all at once (issue 12): the stress test of a lab's normal day.
+
+Each "host" is a real OS process with its own ``PYCOMEX_INDEX_HOSTNAME`` and
+its own mount point of the one archive (the real path, a symlink, a bind
+mount). At the same moment they start and end runs (pycomex's folder format,
+written through as the plugin does at a run's start and end), and run the real
+CLI in subprocesses: ``archive modify``, ``archive delete --yes``, ``archive
+compress``, ``archive list|tail|overview --json``, ``index sync``, and
+``archive undo --id N`` of a modify another host made. A daemon polls on the
+first host throughout.
+
+At the end every command has exited 0 and the index, never synced after the
+workload, holds exactly the rows an index built from scratch by a fresh walk
+of the disk holds; the archive is one archive row whatever path reached it,
+every journal row belongs to a modify of it, no run is left on record as
+running and no temporary file is left behind.
+
+The workload is drawn from a seed: ``PYCOMEX_INDEX_STRESS_SEED=N`` replays
+one (the process interleaving is the operating system's); failures name it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import FIXTURE_ARCHIVE, make_metadata, write_meta
+
+SEED = int(os.environ.get("PYCOMEX_INDEX_STRESS_SEED", "20261202"))
+HOSTS = ["host-a", "host-b", "host-c"]
+STEPS_PER_HOST = 14
+WORK_NAMESPACES = ["sweep/lr", "sweep/batch", "baseline"]
+WORK_RUNS = 8  # per namespace, made before the workload starts
+SLOTS = 4  # a work run's SLOT parameter: what a modify or a delete picks
+#: How long an undo step waits for another host's announced modify (every host announces one early on).
+MAILBOX_WAIT_SECONDS = 30.0
+COMMAND_TIMEOUT_SECONDS = 120.0
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    """What one host process needs: who it is, where it sees the archive, where the index is, its seed."""
+
+    name: str  # the process's own name: its runs, its announcements
+    host: str  # the host name it poses as (PYCOMEX_INDEX_HOSTNAME)
+    mount_point: str
+    index_url: str | None  # None: the default SQLite file inside the archive
+    seed: int
+    start_at: float
+    mailbox: str  # a folder outside the archive where hosts announce modifies for others to undo
+    scratch: str  # this host's folder outside the archive (ZIPs)
+
+
+@dataclass
+class CommandRecord:
+    process: str
+    arguments: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class HostReport:
+    commands: list[CommandRecord] = field(default_factory=list)
+    modified_files: int = 0  # files the host's modifies changed ("Successfully modified N")
+    undone: list[int] = field(default_factory=list)  # ids of other hosts' modifies this host undid
+
+
+# --------------------------------------------------------------------------------- one host's process
+
+
+def _pycomex_metadata(rng: random.Random, *, kind: str, status: str, start_time: float, **extra: Any) -> dict:
+    parameters = {"LEARNING_RATE": round(rng.uniform(1e-4, 1e-1), 6), "SLOT": rng.randrange(SLOTS), "KIND": kind}
+    metadata = make_metadata(
+        parameters=parameters,
+        name=kind,
+        namespace="stress",
+        status=status,
+        start_time=start_time,
+        end_time=None if status == "running" else start_time + 1.0,
+        duration=None if status == "running" else 1.0,
+        kind=kind,
+    )
+    metadata.update(extra)
+    return metadata
+
+
+def _write_like_pycomex(folder: str, metadata: dict) -> None:
+    """pycomex writes its metadata in place, not atomically (``save_metadata``): readers may see half a file."""
+    with open(os.path.join(folder, "experiment_meta.json"), "w") as file:
+        json.dump(metadata, file, indent=4, sort_keys=True)
+
+
+class HostWorkload:
+    """The steps of one host, run in its own process (see :func:`run_host`)."""
+
+    def __init__(self, plan: HostPlan) -> None:
+        self.plan = plan
+        self.rng = random.Random(plan.seed)
+        self.report = HostReport()
+        self.open_runs: list[str] = []
+        self.run_count = 0
+        self.environment = {**os.environ, "PYCOMEX_INDEX_HOSTNAME": plan.host}
+        if plan.index_url is not None:
+            self.environment["PYCOMEX_INDEX"] = plan.index_url
+
+    def cli(self, *arguments: str) -> CommandRecord:
+        command = [sys.executable, "-m", "pycomex_index", *arguments]
+        finished = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            env=self.environment,
+            cwd=self.plan.scratch,
+            timeout=COMMAND_TIMEOUT_SECONDS,
+            stdin=subprocess.DEVNULL,
+        )
+        record = CommandRecord(self.plan.name, list(arguments), finished.returncode, finished.stdout, finished.stderr)
+        self.report.commands.append(record)
+        return record
+
+    def archive(self, command: str, *arguments: str) -> CommandRecord:
+        return self.cli("archive", command, "--path", self.plan.mount_point, *arguments)
+
+    # --- runs, written as pycomex with the plugin writes them
+
+    def start_run(self, kind: str = "work", **extra: Any) -> str:
+        from pycomex_index.live_runs import index_run
+
+        self.run_count += 1
+        folder = os.path.join(self.plan.mount_point, "runs", f"{self.plan.name}__{self.run_count:03d}")
+        os.makedirs(folder)
+        with open(os.path.join(folder, "experiment_code.py"), "w") as file:
+            file.write("# the experiment's code\n")
+        _write_like_pycomex(
+            folder, _pycomex_metadata(self.rng, kind=kind, status="running", start_time=time.time(), **extra)
+        )
+        index_run(self.plan.mount_point, folder, liveness="start", heartbeat_interval=30.0, busy_timeout=30.0)
+        return folder
+
+    def end_run(self, folder: str) -> None:
+        from pycomex_index.live_runs import index_run
+
+        with open(os.path.join(folder, "experiment_meta.json")) as file:
+            metadata = json.load(file)  # what the run holds now, a modify of another host included
+        metadata.update(status="done", end_time=metadata["start_time"] + 1.0, duration=1.0)
+        with open(os.path.join(folder, "experiment_out.log"), "w") as file:
+            file.write("done\n")
+        _write_like_pycomex(folder, metadata)
+        index_run(self.plan.mount_point, folder, liveness="end", busy_timeout=30.0)
+
+    # --- the steps
+
+    def step_start(self) -> None:
+        self.open_runs.append(self.start_run())
+
+    def step_end(self) -> None:
+        if self.open_runs:
+            self.end_run(self.open_runs.pop(0))
+
+    def step_modify(self) -> None:
+        slot = self.rng.randrange(SLOTS)
+        record = self.archive(
+            "modify",
+            "--select",
+            f"p.get('KIND') == 'work' and p.get('SLOT') == {slot}",
+            "--modify-parameters",
+            f"p['LEARNING_RATE'] = {self.rng.uniform(1e-4, 1e-1)!r}",
+            "--modify-metadata",
+            f"m['touched_by'] = {self.plan.host!r}",
+        )
+        self.report.modified_files += _modified_count(record.stdout)
+
+    def step_delete(self) -> None:
+        slot = self.rng.randrange(SLOTS)
+        self.archive("delete", "--yes", "--select", f"p.get('KIND') == 'work' and p.get('SLOT') == {slot}")
+
+    def step_compress(self) -> None:
+        name = os.path.join(self.plan.scratch, f"export-{len(self.report.commands)}.zip")
+        self.archive("compress", "--select", f"p.get('SLOT') == {self.rng.randrange(SLOTS)}", "--name", name)
+
+    def step_read(self) -> None:
+        command = self.rng.choice([["list", "--json"], ["tail", "-n", "5", "--json"], ["overview", "--json"]])
+        record = self.archive(*command)
+        if record.returncode == 0:
+            json.loads(record.stdout)  # one whole JSON document, whatever the others were doing
+
+    def step_sync(self) -> None:
+        self.cli("index", "sync", "--path", self.plan.mount_point)
+
+    def step_hand_off(self) -> None:
+        """Finished runs only this host writes, modified here, announced for another host to undo."""
+        tag = f"{self.plan.name}-handoff"
+        for _ in range(2):
+            self.end_run(self.start_run(kind="handoff", handoff=tag))
+        record = self.archive(
+            "modify", "--select", f"m.get('handoff') == {tag!r}", "--modify-metadata", "m['reviewed'] = True"
+        )
+        self.report.modified_files += _modified_count(record.stdout)
+        found = re.search(r"undo --id (\d+)", record.stdout)
+        if record.returncode == 0 and found:
+            announcement = os.path.join(self.plan.mailbox, f"{self.plan.name}.{found.group(1)}")
+            with open(announcement + ".tmp", "w") as file:
+                file.write(found.group(1))
+            os.rename(announcement + ".tmp", announcement)
+
+    def step_undo_another_hosts_modify(self) -> None:
+        deadline = time.monotonic() + MAILBOX_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            for name in sorted(os.listdir(self.plan.mailbox)):
+                if name.startswith(self.plan.name + ".") or not name.count(".") == 1 or name.endswith(".tmp"):
+                    continue
+                claimed = os.path.join(self.plan.mailbox, f"{name}.claimed-by-{self.plan.name}")
+                try:
+                    os.rename(os.path.join(self.plan.mailbox, name), claimed)  # exactly one host wins it
+                except FileNotFoundError:
+                    continue
+                run_id = int(name.split(".")[1])
+                self.archive("undo", "--id", str(run_id), "--yes")
+                self.report.undone.append(run_id)
+                return
+            time.sleep(0.2)
+        # No announcement: another host's hand-off failed; the test names that command (and counts the undos).
+
+    def run(self) -> HostReport:
+        steps = [self.step_start, self.step_end, self.step_modify, self.step_delete, self.step_compress]
+        steps += [self.step_read, self.step_sync]
+        weights = [4, 3, 2, 2, 1, 3, 1]
+        plan = [self.step_start, self.step_hand_off]
+        plan += self.rng.choices(steps, weights, k=STEPS_PER_HOST - 4)
+        plan += [self.step_undo_another_hosts_modify, self.step_read]
+        time.sleep(max(0.0, self.plan.start_at - time.time()))
+        for step in plan:
+            step()
+        while self.open_runs:
+            self.step_end()
+        return self.report
+
+
+def _modified_count(stdout: str) -> int:
+    found = re.search(r"Successfully modified (\d+) experiment", stdout)
+    return int(found.group(1)) if found else 0
+
+
+def run_host(plan: HostPlan) -> HostReport:
+    """The entry point of one host's process (spawned: nothing of the test process's state is shared)."""
+    os.environ["PYCOMEX_INDEX_HOSTNAME"] = plan.host
+    if plan.index_url is not None:
+        os.environ["PYCOMEX_INDEX"] = plan.index_url
+    return HostWorkload(plan).run()
+
+
+# ------------------------------------------------------------------------------------------- the test
+
+
+@pytest.fixture
+def mount_points(tmp_path: Path) -> Any:
+    """The archive and, per host, the path it reaches it by: the real path, a symlink, a bind mount.
+
+    A bind mount needs root (and a mount namespace allowing it); without one
+    the third host uses a second symlink, and says so in a warning.
+    """
+    archive = tmp_path / "results"
+    shutil.copytree(FIXTURE_ARCHIVE, archive, ignore=shutil.ignore_patterns(".pycomex_index"))
+    subprocess.run(["chmod", "-R", "u+w", str(archive)], check=True)
+    symlink = tmp_path / "host-b" / "mnt" / "results"
+    symlink.parent.mkdir(parents=True)
+    symlink.symlink_to(archive)
+    bind = tmp_path / "host-c" / "mnt" / "results"
+    bind.mkdir(parents=True)
+    bound = subprocess.run(["mount", "--bind", str(archive), str(bind)], capture_output=True, text=True)
+    if bound.returncode != 0:
+        warnings.warn(
+            f"host-c reaches the archive through a symlink, not a bind mount: {bound.stderr.strip()}", stacklevel=2
+        )
+        bind.rmdir()
+        bind.symlink_to(archive)
+    try:
+        yield archive, [archive, symlink, bind]
+    finally:
+        if bound.returncode == 0:
+            subprocess.run(["umount", str(bind)], check=True)
+
+
+def _add_work_runs(archive: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    for namespace in WORK_NAMESPACES:
+        for number in range(WORK_RUNS):
+            metadata = _pycomex_metadata(rng, kind="work", status="done", start_time=1700000000.0 + rng.random() * 1e6)
+            write_meta(archive / namespace / f"run{number:02d}", metadata)
+
+
+def _cli(environment: dict[str, str], *arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pycomex_index", *arguments],
+        capture_output=True,
+        text=True,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        timeout=COMMAND_TIMEOUT_SECONDS,
+    )
+
+
+#: What an index row says about a run, every column but the surrogate ids (one query per table).
+ROW_QUERIES = {
+    "experiments": (
+        "SELECT e.rel_path, e.namespace, e.name, e.outcome, e.status, e.has_error, e.error_type, e.start_time, "
+        "e.end_time, e.duration, e.parameter_count, e.asset_count, e.disk_usage, e.meta_mtime_ns, e.meta_size, "
+        "e.folder_mtime_ns, e.read_error, e.special_parameters_json, f.summary_json, f.parameters_json, "
+        "f.needs_python FROM experiments e LEFT JOIN experiment_fields f ON f.experiment_id = e.id "
+        "WHERE e.archive_id = :archive_id"
+    ),
+    "experiment_parameters": (
+        "SELECT e.rel_path, n.name, p.number, p.text FROM experiment_parameters p "
+        "JOIN experiments e ON e.id = p.experiment_id JOIN parameter_names n ON n.id = p.name_id "
+        "WHERE e.archive_id = :archive_id"
+    ),
+    "experiment_summary": (
+        "SELECT outcome, namespace, error_kind, experiments, disk_usage, duration_sum, duration_count, "
+        "parameter_sum, parameter_known, asset_sum FROM experiment_summary WHERE archive_id = :archive_id"
+    ),
+}
+
+
+def _comparable(value: Any) -> Any:
+    # Sums of floats added in another order differ in the last bits.
+    return round(value, 6) if isinstance(value, float) and math.isfinite(value) else value
+
+
+def _index_rows(root: str, index_url: str | None) -> dict[str, list[tuple]]:
+    from pycomex_index.store import open_archive_index
+
+    with open_archive_index(root, index_url) as index:
+        return {
+            table: sorted(
+                (
+                    tuple(_comparable(value) for value in row)
+                    for row in index.db.execute(sql, {"archive_id": index.archive_id})
+                ),
+                key=repr,
+            )
+            for table, sql in ROW_QUERIES.items()
+        }
+
+
+def _differences(live: list[tuple], rebuilt: list[tuple]) -> str:
+    only_live = [row for row in live if row not in rebuilt]
+    only_rebuilt = [row for row in rebuilt if row not in live]
+    return f"only in the index: {only_live[:5]}\nonly in the rebuilt index: {only_rebuilt[:5]}"
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_hosts_writing_modifying_deleting_and_reading_at_once_leave_the_index_equal_to_the_disk(
+    backend: str, mount_points: Any, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive, roots = mount_points
+    seed = SEED
+    if backend == "postgresql":
+        cluster = request.getfixturevalue("postgresql_cluster")
+        index_url: str | None = cluster.new_database()
+        rebuilt_url = cluster.new_database()
+        hosts = HOSTS  # one shared index, each process another host
+    else:
+        index_url, rebuilt_url = None, str(tmp_path / "rebuilt.sqlite3")
+        hosts = [HOSTS[0]] * len(HOSTS)  # SQLite lives on one host: its processes share the index file
+    about = f"(seed {seed}: PYCOMEX_INDEX_STRESS_SEED={seed} replays this workload; backend {backend})"
+    _add_work_runs(archive, seed)
+    mailbox = tmp_path / "mailbox"
+    mailbox.mkdir()
+    first_host = {
+        **os.environ,
+        "PYCOMEX_INDEX_HOSTNAME": hosts[0],
+        **({"PYCOMEX_INDEX": index_url} if index_url else {}),
+    }
+    synced = _cli(first_host, "index", "sync", "--path", str(roots[0]))
+    assert synced.returncode == 0, synced.stderr
+    daemon = _cli(first_host, "daemon", "start", "--path", str(roots[0]), "--polling", "--interval", "1")
+    assert daemon.returncode == 0, daemon.stderr
+
+    start_at = time.time() + 2.0
+    plans = []
+    for number, (host, root) in enumerate(zip(hosts, roots, strict=True)):
+        scratch = tmp_path / f"process-{number}"
+        scratch.mkdir()
+        plans.append(
+            HostPlan(
+                f"p{number}-{host}",
+                host,
+                str(root),
+                index_url,
+                seed * 100 + number,
+                start_at,
+                str(mailbox),
+                str(scratch),
+            )
+        )
+    try:
+        with ProcessPoolExecutor(len(plans), mp_context=multiprocessing.get_context("spawn")) as pool:
+            reports = list(pool.map(run_host, plans))
+    finally:
+        stopped = _cli(first_host, "daemon", "stop", "--path", str(roots[0]))
+    assert stopped.returncode == 0, stopped.stderr
+
+    commands = [record for report in reports for record in report.commands]
+    failed = [f"{r.process}: {' '.join(r.arguments)} -> {r.returncode}\n{r.stderr}" for r in commands if r.returncode]
+    assert not failed, f"{len(failed)} of {len(commands)} commands failed {about}:\n" + "\n".join(failed)
+    undos = [record for record in commands if record.arguments[:2] == ["archive", "undo"]]
+    assert len(undos) == len(plans), about
+    assert all("Restored 2 files." in record.stdout for record in undos), about
+
+    # The index as the workload left it (no sync since) against one built from a fresh walk of the disk.
+    monkeypatch.setenv("PYCOMEX_INDEX_HOSTNAME", hosts[0])
+    rebuilt = _cli({**first_host, "PYCOMEX_INDEX": rebuilt_url}, "index", "sync", "--path", str(roots[0]))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    live_rows, rebuilt_rows = _index_rows(str(roots[0]), index_url), _index_rows(str(roots[0]), rebuilt_url)
+    assert len(live_rows["experiments"]) > len(WORK_NAMESPACES) * WORK_RUNS // 2, about
+    for table in ROW_QUERIES:
+        assert live_rows[table] == rebuilt_rows[table], f"{table} {about}:\n" + _differences(
+            live_rows[table], rebuilt_rows[table]
+        )
+
+    from pycomex_index.store import open_archive_index
+
+    with open_archive_index(str(roots[0]), index_url) as index:
+        db, archive_id = index.db, index.archive_id
+        assert [tuple(row) for row in db.execute("SELECT id FROM archives")] == [(archive_id,)], about
+        reached = {tuple(row) for row in db.execute("SELECT host, root FROM archive_roots")}
+        assert reached == {(host, str(root)) for host, root in zip(hosts, roots, strict=True)}, about
+        runs = {row[0]: row[1:] for row in db.execute("SELECT id, archive_id, finished_at, undone_at FROM modify_runs")}
+        assert all(run_archive == archive_id and finished is not None for run_archive, finished, _ in runs.values())
+        assert {run_id for run_id, (_, _, undone) in runs.items() if undone is not None} == {
+            run_id for report in reports for run_id in report.undone
+        }, about
+        journal = [row[0] for row in db.execute("SELECT run_id FROM modify_journal")]
+        assert set(journal) <= set(runs) and len(journal) == sum(report.modified_files for report in reports), about
+        assert list(db.execute("SELECT rel_path FROM run_liveness")) == [], about
+
+    leftovers = [
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(archive)
+        for name in names
+        if name.endswith((".partial", ".tmp"))
+    ]
+    trash = archive / ".pycomex_index" / "deleting"
+    assert leftovers == [] and (not trash.exists() or not any(trash.iterdir())), about
