@@ -459,3 +459,30 @@ def test_hosts_writing_modifying_deleting_and_reading_at_once_leave_the_index_eq
     ]
     trash = archive / ".pycomex_index" / "deleting"
     assert leftovers == [] and (not trash.exists() or not any(trash.iterdir())), about
+
+
+# ------------------------------------------------------------------- what the stress test found, pinned
+
+
+def test_a_run_another_host_deletes_after_modify_selected_it_is_gone_not_a_failure(
+    archive: Path, run_cli, index_backend: str
+) -> None:
+    # Found by the stress test: host A's modify selected a run, host B's delete removed it, and A's
+    # modify failed ("cannot read experiment_meta.json", exit 1) for a run nobody asked it to keep.
+    from pycomex_index.modify import GONE, MODIFIED, ModifyCode, modify_experiments
+    from pycomex_index.operations import select_experiments
+    from pycomex_index.selection import compile_expression
+    from pycomex_index.store import open_archive_index
+    from tests.conftest import index_query
+
+    assert run_cli("index", "sync", "--path", str(archive)).exit_code == 0
+    code = ModifyCode(parameters=None, metadata=compile_expression("m['reviewed'] = True", mode="exec"))
+    with open_archive_index(str(archive)) as index:
+        targets = select_experiments(index, compile_expression("m['status'] == 'done'"))
+        deleted = targets[0].rel_path
+        shutil.rmtree(archive / deleted)  # another host's delete, between the selection and the writing
+        outcomes = {outcome.rel_path: outcome.status for outcome in modify_experiments(index, targets, code)}
+    assert outcomes[deleted] == GONE
+    assert set(outcomes.values()) == {GONE, MODIFIED}
+    rows = index_query(archive, "SELECT rel_path FROM experiments WHERE archive_id = :archive_id")
+    assert (deleted,) not in rows and len(rows) == 7
