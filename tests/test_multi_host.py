@@ -7,7 +7,8 @@ written through as the plugin does at a run's start and end), and run the real
 CLI in subprocesses: ``archive modify``, ``archive delete --yes``, ``archive
 compress``, ``archive list|tail|overview --json``, ``index sync``, and
 ``archive undo --id N`` of a modify another host made. A daemon polls on the
-first host throughout.
+first host throughout (PostgreSQL; on one SQLite file each read command's
+own sync races the writers instead).
 
 At the end every command has exited 0 and the index, never synced after the
 workload, holds exactly the rows an index built from scratch by a fresh walk
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,17 +41,38 @@ from typing import Any
 
 import pytest
 
+import pycomex_index
 from tests.conftest import FIXTURE_ARCHIVE, make_metadata, write_meta
 
 SEED = int(os.environ.get("PYCOMEX_INDEX_STRESS_SEED", "20261202"))
 HOSTS = ["host-a", "host-b", "host-c"]
-STEPS_PER_HOST = 14
+STEPS_PER_HOST = 12
 WORK_NAMESPACES = ["sweep/lr", "sweep/batch", "baseline"]
 WORK_RUNS = 8  # per namespace, made before the workload starts
 SLOTS = 4  # a work run's SLOT parameter: what a modify or a delete picks
 #: How long an undo step waits for another host's announced modify (every host announces one early on).
 MAILBOX_WAIT_SECONDS = 30.0
 COMMAND_TIMEOUT_SECONDS = 120.0
+
+#: A real pycomex experiment each host runs beside its other steps: the plugin writes it through at its
+#: start and end (and its heartbeat thread runs), as on a lab's node.
+PYCOMEX_EXPERIMENT = """
+import os
+
+from pycomex.functional.experiment import Experiment
+
+LEARNING_RATE = 0.01
+
+experiment = Experiment(base_path=os.environ["ARCHIVE"], namespace="pycomex_runs", glob=globals(), notify=False)
+
+
+@experiment
+def run(e):
+    e["host"] = os.environ["PYCOMEX_INDEX_HOSTNAME"]
+
+
+experiment.run_if_main()
+"""
 
 
 @dataclass(frozen=True)
@@ -63,7 +86,11 @@ class HostPlan:
     seed: int
     start_at: float
     mailbox: str  # a folder outside the archive where hosts announce modifies for others to undo
+    undoes: str  # the name of the process whose announced modify this one undoes (a ring: each undoes one)
     scratch: str  # this host's folder outside the archive (ZIPs)
+    experiment: str  # the pycomex experiment module to run (PYCOMEX_EXPERIMENT)
+    plugin_path: str  # a PYTHONPATH folder through which pycomex finds this checkout's plugin
+    starts_daemon: bool  # its first step starts the polling daemon (the others' first steps race it)
 
 
 @dataclass
@@ -79,6 +106,7 @@ class CommandRecord:
 class HostReport:
     commands: list[CommandRecord] = field(default_factory=list)
     modified_files: int = 0  # files the host's modifies changed ("Successfully modified N")
+    deleted: int = 0  # runs the host's deletes removed ("Deleted N experiments.")
     undone: list[int] = field(default_factory=list)  # ids of other hosts' modifies this host undid
 
 
@@ -183,13 +211,14 @@ class HostWorkload:
             "--modify-parameters",
             f"p['LEARNING_RATE'] = {self.rng.uniform(1e-4, 1e-1)!r}",
             "--modify-metadata",
-            f"m['touched_by'] = {self.plan.host!r}",
+            f"m['modified_by'] = {self.plan.name!r}",
         )
-        self.report.modified_files += _modified_count(record.stdout)
+        self.report.modified_files += _count(r"Successfully modified (\d+) experiment", record.stdout)
 
     def step_delete(self) -> None:
         slot = self.rng.randrange(SLOTS)
-        self.archive("delete", "--yes", "--select", f"p.get('KIND') == 'work' and p.get('SLOT') == {slot}")
+        record = self.archive("delete", "--yes", "--select", f"p.get('KIND') == 'work' and p.get('SLOT') == {slot}")
+        self.report.deleted += _count(r"Deleted (\d+) experiment", record.stdout)
 
     def step_compress(self) -> None:
         name = os.path.join(self.plan.scratch, f"export-{len(self.report.commands)}.zip")
@@ -210,28 +239,27 @@ class HostWorkload:
         for _ in range(2):
             self.end_run(self.start_run(kind="handoff", handoff=tag))
         record = self.archive(
-            "modify", "--select", f"m.get('handoff') == {tag!r}", "--modify-metadata", "m['reviewed'] = True"
+            "modify",
+            "--select",
+            f"m.get('handoff') == {tag!r}",
+            "--modify-metadata",
+            f"m['modified_by'] = {self.plan.name!r}",
         )
-        self.report.modified_files += _modified_count(record.stdout)
+        self.report.modified_files += _count(r"Successfully modified (\d+) experiment", record.stdout)
         found = re.search(r"undo --id (\d+)", record.stdout)
         if record.returncode == 0 and found:
-            announcement = os.path.join(self.plan.mailbox, f"{self.plan.name}.{found.group(1)}")
+            announcement = os.path.join(self.plan.mailbox, self.plan.name)
             with open(announcement + ".tmp", "w") as file:
                 file.write(found.group(1))
-            os.rename(announcement + ".tmp", announcement)
+            os.rename(announcement + ".tmp", announcement)  # whole or not at all
 
     def step_undo_another_hosts_modify(self) -> None:
         deadline = time.monotonic() + MAILBOX_WAIT_SECONDS
+        announcement = os.path.join(self.plan.mailbox, self.plan.undoes)
         while time.monotonic() < deadline:
-            for name in sorted(os.listdir(self.plan.mailbox)):
-                if name.startswith(self.plan.name + ".") or not name.count(".") == 1 or name.endswith(".tmp"):
-                    continue
-                claimed = os.path.join(self.plan.mailbox, f"{name}.claimed-by-{self.plan.name}")
-                try:
-                    os.rename(os.path.join(self.plan.mailbox, name), claimed)  # exactly one host wins it
-                except FileNotFoundError:
-                    continue
-                run_id = int(name.split(".")[1])
+            if os.path.exists(announcement):
+                with open(announcement) as file:
+                    run_id = int(file.read())
                 self.archive("undo", "--id", str(run_id), "--yes")
                 self.report.undone.append(run_id)
                 return
@@ -246,15 +274,30 @@ class HostWorkload:
         plan += self.rng.choices(steps, weights, k=STEPS_PER_HOST - 4)
         plan += [self.step_undo_another_hosts_modify, self.step_read]
         time.sleep(max(0.0, self.plan.start_at - time.time()))
+        if self.plan.starts_daemon:
+            self.cli("daemon", "start", "--path", self.plan.mount_point, "--polling", "--interval", "1")
+        experiment = self.start_pycomex_experiment()
         for step in plan:
             step()
         while self.open_runs:
             self.step_end()
+        stdout, stderr = experiment.communicate(timeout=COMMAND_TIMEOUT_SECONDS)
+        record = CommandRecord(self.plan.name, ["pycomex experiment"], experiment.returncode, stdout, stderr)
+        self.report.commands.append(record)
         return self.report
 
+    def start_pycomex_experiment(self) -> subprocess.Popen:
+        # pycomex finds plugins with pkgutil.iter_modules(), blind to an editable install's import hook.
+        environment = {**self.environment, "ARCHIVE": self.plan.mount_point, "PYTHONPATH": self.plan.plugin_path}
+        environment["PYTHONWARNINGS"] = "ignore::DeprecationWarning"
+        command = [sys.executable, self.plan.experiment]
+        return subprocess.Popen(
+            command, env=environment, cwd=self.plan.scratch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
 
-def _modified_count(stdout: str) -> int:
-    found = re.search(r"Successfully modified (\d+) experiment", stdout)
+
+def _count(pattern: str, stdout: str) -> int:
+    found = re.search(pattern, stdout)
     return int(found.group(1)) if found else 0
 
 
@@ -383,43 +426,59 @@ def test_hosts_writing_modifying_deleting_and_reading_at_once_leave_the_index_eq
     _add_work_runs(archive, seed)
     mailbox = tmp_path / "mailbox"
     mailbox.mkdir()
+    experiment = tmp_path / "stress_experiment.py"
+    experiment.write_text(PYCOMEX_EXPERIMENT)
+    plugin_path = tmp_path / "plugin_path"
+    plugin_path.mkdir()
+    (plugin_path / "pycomex_index").symlink_to(Path(pycomex_index.__file__).parent)
     first_host = {
         **os.environ,
         "PYCOMEX_INDEX_HOSTNAME": hosts[0],
         **({"PYCOMEX_INDEX": index_url} if index_url else {}),
     }
-    synced = _cli(first_host, "index", "sync", "--path", str(roots[0]))
-    assert synced.returncode == 0, synced.stderr
-    daemon = _cli(first_host, "daemon", "start", "--path", str(roots[0]), "--polling", "--interval", "1")
-    assert daemon.returncode == 0, daemon.stderr
+    # No index yet: the hosts' first steps create it together (migrations, the archive's id, its roots).
+    # PostgreSQL: a lab's set-up, the daemon polling on one host (reads then trust the index). SQLite: none,
+    # so every read command's own sync races the writers too.
+    with_daemon = backend == "postgresql"
 
     start_at = time.time() + 2.0
+    names = [f"p{number}-{host}" for number, host in enumerate(hosts)]
     plans = []
-    for number, (host, root) in enumerate(zip(hosts, roots, strict=True)):
-        scratch = tmp_path / f"process-{number}"
+    for number, (name, host, root) in enumerate(zip(names, hosts, roots, strict=True)):
+        scratch = tmp_path / name
         scratch.mkdir()
         plans.append(
             HostPlan(
-                f"p{number}-{host}",
-                host,
-                str(root),
-                index_url,
-                seed * 100 + number,
-                start_at,
-                str(mailbox),
-                str(scratch),
+                name=name,
+                host=host,
+                mount_point=str(root),
+                index_url=index_url,
+                seed=seed * 100 + number,
+                start_at=start_at,
+                mailbox=str(mailbox),
+                undoes=names[(number + 1) % len(names)],
+                scratch=str(scratch),
+                experiment=str(experiment),
+                plugin_path=str(plugin_path),
+                starts_daemon=with_daemon and number == 0,
             )
         )
     try:
         with ProcessPoolExecutor(len(plans), mp_context=multiprocessing.get_context("spawn")) as pool:
             reports = list(pool.map(run_host, plans))
     finally:
-        stopped = _cli(first_host, "daemon", "stop", "--path", str(roots[0]))
-    assert stopped.returncode == 0, stopped.stderr
+        if with_daemon:
+            stopped = _cli(first_host, "daemon", "stop", "--path", str(roots[0]))
+            assert stopped.returncode == 0, stopped.stderr
 
     commands = [record for report in reports for record in report.commands]
     failed = [f"{r.process}: {' '.join(r.arguments)} -> {r.returncode}\n{r.stderr}" for r in commands if r.returncode]
     assert not failed, f"{len(failed)} of {len(commands)} commands failed {about}:\n" + "\n".join(failed)
+    workload = {"commands": len(commands), "seconds": round(time.time() - start_at, 1)}
+    workload |= {"modified": sum(r.modified_files for r in reports), "deleted": sum(r.deleted for r in reports)}
+    workload["plugin warnings"] = sum("pycomex-index:" in record.stderr for record in commands)
+    print(f"{backend}: {workload}")  # shown with -s, and beside a failure
+    assert workload["modified"] and workload["deleted"], f"the workload changed too little {about}: {workload}"
     undos = [record for record in commands if record.arguments[:2] == ["archive", "undo"]]
     assert len(undos) == len(plans), about
     assert all("Restored 2 files." in record.stdout for record in undos), about
@@ -430,6 +489,8 @@ def test_hosts_writing_modifying_deleting_and_reading_at_once_leave_the_index_eq
     assert rebuilt.returncode == 0, rebuilt.stderr
     live_rows, rebuilt_rows = _index_rows(str(roots[0]), index_url), _index_rows(str(roots[0]), rebuilt_url)
     assert len(live_rows["experiments"]) > len(WORK_NAMESPACES) * WORK_RUNS // 2, about
+    pycomex_runs = [row for row in live_rows["experiments"] if row[1] == "pycomex_runs"]
+    assert [row[4] for row in pycomex_runs] == ["done"] * len(plans), about
     for table in ROW_QUERIES:
         assert live_rows[table] == rebuilt_rows[table], f"{table} {about}:\n" + _differences(
             live_rows[table], rebuilt_rows[table]
@@ -447,8 +508,15 @@ def test_hosts_writing_modifying_deleting_and_reading_at_once_leave_the_index_eq
         assert {run_id for run_id, (_, _, undone) in runs.items() if undone is not None} == {
             run_id for report in reports for run_id in report.undone
         }, about
-        journal = [row[0] for row in db.execute("SELECT run_id FROM modify_journal")]
-        assert set(journal) <= set(runs) and len(journal) == sum(report.modified_files for report in reports), about
+        # Each modify's code names the process that ran it: its journal rows are the files that one changed.
+        journaled: Counter[str] = Counter()
+        for run_id, code in db.execute(
+            "SELECT j.run_id, r.metadata_code FROM modify_journal j LEFT JOIN modify_runs r ON r.id = j.run_id"
+        ):
+            assert run_id in runs, about
+            journaled[re.fullmatch(r"m\['modified_by'\] = '([^']+)'", code).group(1)] += 1
+        expected = {plan.name: report.modified_files for plan, report in zip(plans, reports, strict=True)}
+        assert journaled == Counter(expected), about
         assert list(db.execute("SELECT rel_path FROM run_liveness")) == [], about
 
     leftovers = [
