@@ -113,8 +113,11 @@ class HostReport:
 # --------------------------------------------------------------------------------- one host's process
 
 
-def _pycomex_metadata(rng: random.Random, *, kind: str, status: str, start_time: float, **extra: Any) -> dict:
-    parameters = {"LEARNING_RATE": round(rng.uniform(1e-4, 1e-1), 6), "SLOT": rng.randrange(SLOTS), "KIND": kind}
+def _pycomex_metadata(
+    rng: random.Random, *, kind: str, status: str, start_time: float, slot: int | None = None, **extra: Any
+) -> dict:
+    slot = rng.randrange(SLOTS) if slot is None else slot
+    parameters = {"LEARNING_RATE": round(rng.uniform(1e-4, 1e-1), 6), "SLOT": slot, "KIND": kind}
     metadata = make_metadata(
         parameters=parameters,
         name=kind,
@@ -271,7 +274,10 @@ class HostWorkload:
         steps += [self.step_read, self.step_sync]
         weights = [4, 3, 2, 2, 1, 3, 1]
         plan = [self.step_start, self.step_hand_off]
-        plan += self.rng.choices(steps, weights, k=STEPS_PER_HOST - 4)
+        # Every host modifies and deletes at least once, whatever the seed draws for the rest.
+        middle = [self.step_modify, self.step_delete, *self.rng.choices(steps, weights, k=STEPS_PER_HOST - 6)]
+        self.rng.shuffle(middle)
+        plan += middle
         plan += [self.step_undo_another_hosts_modify, self.step_read]
         time.sleep(max(0.0, self.plan.start_at - time.time()))
         if self.plan.starts_daemon:
@@ -345,7 +351,9 @@ def _add_work_runs(archive: Path, seed: int) -> None:
     rng = random.Random(seed)
     for namespace in WORK_NAMESPACES:
         for number in range(WORK_RUNS):
-            metadata = _pycomex_metadata(rng, kind="work", status="done", start_time=1700000000.0 + rng.random() * 1e6)
+            # Every slot holds finished runs from the start, so a host's first delete always finds some.
+            start_time = 1700000000.0 + rng.random() * 1e6
+            metadata = _pycomex_metadata(rng, kind="work", status="done", start_time=start_time, slot=number % SLOTS)
             write_meta(archive / namespace / f"run{number:02d}", metadata)
 
 
@@ -477,7 +485,10 @@ def test_hosts_writing_modifying_deleting_and_reading_at_once_leave_the_index_eq
     workload = {"commands": len(commands), "seconds": round(time.time() - start_at, 1)}
     workload |= {"modified": sum(r.modified_files for r in reports), "deleted": sum(r.deleted for r in reports)}
     workload["plugin warnings"] = sum("pycomex-index:" in record.stderr for record in commands)
-    print(f"{backend}: {workload}")  # shown with -s, and beside a failure
+    print(f"{backend}: {workload}")
+    print(
+        [line for record in commands for line in record.stderr.splitlines() if "pycomex-index:" in line]
+    )  # shown with -s, and beside a failure
     assert workload["modified"] and workload["deleted"], f"the workload changed too little {about}: {workload}"
     undos = [record for record in commands if record.arguments[:2] == ["archive", "undo"]]
     assert len(undos) == len(plans), about
