@@ -565,3 +565,35 @@ def test_a_run_another_host_deletes_after_modify_selected_it_is_gone_not_a_failu
     assert set(outcomes.values()) == {GONE, MODIFIED}
     rows = index_query(archive, "SELECT rel_path FROM experiments WHERE archive_id = :archive_id")
     assert (deleted,) not in rows and len(rows) == 7
+
+
+def _delete_every_run(root: str, rel_paths: list[str], start_at: float) -> list[tuple[str, str, str | None]]:
+    """One host's delete of the runs ``rel_paths``, one at a time from ``start_at``: (rel_path, status, message)."""
+    from pycomex_index.delete import delete_experiment
+    from pycomex_index.store import open_archive_index
+
+    with open_archive_index(root) as index:
+        time.sleep(max(0.0, start_at - time.time()))
+        outcomes = [delete_experiment(index, rel_path) for rel_path in rel_paths]
+    return [(outcome.rel_path, outcome.status, outcome.message) for outcome in outcomes]
+
+
+def test_hosts_deleting_the_same_runs_at_once_all_succeed(tmp_path: Path, run_cli) -> None:
+    # Found by the stress test: two hosts deleting one run, the second one's rename into the trash found the
+    # folder gone ("cannot move the folder out of the archive: No such file or directory", exit 1).
+    from pycomex_index.delete import FAILED
+
+    archive = tmp_path / "results"
+    rel_paths = [f"ns/run{number:03d}" for number in range(150)]
+    for rel_path in rel_paths:
+        write_meta(archive / rel_path, make_metadata())
+    assert run_cli("index", "sync", "--path", str(archive)).exit_code == 0
+    start_at = time.time() + 2.0
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
+        outcomes = [
+            outcome
+            for outcomes in pool.map(_delete_every_run, [str(archive)] * 4, [rel_paths] * 4, [start_at] * 4)
+            for outcome in outcomes
+        ]
+    assert [outcome for outcome in outcomes if outcome[1] == FAILED] == []
+    assert not any((archive / "ns").iterdir())
