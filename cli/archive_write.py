@@ -368,7 +368,7 @@ def modify_command(
       pycomex-index archive modify --select "'LERNING_RATE' in p" --modify-parameters "p['LEARNING_RATE'] = p.pop('LERNING_RATE')"
       pycomex-index archive modify --all --modify-metadata "m['reviewed'] = True; m['version'] = '2.0'"
     """
-    from pycomex_index.modify import FAILED, MODIFIED, UNCHANGED, ModifyCode, modify_experiments
+    from pycomex_index.modify import FAILED, GONE, MODIFIED, UNCHANGED, ModifyCode, modify_experiments
     from pycomex_index.operations import hold_back_running
     from pycomex_index.selection import EvaluationFailures
 
@@ -381,7 +381,7 @@ def modify_command(
         metadata=compile_or_fail(modify_metadata, mode="exec", what="--modify-metadata"),
     )
     failures = EvaluationFailures()
-    counts = {MODIFIED: 0, UNCHANGED: 0, FAILED: 0}
+    counts = {MODIFIED: 0, UNCHANGED: 0, GONE: 0, FAILED: 0}
     run_id = None
     with opened_index(ctx, archive_path, index_location) as index:
         targets = _selected_targets(index, selection, select, failures)
@@ -406,6 +406,8 @@ def modify_command(
                     write_lines(["", f"Experiment: {_shown(index, result.rel_path)}", *_change_lines(result.changes)])
                 elif result.status == UNCHANGED and verbose:
                     write_lines(["", f"Experiment: {_shown(index, result.rel_path)}", "  No changes"])
+                elif result.status == GONE and verbose:
+                    write_lines(["", f"Experiment: {_shown(index, result.rel_path)}", "  No longer exists"])
                 elif result.status == FAILED:
                     click.echo(f"Failed: {_shown(index, result.rel_path)}: {printable(result.error or '')}", err=True)
                 if on_progress and not dry_run:
@@ -415,8 +417,10 @@ def modify_command(
     else:
         # "Successfully modified" is pycomex's wording, which scripts written around pycomex look for.
         summary = f"Successfully modified {plural(counts[MODIFIED], 'experiment')}"
-        if counts[UNCHANGED]:
-            summary += f" ({counts[UNCHANGED]} unchanged)"
+        aside = [f"{counts[UNCHANGED]} unchanged"] if counts[UNCHANGED] else []
+        aside += [f"{counts[GONE]} no longer there"] if counts[GONE] else []
+        if aside:
+            summary += f" ({', '.join(aside)})"
         summary += "."
         if run_id is not None:
             summary += f" Undo with: {(ctx.find_object(dict) or {}).get('archive_command', 'pycomex-index archive')} undo --id {run_id}"

@@ -147,6 +147,8 @@ def delete_experiment(index: ArchiveIndex, rel_path: str) -> DeleteOutcome:
     try:
         removed = _move_to_trash(root, folder)
     except OSError as error:
+        if isinstance(error, FileNotFoundError) and not os.path.lexists(folder):
+            return _skipped(index, rel_path, "no longer exists")  # another process deleted it since the look above
         return DeleteOutcome(rel_path, FAILED, f"cannot move the folder out of the archive: {error.strerror}")
     if removed is None:
         # No trash on the run's filesystem (a mount below the root, a read-only root): no rename takes
@@ -155,6 +157,8 @@ def delete_experiment(index: ArchiveIndex, rel_path: str) -> DeleteOutcome:
         removed = folder
         try:
             os.unlink(metadata_path)
+        except FileNotFoundError:
+            return _skipped(index, rel_path, f"is no longer an experiment (no {METADATA_FILE_NAME})")
         except OSError as error:
             return DeleteOutcome(rel_path, FAILED, f"cannot remove {METADATA_FILE_NAME}: {error.strerror}")
     fsync_folder(parent)

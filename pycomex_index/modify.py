@@ -36,7 +36,7 @@ from pycomex_index.paths import UnsafePathError, experiment_folder
 from pycomex_index.selection import TIME_KEYS, CompiledExpression, PosixTime, build_metadata, evaluation_globals
 from pycomex_index.store import ArchiveIndex
 
-MODIFIED, UNCHANGED, FAILED = "modified", "unchanged", "failed"
+MODIFIED, UNCHANGED, GONE, FAILED = "modified", "unchanged", "gone", "failed"
 #: The metadata keys ``m`` gains when the file lacks them; never written back unless the code changed them.
 DERIVED_KEYS = ("path", "name")
 
@@ -73,7 +73,7 @@ class FieldChange:
 
 @dataclass
 class ExperimentModification:
-    """The outcome for one experiment: modified (or would be, on a dry run), unchanged, or failed."""
+    """The outcome for one experiment: modified (or would be, on a dry run), unchanged, gone, or failed."""
 
     rel_path: str
     status: str
@@ -141,6 +141,8 @@ def _modify_one(
         new_content, changes = apply_modification(previous, code, path=folder, namespace=target.namespace)
     except UnsafePathError as error:
         return ExperimentModification(rel_path, FAILED, error=str(error))
+    except FileNotFoundError:
+        return _gone(index, rel_path)
     except OSError as error:
         return ExperimentModification(rel_path, FAILED, error=f"cannot read {METADATA_FILE_NAME}: {error.strerror}")
     except ModificationFailed as error:
@@ -158,6 +160,8 @@ def _modify_one(
         write_atomic(metadata_path, new_content)
     except OSError as error:
         journal.forget(rel_path)
+        if not os.path.lexists(metadata_path):
+            return _gone(index, rel_path)
         return ExperimentModification(
             rel_path,
             FAILED,
@@ -166,6 +170,15 @@ def _modify_one(
         )
     reindex_experiment(index, rel_path)
     return ExperimentModification(rel_path, MODIFIED, changes, run_id=run_id)
+
+
+def _gone(index: ArchiveIndex, rel_path: str) -> ExperimentModification:
+    """A selected run that went before it was written (another host deleted it): nothing to modify, no failure.
+
+    Its index row goes too, so a query right after the modify is correct.
+    """
+    reindex_experiment(index, rel_path)
+    return ExperimentModification(rel_path, GONE, error="no longer exists")
 
 
 # ------------------------------------------------------------------------------ the transformation (pure)
