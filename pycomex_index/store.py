@@ -43,6 +43,7 @@ from pycomex_index.errors import (
     NotAnIndexError,
     PycomexIndexError,
 )
+from pycomex_index.postgresql import PostgresDatabase, serves_url
 
 logger = logging.getLogger("pycomex_index")
 
@@ -164,7 +165,7 @@ def _open_database(location: str, read_only: bool = False) -> IndexDatabase:
             return _open_sqlite_file(location[len("sqlite:///") :], via_sqlalchemy=True)
         db: IndexDatabase | None = None
         try:
-            db = SqlAlchemyDatabase(location)
+            db = PostgresDatabase(location) if serves_url(location) else SqlAlchemyDatabase(location)
             ensure_schema(db)
         except Exception as error:
             if db is not None:
