@@ -255,3 +255,36 @@ def test_an_existing_postgresql_index_is_migrated_to_the_summary_and_typed_value
 )
 def test_named_parameters_become_psycopgs(sql: str, expected: str) -> None:
     assert psycopg_sql(sql) == expected
+
+
+def test_a_sync_on_postgresql_trusts_folder_digests_and_still_finds_a_change(tmp_path: Path, postgresql_url) -> None:
+    """As on SQLite: an unchanged folder costs no read of its stored rows; a changed one is compared and mended."""
+    from pycomex_index.sync import refresh_index
+
+    root = tmp_path / "results"
+    for number in range(6):
+        write_meta(root / f"ns{number % 3}" / f"run{number}", make_metadata(duration=float(number)))
+    with open_archive_index(str(root), postgresql_url) as index:
+        sync_archive(index)
+        stamp_reads: list[dict] = []
+        execute = index.db.execute
+
+        def recording_execute(sql: str, params: dict | None = None):
+            if "meta_mtime_ns" in sql and sql.lstrip().startswith("SELECT"):
+                stamp_reads.append(dict(params or {}))
+            return execute(sql, params)
+
+        index.db.execute = recording_execute  # type: ignore[method-assign]
+        report = refresh_index(index)
+        assert report is not None and report.changed == 0 and stamp_reads == []
+        write_meta(root / "ns1" / "run1", make_metadata(duration=1234.5, description="changed, longer"))
+        report = refresh_index(index)
+        assert report is not None and report.updated == 1
+        assert [params.get("prefix") for params in stamp_reads] == ["ns1/"]
+        durations = index_durations(index)
+    assert durations["ns1/run1"] == 1234.5
+
+
+def index_durations(index) -> dict[str, float]:
+    rows = index.db.execute("SELECT rel_path, duration FROM experiments WHERE archive_id = :a", {"a": index.archive_id})
+    return dict(rows)
