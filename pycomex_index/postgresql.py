@@ -64,6 +64,7 @@ class PostgresDatabase(IndexDatabase):
 
     def __init__(self, url: str) -> None:
         import psycopg
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
         self._errors = psycopg.Error
         self.url = url
@@ -73,9 +74,12 @@ class PostgresDatabase(IndexDatabase):
         # lock_timeout: a statement waiting longer than the busy timeout for another connection's lock fails
         # with 55P03 (IndexBusyError) instead of waiting forever; 0 would mean forever, so at least 1 ms.
         # Given as a start-up option, it costs no round trip.
-        options = f"-c lock_timeout={max(1, int(busy_timeout_seconds() * 1000))}"
+        lock_timeout = f"-c lock_timeout={max(1, int(busy_timeout_seconds() * 1000))}"
         try:
-            self.connection = psycopg.connect(libpq_conninfo(url), autocommit=True, options=options)
+            conninfo = libpq_conninfo(url)
+            # Appended to the URL's own start-up options, if it has any, so those still apply.
+            options = f"{conninfo_to_dict(conninfo).get('options') or ''} {lock_timeout}".strip()
+            self.connection = psycopg.connect(make_conninfo(conninfo, options=options), autocommit=True)
         except psycopg.Error as error:
             self._fail(error)
             raise IndexUnavailableError(f"cannot use the index {self.where}: {database_reason(error)}") from None

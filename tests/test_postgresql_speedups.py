@@ -288,3 +288,13 @@ def test_a_sync_on_postgresql_trusts_folder_digests_and_still_finds_a_change(tmp
 def index_durations(index) -> dict[str, float]:
     rows = index.db.execute("SELECT rel_path, duration FROM experiments WHERE archive_id = :a", {"a": index.archive_id})
     return dict(rows)
+
+
+def test_the_urls_own_start_up_options_still_apply(postgresql_url: str, monkeypatch) -> None:
+    monkeypatch.setenv("PYCOMEX_INDEX_BUSY_TIMEOUT", "7")
+    database = PostgresDatabase(postgresql_url + "&options=-c%20work_mem%3D7MB")
+    try:
+        assert database.fetch_row("SHOW work_mem")[0] == "7MB"
+        assert database.fetch_row("SHOW lock_timeout")[0] == "7s"
+    finally:
+        database.close()
