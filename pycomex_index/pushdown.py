@@ -14,8 +14,10 @@ Translated, on either side of ``==, <, <=, >, >=`` with a constant:
 - ``m['status']``, ``m['error_type']`` (string constants, ``==`` only),
 - ``m['start_time']``, ``m['end_time']``, ``m['duration']`` (numbers; start and
   end times also against ISO date strings),
-- ``p['NAME']`` (numbers or strings; SQLite only, from the typed values of
-  ``experiment_parameters``, one join per parameter named),
+- ``p['NAME']`` (numbers or strings, from the typed values of
+  ``experiment_parameters``, one join per parameter named; SQLite's rows are
+  written by the library, PostgreSQL's by the triggers of migration 0012, and a
+  database with no rows there merely decides nothing about parameters),
 
 combined with ``and`` / ``or``. Number columns hold a value only when the
 file's value is a finite number of plausible size, text columns only when it
@@ -63,13 +65,13 @@ class Prefilter:
         return f"COALESCE({self.verdict}, 1) = 1"
 
 
-def prefilter_for(expression: CompiledExpression, *, sqlite: bool) -> Prefilter | None:
+def prefilter_for(expression: CompiledExpression) -> Prefilter | None:
     """The SQL verdict for ``expression``, or None when it can never drop a row."""
     if not isinstance(expression.tree, ast.Expression):
         return None
     if any(isinstance(node, ast.NamedExpr) for node in ast.walk(expression.tree)):
         return None  # ``m`` or ``p`` could be rebound mid-expression: leave it all to Python
-    translator = _Translator(sqlite=sqlite)
+    translator = _Translator()
     verdict = translator.verdict(expression.tree.body)
     if not verdict.can_be_false:
         return None
@@ -94,8 +96,7 @@ _UNDECIDED = _Verdict("NULL", can_be_false=False)
 
 
 class _Translator:
-    def __init__(self, sqlite: bool) -> None:
-        self.sqlite = sqlite
+    def __init__(self) -> None:
         self.params: dict[str, Any] = {}
         self.pushed: list[str] = []
         #: parameter name -> its LEFT JOIN of experiment_parameters (alias in ``aliases``)
@@ -162,8 +163,6 @@ class _Translator:
         return _Verdict(f"CASE WHEN {inexact} THEN NULL{_when(true_test, false_test)} END")
 
     def _parameter_verdict(self, name: str, operator_type: type, constant: Any) -> _Verdict:
-        if not self.sqlite:
-            return _UNDECIDED
         if isinstance(constant, str):
             if operator_type is not ast.Eq:
                 return _UNDECIDED

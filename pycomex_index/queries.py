@@ -147,7 +147,7 @@ def iter_selected(
     params: dict[str, Any] = {"archive_id": index.archive_id}
     if not include_unreadable or expressions:
         where += f" AND e.outcome <> '{Outcome.ERROR.value}'"
-    prefilter = prefilter_for(selection, sqlite=index.db.url.startswith("sqlite")) if selection else None
+    prefilter = prefilter_for(selection) if selection else None
     verdict_at = parameters_at = summary_at = path_at = needs_python_at = None
     undecided = ""
     if prefilter is not None:

@@ -98,7 +98,8 @@ def archive_statistics(
     """Overview figures of the whole archive, or of what ``selection`` keeps.
 
     Counts and sums come per (outcome, namespace, error kind): for the whole
-    archive from ``experiment_summary``, which SQLite's triggers keep current,
+    archive from ``experiment_summary``, which triggers keep current (SQLite's
+    of migration 0005, PostgreSQL's of 0012),
     so a million experiments cost a read of a few hundred rows; for a
     selection (or a database without the triggers, or ``use_summary=False``)
     from one GROUP BY; a test compares the two. The extremes are one
@@ -108,7 +109,7 @@ def archive_statistics(
     where = _restrict_to_selection(index, selection, failures)
     params = {"archive_id": index.archive_id}
     db = index.db
-    if use_summary and selection is None and db.url.startswith("sqlite"):
+    if use_summary and selection is None and _speaks_sqlite_or_postgresql(db.url):
         groups = db.execute(f"SELECT {_SUMMARY_COLUMNS} FROM experiment_summary WHERE archive_id = :archive_id", params)
     else:
         groups = db.execute(
@@ -163,6 +164,11 @@ def archive_statistics(
     for name, value in zip(extremes, values, strict=True):
         setattr(statistics, name, value)
     return statistics
+
+
+def _speaks_sqlite_or_postgresql(url: str) -> bool:
+    """Whether the index keeps the summary and can read JSON in SQL (another database is served plainly)."""
+    return url.startswith(("sqlite", "postgres"))
 
 
 #: The group of the experiments on which the group expression raised (a group key, not an outcome).
@@ -260,12 +266,13 @@ def scan_groups(
     """Group the selected experiments by ``str(group_by)``; an experiment on which it raises goes to group ``error``.
 
     A group expression that only reads one key (``p.get('MODEL', 'unknown')``,
-    ``m['namespace']``) is grouped by SQLite itself; anything else runs in
+    ``m['namespace']``) is grouped by the database itself; anything else runs in
     Python per experiment. Both give the same groups (a test compares them).
     """
     groups: dict[str, ScanGroup] = {}
     group_failures = EvaluationFailures()
-    key_read = _single_key_read(group_by) if index.db.url.startswith("sqlite") and sql_grouping else None
+    grouping_in_sql = sql_grouping and _speaks_sqlite_or_postgresql(index.db.url)
+    key_read = _single_key_read(group_by) if grouping_in_sql else None
     running: list[str] = []
     if key_read is not None:
         where = _group_in_sql(index, key_read, selection, failures, groups, group_failures)
@@ -364,7 +371,7 @@ def _single_key_read(expression: CompiledExpression) -> _KeyRead | None:
 def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_failures) -> str:
     """One GROUP BY on the value's JSON text; Python turns each distinct text into pycomex's ``str(value)``.
 
-    Documents in Python's JSON dialect (NaN, big integers...), which SQLite
+    Documents in Python's JSON dialect (NaN, big integers...), which SQL
     cannot parse, are grouped one by one in Python, by the same rule. One of
     pycomex's own parameters (``__PREFIX__``...) is read from the small
     ``experiments.special_parameters_json``: no join, and a document of a few
@@ -376,7 +383,11 @@ def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_
     import orjson
 
     where = _restrict_to_selection(index, selection, failures if failures is not None else EvaluationFailures())
-    params = {"archive_id": index.archive_id, "path": '$."' + key_read.key.replace('"', '""') + '"'}
+    params = {
+        "archive_id": index.archive_id,
+        "path": '$."' + key_read.key.replace('"', '""') + '"',
+        "key": key_read.key,
+    }
     readable = f"outcome <> '{Outcome.ERROR.value}'"
     if key_read.column == "f.parameters_json" and is_special_parameter(key_read.key):
         column, table = "e.special_parameters_json", experiments_table(index)
@@ -384,17 +395,23 @@ def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_
     else:
         column = key_read.column
         table = f"{experiments_table(index)} JOIN experiment_fields f ON f.experiment_id = e.id"
-        sql_rows, python_rows = "f.needs_python = 0", "f.needs_python = 1"
-    # Grouping by an expression, SQLite computes it once for the sort and again for the result column:
-    # twice parsing every JSON document. A subquery with a LIMIT (-1: none) is not merged into the
-    # aggregate, so each value is extracted once.
+        sql_rows, python_rows = "NOT f.needs_python", "f.needs_python"
+    if index.db.url.startswith("sqlite"):
+        # Grouping by an expression, SQLite computes it once for the sort and again for the result column:
+        # twice parsing every JSON document. A subquery with a LIMIT (-1: none) is not merged into the
+        # aggregate, so each value is extracted once.
+        value, unmerged = f"{column} -> :path", " LIMIT -1"
+    else:
+        # PostgreSQL: json (not jsonb) hands back the value's text as the document spells it, as SQLite's
+        # -> does; jsonb would re-spell numbers (1e+20 as 100000000000000000000), changing str(value).
+        value, unmerged = f"CAST(CAST({column} AS json) -> CAST(:key AS text) AS text)", ""
     rows = index.db.execute(
         "SELECT value, COUNT(*), "
         f"SUM(CASE WHEN outcome = '{Outcome.DONE.value}' THEN 1 ELSE 0 END), MAX(end_time), "
         "SUM(CASE WHEN duration > 0 THEN duration END), SUM(CASE WHEN duration > 0 THEN 1 ELSE 0 END), "
         "SUM(disk_usage) "
-        f"FROM (SELECT {column} -> :path AS value, outcome, end_time, duration, disk_usage "
-        f"FROM {table} WHERE {where} AND {readable} AND {sql_rows} LIMIT -1) GROUP BY value",
+        f"FROM (SELECT {value} AS value, outcome, end_time, duration, disk_usage "
+        f"FROM {table} WHERE {where} AND {readable} AND {sql_rows}{unmerged}) AS grouped GROUP BY value",
         params,
     )
     for value, count, successful, last_end_time, duration_sum, duration_count, disk_usage in rows:
@@ -405,7 +422,10 @@ def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_
             key = str(key_read.default)
         else:
             key = str(orjson.loads(value))
-        _group(groups, key).add(count, successful, last_end_time, duration_sum or 0.0, duration_count, disk_usage or 0)
+        # int(): PostgreSQL's SUM of a bigint is a numeric (a Decimal), which JSON output cannot write.
+        _group(groups, key).add(
+            count, successful, last_end_time, duration_sum or 0.0, duration_count, int(disk_usage or 0)
+        )
     in_python_dialect = index.db.execute(
         f"SELECT {key_read.column}, outcome, end_time, duration, disk_usage "
         f"FROM experiments e JOIN experiment_fields f ON f.experiment_id = e.id "

@@ -43,11 +43,12 @@ from pycomex_index.errors import (
     NotAnIndexError,
     PycomexIndexError,
 )
+from pycomex_index.postgresql import PostgresDatabase, serves_url
 
 logger = logging.getLogger("pycomex_index")
 
 #: The newest migration shipped in ``pycomex_index.migrations`` (a test keeps the two equal).
-HEAD_REVISION = "0011"
+HEAD_REVISION = "0012"
 INDEX_ENV_VARIABLE = "PYCOMEX_INDEX"
 INDEX_FILE_NAME = "index.sqlite3"
 #: Written into the SQLite header of every index we open (``PRAGMA application_id``, "PCXI"): the header
@@ -164,7 +165,7 @@ def _open_database(location: str, read_only: bool = False) -> IndexDatabase:
             return _open_sqlite_file(location[len("sqlite:///") :], via_sqlalchemy=True)
         db: IndexDatabase | None = None
         try:
-            db = SqlAlchemyDatabase(location)
+            db = PostgresDatabase(location) if serves_url(location) else SqlAlchemyDatabase(location)
             ensure_schema(db)
         except Exception as error:
             if db is not None:

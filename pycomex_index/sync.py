@@ -82,9 +82,10 @@ def sync_archive(
     db, archive_id, root = index.db, index.archive_id, index.root
     report = SyncReport()
     stored_digests = _stored_digests(db, archive_id)
-    # Digests cover the metadata stamps only, so a sync that checks assets compares every row; and
-    # loading one folder's rows relies on SQLite's binary ordering of rel_path (see _stamps).
-    trust_digests = not (rebuild or check_assets) and db.url.startswith("sqlite")
+    # Digests cover the metadata stamps only, so a sync that checks assets compares every row. Loading one
+    # folder's rows (rows_below) is exact on every backend, so PostgreSQL trusts them too: without them a
+    # read command there loaded all stored stamps (100,000 rows) to find nothing changed.
+    trust_digests = not (rebuild or check_assets)
     # rel_path -> (rel_path, meta_mtime_ns, meta_size, folder_mtime_ns): the same shape as a FolderStat.
     known_everywhere: dict[str, tuple] = {} if trust_digests else _stamps(db, archive_id)
     walked_digests: dict[str, str] = {}

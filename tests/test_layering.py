@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "discovery": 0,
     # 1: the index: connection, schema, rows, keeping it in step with the disk
     "db": 1,
+    "postgresql": 1,
     "models": 1,
     "store": 1,
     "archives": 1,

@@ -290,8 +290,8 @@ def test_the_state_is_selected_in_python_and_grouped_by(archive: Path, run_cli) 
     from pycomex_index.pushdown import prefilter_for
     from pycomex_index.selection import compile_expression
 
-    assert prefilter_for(compile_expression("m['state'] == 'interrupted'"), sqlite=True) is None
-    both = prefilter_for(compile_expression("m['status'] == 'running' and m['state'] == 'interrupted'"), sqlite=True)
+    assert prefilter_for(compile_expression("m['state'] == 'interrupted'")) is None
+    both = prefilter_for(compile_expression("m['status'] == 'running' and m['state'] == 'interrupted'"))
     assert both is not None and both.pushed == ["m['status'] == 'running'"]  # the state part is Python's
 
     for select in ("m['state'] == 'interrupted'", "m['status'] == 'running' and m['state'] == 'interrupted'"):

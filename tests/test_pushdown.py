@@ -256,18 +256,17 @@ def test_rows_sql_decides_still_get_the_group_namespace(tmp_path_factory) -> Non
 
 
 def test_the_benchmark_select_is_pushed_down_entirely() -> None:
-    prefilter = prefilter_for(compile_expression("m['status'] == 'done' and p['LEARNING_RATE'] < 0.01"), sqlite=True)
+    prefilter = prefilter_for(compile_expression("m['status'] == 'done' and p['LEARNING_RATE'] < 0.01"))
     assert prefilter is not None
     assert prefilter.pushed == ["m['status'] == 'done'", "p['LEARNING_RATE'] < 0.01"]
 
 
 def test_untranslatable_parts_are_left_to_python() -> None:
-    assert prefilter_for(compile_expression("m['name'].startswith('debug')"), sqlite=True) is None
-    assert prefilter_for(compile_expression("m['status'] != 'done'"), sqlite=True) is None
-    assert prefilter_for(compile_expression("'x' in p or m['status'] == 'done'"), sqlite=True) is None
-    mixed = prefilter_for(compile_expression("m['status'] == 'done' and 'x' in p"), sqlite=True)
+    assert prefilter_for(compile_expression("m['name'].startswith('debug')")) is None
+    assert prefilter_for(compile_expression("m['status'] != 'done'")) is None
+    assert prefilter_for(compile_expression("'x' in p or m['status'] == 'done'")) is None
+    mixed = prefilter_for(compile_expression("m['status'] == 'done' and 'x' in p"))
     assert mixed is not None and mixed.pushed == ["m['status'] == 'done'"]
-    assert prefilter_for(compile_expression("p['A'] < 1"), sqlite=False) is None  # JSON functions are SQLite's
 
 
 def test_explain_says_what_ran_where(archive: Path, run_cli) -> None:
