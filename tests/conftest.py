@@ -7,6 +7,7 @@ user cache dir points into the test's own temporary folder.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import shutil
@@ -149,8 +150,9 @@ class PostgresCluster:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.data = folder / "data"
-        self._admin = None
+        self._admin: Any = None
         self._count = 0
+        self._template: str | None = None
 
     def _run(self, program: str, *arguments: str) -> None:
         import subprocess
@@ -182,17 +184,44 @@ class PostgresCluster:
     def url(self, database: str, *, driver: str = "postgresql+psycopg") -> str:
         return f"{driver}://postgres@/{database}?host={self.folder}"
 
-    def new_database(self, *, icu_locale: str | None = None) -> str:
-        """The SQLAlchemy URL of a new, empty database; ``icu_locale`` gives it a non-C collation (e.g. ``en-US``)."""
+    def _admin_connection(self) -> Any:
         import psycopg
 
         if self._admin is None:
             self._admin = psycopg.connect(self.url("postgres", driver="postgresql"), autocommit=True)
+        return self._admin
+
+    def new_database(self, *, icu_locale: str | None = None, at_head: bool = False) -> str:
+        """The SQLAlchemy URL of a new database: empty, or with the index schema when ``at_head``.
+
+        ``icu_locale`` gives it a non-C collation (e.g. ``en-US``); such a database starts empty. A database
+        ``at_head`` is a copy of one migrated once per session (``CREATE DATABASE ... TEMPLATE``, ~30 ms
+        instead of running the migrations for every test); opening it then finds the schema at head.
+        """
         self._count += 1
         name = f"test_{self._count}"
-        collation = f" LOCALE_PROVIDER icu ICU_LOCALE '{icu_locale}'" if icu_locale else ""
-        self._admin.execute(f"CREATE DATABASE {name} TEMPLATE template0{collation}")
+        if icu_locale:
+            template = f"template0 LOCALE_PROVIDER icu ICU_LOCALE '{icu_locale}'"
+        elif at_head:
+            template = self._migrated_template()
+        else:
+            template = "template0"
+        self._admin_connection().execute(f"CREATE DATABASE {name} TEMPLATE {template}")
         return self.url(name)
+
+    def _migrated_template(self) -> str:
+        if self._template is None:
+            from pycomex_index.db import SqlAlchemyDatabase
+            from pycomex_index.store import ensure_schema
+
+            self._admin_connection().execute("CREATE DATABASE index_at_head TEMPLATE template0")
+            db = SqlAlchemyDatabase(self.url("index_at_head"))
+            try:
+                ensure_schema(db)
+            finally:
+                db.close()  # CREATE DATABASE ... TEMPLATE refuses while anyone is connected to the template
+            self._template = "index_at_head"
+        return self._template
 
 
 @pytest.fixture(scope="session")
@@ -221,16 +250,47 @@ def postgresql_url(postgresql_cluster: PostgresCluster) -> str:
     return postgresql_cluster.new_database()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def index_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test on both backends: SQLite (the default index file) and a new PostgreSQL database.
+#: Fixtures through which a test reaches an index; a test using one runs on both backends (see below).
+INDEX_FIXTURES = frozenset({"archive", "run_cli"})
+#: Fixtures of tests that pick their PostgreSQL database themselves (and compare it with SQLite by hand).
+OWN_DATABASE_FIXTURES = frozenset({"postgresql_url", "postgresql_cluster"})
+BACKENDS = ("sqlite", "postgresql")
 
-    The PostgreSQL index is named by the environment variable, as a lab would
-    (credentials never on a command line), so the test's commands are the same.
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every test that reaches an index on SQLite and on PostgreSQL, unless marked ``sqlite_only(reason)``.
+
+    A test reaches an index through :data:`INDEX_FIXTURES` (the archive, the
+    CLI runner), or says so by naming ``index_backend`` in its arguments.
     """
-    if request.param == "postgresql":
-        monkeypatch.setenv("PYCOMEX_INDEX", request.getfixturevalue("postgresql_url"))
-    return request.param
+    sqlite_only = metafunc.definition.get_closest_marker("sqlite_only")
+    if sqlite_only is not None:
+        if not (sqlite_only.args and isinstance(sqlite_only.args[0], str) and sqlite_only.args[0].strip()):
+            raise pytest.UsageError(f"{metafunc.definition.nodeid}: sqlite_only needs a reason, sqlite_only('...')")
+        return
+    names = set(metafunc.fixturenames)
+    asks_for_backend = "index_backend" in inspect.signature(metafunc.function).parameters
+    if names & OWN_DATABASE_FIXTURES and not asks_for_backend:
+        return
+    if asks_for_backend or names & INDEX_FIXTURES:
+        metafunc.parametrize("index_backend", BACKENDS, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def index_backend(request: pytest.FixtureRequest, isolated_environment: None, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The backend of the test's index: SQLite (the default index file), or a new PostgreSQL database.
+
+    Parametrized by :func:`pytest_generate_tests`; a test that is not gets SQLite.
+    The PostgreSQL index is named by the environment variable, as a lab would
+    (credentials never on a command line), so the test's commands, and the
+    processes it starts, are the same on both. The database is a copy of one
+    already at the schema's head: migrating one per test would cost ~1 s.
+    """
+    backend = getattr(request, "param", "sqlite")
+    if backend == "postgresql":
+        cluster = request.getfixturevalue("postgresql_cluster")
+        monkeypatch.setenv("PYCOMEX_INDEX", cluster.new_database(at_head=True))
+    return backend
 
 
 def index_query(archive: Path, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
@@ -239,3 +299,24 @@ def index_query(archive: Path, sql: str, params: dict[str, Any] | None = None) -
 
     with open_archive_index(str(archive)) as index:
         return [tuple(row) for row in index.db.execute(sql, {"archive_id": index.archive_id, **(params or {})})]
+
+
+def peek_index(archive: Path, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Rows (as dicts) of a query on the archive's index, read without opening it through the library.
+
+    For tests that read while a watcher of this very process writes: opening a
+    SQLite index through ``open_archive_index`` reads the file with ``open()``,
+    and closing that descriptor would drop the watcher's SQLite locks (POSIX
+    locks belong to the process). Nothing is registered, so there is no
+    ``:archive_id``: the test's index holds its one archive.
+    """
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    location = os.environ.get("PYCOMEX_INDEX") or str(archive / ".pycomex_index" / "index.sqlite3")
+    engine = create_engine(location if "://" in location else f"sqlite:///{location}", poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(text(sql), params or {})]
+    finally:
+        engine.dispose()

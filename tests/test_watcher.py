@@ -1,6 +1,6 @@
 """The watcher in this process, with a real inotify observer on real folders.
 
-The index is read with plain ``sqlite3`` while the watcher runs: opening it
+The index is read with ``peek_index`` while the watcher runs: opening it
 through ``open_archive_index`` reads the file with ``open()``, and closing that
 descriptor would drop the watcher's SQLite locks in this same process.
 """
@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,13 +19,13 @@ from typing import Any
 
 import pytest
 
-from pycomex_index.db import SqliteFileDatabase
+from pycomex_index.db import SqlAlchemyDatabase, SqliteFileDatabase
 from pycomex_index.heartbeat import has_fresh_watcher, read_watcher_state
 from pycomex_index.paths import path_in_index
 from pycomex_index.store import ArchiveIndex
 from pycomex_index.watcher import ArchiveWatcher, WatchSettings, filesystem_type, is_network_filesystem
 
-from .conftest import make_metadata
+from .conftest import make_metadata, peek_index
 
 RUNNING_FIXTURE = "neural_net/26_11_2026__14_03_50__p11237__wKXG"
 #: Root, neural_net, sweep, sweep/lr, debug_runs, and the fixture's one run still marked running.
@@ -56,26 +55,20 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
 
 
 class IndexReader:
-    """Reads the archive's index without disturbing the watcher's connections."""
+    """Reads the archive's index without disturbing the watcher's connections (see ``peek_index``)."""
 
     def __init__(self, archive: Path) -> None:
-        self.path = archive / ".pycomex_index" / "index.sqlite3"
+        self.archive = archive
 
     def outcomes(self) -> dict[str, str]:
-        connection = sqlite3.connect(self.path)
-        try:
-            return dict(connection.execute("SELECT rel_path, outcome FROM experiments"))
-        finally:
-            connection.close()
+        return {
+            row["rel_path"]: row["outcome"]
+            for row in peek_index(self.archive, "SELECT rel_path, outcome FROM experiments")
+        }
 
     def row(self, rel_path: str) -> dict[str, Any] | None:
-        connection = sqlite3.connect(self.path)
-        connection.row_factory = sqlite3.Row
-        try:
-            row = connection.execute("SELECT * FROM experiments WHERE rel_path = ?", (rel_path,)).fetchone()
-            return dict(row) if row else None
-        finally:
-            connection.close()
+        rows = peek_index(self.archive, "SELECT * FROM experiments WHERE rel_path = :rel_path", {"rel_path": rel_path})
+        return rows[0] if rows else None
 
 
 @pytest.fixture
@@ -197,12 +190,10 @@ def test_edits_to_finished_runs_are_caught_by_the_periodic_rewalk(archive, start
 @pytest.mark.parametrize("polling", [False, True], ids=["inotify", "polling"])
 def test_heartbeat_vouches_while_running_and_is_cleared_on_stop(archive, start_watcher, polling):
     watcher = start_watcher(polling=polling, poll_interval=0.2)
-    index = ArchiveIndex(
-        db=SqliteFileDatabase(str(archive / ".pycomex_index" / "index.sqlite3")),
-        root=str(archive),
-        archive_id=1,
-        location="",
-    )
+    # Not open_archive_index (see the module's docstring); the index's one archive has the first id.
+    url = os.environ.get("PYCOMEX_INDEX")
+    db = SqlAlchemyDatabase(url) if url else SqliteFileDatabase(str(archive / ".pycomex_index" / "index.sqlite3"))
+    index = ArchiveIndex(db=db, root=str(archive), archive_id=1, location="")
     try:
         assert wait_until(lambda: has_fresh_watcher(index))
         assert read_watcher_state(index).mode == ("polling" if polling else "inotify")
@@ -428,11 +419,7 @@ def test_runs_in_folders_named_with_odd_bytes_are_indexed_as_sync_stores_them(
     watcher = start_watcher(polling=polling, poll_interval=0.2)
 
     def indexed_as_sync_would() -> bool:
-        connection = sqlite3.connect(reader.path)
-        try:
-            rows = connection.execute(f"SELECT {_COMPARED_COLUMNS} FROM experiments").fetchall()
-        finally:
-            connection.close()
+        rows = [tuple(row.values()) for row in peek_index(archive, f"SELECT {_COMPARED_COLUMNS} FROM experiments")]
         return {row[0]: tuple(row[1:]) for row in rows} == _rows_as_sync_stores_them(archive, tmp_path)
 
     for rel in ODD_RUNS:
