@@ -25,7 +25,7 @@ from pycomex_index.paths import path_in_index
 from pycomex_index.store import ArchiveIndex
 from pycomex_index.watcher import ArchiveWatcher, WatchSettings, filesystem_type, is_network_filesystem
 
-from .conftest import make_metadata, peek_index
+from .conftest import add_awkward_runs, make_metadata, peek_index
 
 RUNNING_FIXTURE = "neural_net/26_11_2026__14_03_50__p11237__wKXG"
 #: Root, neural_net, sweep, sweep/lr, debug_runs, and the fixture's one run still marked running.
@@ -442,3 +442,12 @@ def test_runs_in_folders_named_with_odd_bytes_are_indexed_as_sync_stores_them(
     assert wait_until(indexed_as_sync_would)
     assert watcher.is_alive() and watcher.error is None
     assert complaints == []
+
+
+def test_a_moved_folder_takes_its_runs_and_leaves_its_punctuation_siblings(archive, start_watcher, reader):
+    # Under a non-C collation "exp/run#2" and "exp/run+lr" sort between "exp/run/" and "exp/run0" (issue 12).
+    runs = add_awkward_runs(archive)
+    start_watcher()
+    (archive / "exp" / "run").rename(archive / "exp" / "moved")
+    expected = (set(runs) - {"exp/run/a", "exp/run/b"}) | {"exp/moved/a", "exp/moved/b"}
+    assert wait_until(lambda: {rel for rel in reader.outcomes() if rel.startswith("exp/")} == expected)
