@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +179,7 @@ class PostgresCluster:
         self._admin: Any = None
         self._count = 0
         self._templates: dict[str | None, str] = {}
+        self._emptied: list[str] = []  # names of databases at head, with no rows, ready for the next test
 
     def _run(self, program: str, *arguments: str) -> None:
         import subprocess
@@ -228,7 +229,7 @@ class PostgresCluster:
         self._count += 1
         name = f"test_{self._count}"
         template = self._migrated_template(icu_locale) if at_head else self._empty_template(icu_locale)
-        self._admin_connection().execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+        self._admin_connection().execute(f"CREATE DATABASE {name} TEMPLATE {template} STRATEGY FILE_COPY")
         return self.url(name)
 
     @staticmethod
@@ -250,6 +251,50 @@ class PostgresCluster:
                 db.close()  # CREATE DATABASE ... TEMPLATE refuses while anyone is connected to the template
             self._templates[icu_locale] = name
         return self._templates[icu_locale]
+
+    def borrow_index_database(self) -> str:
+        """The URL of a database at head in :data:`POSTGRESQL_COLLATION` holding no rows, for one test.
+
+        Give it back with :meth:`give_back`: emptying it for the next test
+        takes ~2 ms, copying the template ~0.2-0.9 s and migrating ~1 s (this
+        machine, busy; tests/../report). Each test still has a database of its own.
+        """
+        if self._emptied:
+            return self.url(self._emptied.pop())
+        return self.new_database(icu_locale=POSTGRESQL_COLLATION, at_head=True)
+
+    def give_back(self, url: str) -> None:
+        """Empty a borrowed database (rows deleted, id sequences restarted) for the next test, or drop it."""
+        import psycopg
+
+        from pycomex_index.store import HEAD_REVISION
+
+        name = url.partition("@/")[2].partition("?")[0]  # see url()
+        admin = self._admin_connection()
+        # A process the test started may still be connected (a daemon on its way out): it must not write later.
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        try:
+            with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as connection:
+                connection.execute("SET lock_timeout = '5s'")
+                tables = [row[0] for row in connection.execute(_TABLES_SQL)]
+                sequences = [row[0] for row in connection.execute(_SEQUENCES_SQL)]
+                with connection.transaction():
+                    connection.execute("SET LOCAL session_replication_role = replica")  # no foreign-key order needed
+                    for table in tables:
+                        connection.execute(f'DELETE FROM "{table}"')
+                    for sequence in sequences:
+                        connection.execute("SELECT setval(%s, 1, false)", (sequence,))
+                (revision,) = connection.execute("SELECT version_num FROM alembic_version").fetchone() or (None,)
+            if revision == HEAD_REVISION:
+                self._emptied.append(name)
+                return
+        except psycopg.Error:
+            pass
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+_TABLES_SQL = "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+_SEQUENCES_SQL = "SELECT quote_ident(sequencename) FROM pg_sequences WHERE schemaname = 'public'"
 
 
 @pytest.fixture(scope="session")
@@ -283,6 +328,14 @@ INDEX_FIXTURES = frozenset({"archive", "run_cli"})
 #: Fixtures of tests that pick their PostgreSQL database themselves (and compare it with SQLite by hand).
 OWN_DATABASE_FIXTURES = frozenset({"postgresql_url", "postgresql_cluster"})
 BACKENDS = ("sqlite", "postgresql")
+#: SQLite-only tests in files other work owns, marked here so those files stay untouched: node id (or its
+#: prefix) -> reason. Their owners may move the mark into the file, or make the test backend-neutral.
+SQLITE_ONLY_ELSEWHERE = {
+    "tests/test_pycomex_plugin.py": "reads the SQLite index file the plugin writes, with sqlite3",
+    "tests/test_packaging.py::test_an_install_path_with_a_percent_sign_creates_a_new_index": (
+        "a SQLite file's path must not be URL-decoded"
+    ),
+}
 #: The collation of the suite's PostgreSQL databases: a lab's server most likely sorts text by a language's
 #: rules, under which punctuation sorts apart from bytes ("exp/run#2" around "exp/run/"); C would hide that.
 POSTGRESQL_COLLATION = "en-US"
@@ -294,10 +347,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     A test reaches an index through :data:`INDEX_FIXTURES` (the archive, the
     CLI runner), or says so by naming ``index_backend`` in its arguments.
     """
+    nodeid = metafunc.definition.nodeid
+    for marked, reason in SQLITE_ONLY_ELSEWHERE.items():
+        if nodeid == marked or nodeid.startswith(marked + "::"):
+            metafunc.definition.add_marker(pytest.mark.sqlite_only(reason))
     sqlite_only = metafunc.definition.get_closest_marker("sqlite_only")
     if sqlite_only is not None:
         if not (sqlite_only.args and isinstance(sqlite_only.args[0], str) and sqlite_only.args[0].strip()):
-            raise pytest.UsageError(f"{metafunc.definition.nodeid}: sqlite_only needs a reason, sqlite_only('...')")
+            raise pytest.UsageError(f"{nodeid}: sqlite_only needs a reason, sqlite_only('...')")
         return
     names = set(metafunc.fixturenames)
     asks_for_backend = "index_backend" in inspect.signature(metafunc.function).parameters
@@ -308,21 +365,29 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(autouse=True)
-def index_backend(request: pytest.FixtureRequest, isolated_environment: None, monkeypatch: pytest.MonkeyPatch) -> str:
+def index_backend(
+    request: pytest.FixtureRequest, isolated_environment: None, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
     """The backend of the test's index: SQLite (the default index file), or a new PostgreSQL database.
 
     Parametrized by :func:`pytest_generate_tests`; a test that is not gets SQLite.
     The PostgreSQL index is named by the environment variable, as a lab would
     (credentials never on a command line), so the test's commands, and the
     processes it starts, are the same on both. The database sorts text by
-    :data:`POSTGRESQL_COLLATION`, and is a copy of one already at the schema's
-    head: migrating one per test would cost ~1 s.
+    :data:`POSTGRESQL_COLLATION` and is already at the schema's head; the
+    next test gets it back emptied (:meth:`PostgresCluster.borrow_index_database`).
     """
     backend = getattr(request, "param", "sqlite")
-    if backend == "postgresql":
-        cluster = request.getfixturevalue("postgresql_cluster")
-        monkeypatch.setenv("PYCOMEX_INDEX", cluster.new_database(icu_locale=POSTGRESQL_COLLATION, at_head=True))
-    return backend
+    if backend == "sqlite":
+        yield backend
+        return
+    cluster = request.getfixturevalue("postgresql_cluster")
+    url = cluster.borrow_index_database()
+    monkeypatch.setenv("PYCOMEX_INDEX", url)
+    try:
+        yield backend
+    finally:
+        cluster.give_back(url)
 
 
 def index_query(archive: Path, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:

@@ -277,8 +277,14 @@ def test_running_runs_unchanged_for_quiet_after_are_polled_rarely_not_watched(
     write_run(archive / "neural_net" / "killed_1", status="done")  # it was only quiet after all
     assert wait_until(lambda: reader.outcomes().get("neural_net/killed_1") == "done", timeout=3)
     write_run(archive / "neural_net" / "killed_2", status="running")  # it came back to life: watched again
-    assert wait_until(lambda: watcher.status().watch_count == FIXTURE_WATCHES + 1, timeout=3)
-    assert "1 running experiments unchanged" in watcher.status().note
+    # The count and the note are updated one after the other: wait for both.
+    assert wait_until(
+        lambda: (
+            watcher.status().watch_count == FIXTURE_WATCHES + 1
+            and "1 running experiments unchanged" in watcher.status().note
+        ),
+        timeout=3,
+    )
 
 
 def test_a_watched_run_that_goes_quiet_is_retired_to_rare_polling(archive, start_watcher, reader, monkeypatch):
@@ -352,6 +358,7 @@ def test_local_disk_is_not_taken_for_a_network_filesystem(tmp_path):
     assert not is_network_filesystem(str(tmp_path))
 
 
+@pytest.mark.sqlite_only("deletes the SQLite index file under the watcher")
 def test_watcher_stops_when_its_index_is_deleted_under_it(archive, start_watcher):
     watcher = start_watcher()
     shutil.rmtree(archive / ".pycomex_index")
