@@ -15,7 +15,6 @@ import os
 import pty
 import select
 import shlex
-import sqlite3
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import make_metadata, write_meta
+from tests.conftest import index_query, make_metadata, write_meta
 
 INDEX_FILE = Path(".pycomex_index") / "index.sqlite3"
 
@@ -34,26 +33,22 @@ def experiments(count: int) -> str:
 
 
 def index_file(archive: Path) -> Path:
+    """The archive's SQLite index file (the default place; on PostgreSQL there is none)."""
     return archive / INDEX_FILE
-
-
-def _connect(archive: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{index_file(archive)}?mode=ro", uri=True)
 
 
 def index_paths(archive: Path) -> set[str]:
     """The experiment paths the index holds right now."""
-    with _connect(archive) as connection:
-        return {row[0] for row in connection.execute("SELECT rel_path FROM experiments")}
+    return {row[0] for row in index_query(archive, "SELECT rel_path FROM experiments WHERE archive_id = :archive_id")}
 
 
 def index_documents(archive: Path) -> dict[str, dict[str, Any] | None]:
     """What the index holds of every experiment's metadata: its small top-level keys and ``p`` (None when unreadable)."""
-    with _connect(archive) as connection:
-        rows = connection.execute(
-            "SELECT e.rel_path, f.summary_json, f.parameters_json FROM experiments e "
-            "LEFT JOIN experiment_fields f ON f.experiment_id = e.id"
-        ).fetchall()
+    rows = index_query(
+        archive,
+        "SELECT e.rel_path, f.summary_json, f.parameters_json FROM experiments e "
+        "LEFT JOIN experiment_fields f ON f.experiment_id = e.id WHERE e.archive_id = :archive_id",
+    )
     return {
         rel_path: {"summary": json.loads(summary), "p": json.loads(parameters)} if summary is not None else None
         for rel_path, summary, parameters in rows
@@ -74,18 +69,10 @@ def indexed_form(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def index_stats(archive: Path) -> dict[str, tuple[int, int]]:
     """``rel_path -> (meta_mtime_ns, meta_size)`` as stored in the index."""
-    with _connect(archive) as connection:
-        return {
-            rel_path: (mtime, size)
-            for rel_path, mtime, size in connection.execute(
-                "SELECT rel_path, meta_mtime_ns, meta_size FROM experiments"
-            )
-        }
-
-
-def query(archive: Path, sql: str) -> list[tuple]:
-    with _connect(archive) as connection:
-        return connection.execute(sql).fetchall()
+    rows = index_query(
+        archive, "SELECT rel_path, meta_mtime_ns, meta_size FROM experiments WHERE archive_id = :archive_id"
+    )
+    return {rel_path: (mtime, size) for rel_path, mtime, size in rows}
 
 
 def experiments_on_disk(archive: Path) -> set[str]:
@@ -269,9 +256,8 @@ def generate_archive(root: Path, count: int, *, per_folder: int = 200, payload: 
 
 
 def cli_process(*args: str, **popen: Any) -> subprocess.Popen:
-    """The real CLI in a child process (for kills and terminals), without progress bars."""
+    """The real CLI in a child process (for kills and terminals), without progress bars, on the test's backend."""
     env = {**os.environ, "PYCOMEX_INDEX_NO_PROGRESS": "1"}
-    env.pop("PYCOMEX_INDEX", None)
     return subprocess.Popen([sys.executable, "-m", "pycomex_index", *args], env=env, **popen)
 
 

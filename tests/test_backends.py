@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import index_query, make_metadata, write_meta
+from tests.conftest import add_awkward_runs, index_query, make_metadata, write_meta
+from tests.helpers_write import experiments_on_disk, index_paths
 
 READ_COMMANDS = [
     ["list"],
@@ -68,3 +69,34 @@ def test_sync_adds_updates_and_removes_rows_on_either_backend(archive: Path, run
     rows = index_query(archive, "SELECT rel_path FROM experiments WHERE archive_id = :archive_id ORDER BY rel_path")
     assert ("extra/run",) in rows and ("debug_runs/renamed",) in rows and len(rows) == 9
     assert sync()["unchanged"] == 9
+
+
+def _oldest_first(runs: dict[str, float | None]) -> list[str]:
+    """SQLite's order, which every backend must give: no start time first, then by time, ties by path bytes."""
+    return sorted(runs, key=lambda rel_path: (runs[rel_path] is not None, runs[rel_path] or 0.0, rel_path.encode()))
+
+
+@pytest.mark.parametrize("select", [[], ["--select", "True"]], ids=["index order", "selection"])
+def test_runs_without_start_time_with_equal_times_or_punctuation_sort_alike_on_every_backend(
+    tmp_path: Path, run_cli, select: list[str]
+) -> None:
+    archive = tmp_path / "results"
+    runs = add_awkward_runs(archive)
+
+    def rel_paths(*command: str) -> list[str]:
+        result = run_cli("archive", *command, "--json", *select, "--path", str(archive))
+        assert result.exit_code == 0, result.output
+        return [entry["rel_path"] for entry in json.loads(result.stdout)]
+
+    assert rel_paths("list") == _oldest_first(runs)
+    assert rel_paths("tail", "-n", "4") == _oldest_first(runs)[::-1][:4]
+
+
+def test_deleting_a_folders_runs_leaves_its_punctuation_siblings_on_every_backend(tmp_path: Path, run_cli) -> None:
+    archive = tmp_path / "results"
+    runs = add_awkward_runs(archive)
+    result = run_cli(
+        "archive", "delete", "--path", str(archive), "--select", "m['name'].startswith('exp/run/')", "--yes"
+    )
+    assert result.exit_code == 0, result.output
+    assert index_paths(archive) == set(runs) - {"exp/run/a", "exp/run/b"} == experiments_on_disk(archive)

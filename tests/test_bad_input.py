@@ -191,6 +191,7 @@ def test_no_match_says_so_and_exits_zero(archive: Path, run_cli) -> None:
     assert "No experiments match" in result.stderr
 
 
+@pytest.mark.sqlite_only("a damaged SQLite file is set aside; a PostgreSQL server keeps its own files")
 def test_an_index_file_that_is_garbage_is_set_aside_and_rebuilt(archive: Path, run_cli) -> None:
     index_file = archive / ".pycomex_index" / "index.sqlite3"
     index_file.parent.mkdir()
@@ -203,6 +204,7 @@ def test_an_index_file_that_is_garbage_is_set_aside_and_rebuilt(archive: Path, r
     assert len(set_aside) == 1 and set_aside[0].read_bytes().startswith(b"this is not sqlite")
 
 
+@pytest.mark.sqlite_only("a damaged SQLite file is set aside; a PostgreSQL server keeps its own files")
 def test_an_index_with_a_valid_header_but_damaged_pages_is_rebuilt(archive: Path, run_cli) -> None:
     assert run_cli("archive", "list", "--path", str(archive)).exit_code == 0
     index_file = archive / ".pycomex_index" / "index.sqlite3"
@@ -223,6 +225,7 @@ def test_an_index_with_a_valid_header_but_damaged_pages_is_rebuilt(archive: Path
 # ------------------------------------------------------------------ the index database: locked, full, foreign
 
 
+@pytest.mark.sqlite_only("holds SQLite's file write lock")
 def test_a_locked_index_is_a_one_line_busy_error(archive: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
     assert run_cli("archive", "list", "--path", str(archive)).exit_code == 0
     holder = sqlite3.connect(archive / ".pycomex_index" / "index.sqlite3", isolation_level=None)
@@ -245,6 +248,7 @@ FOREIGN_FILES = {
 }
 
 
+@pytest.mark.sqlite_only("--index names a file: SQLite")
 @pytest.mark.parametrize("name", sorted(FOREIGN_FILES))
 def test_index_option_naming_a_users_file_refuses_and_leaves_it_untouched(
     archive: Path, tmp_path: Path, run_cli, name: str
@@ -258,6 +262,7 @@ def test_index_option_naming_a_users_file_refuses_and_leaves_it_untouched(
     assert (folder / name).read_bytes() == FOREIGN_FILES[name]
 
 
+@pytest.mark.sqlite_only("--index names a SQLite file")
 def test_index_option_naming_another_applications_damaged_database_refuses(
     archive: Path, tmp_path: Path, run_cli
 ) -> None:
@@ -279,6 +284,7 @@ def test_index_option_naming_another_applications_damaged_database_refuses(
     ]
 
 
+@pytest.mark.sqlite_only("--index names a file: SQLite")
 @pytest.mark.parametrize("target", ["/dev/null", "folder"])
 def test_index_option_naming_a_device_or_folder_is_refused_without_litter(
     archive: Path, tmp_path: Path, run_cli, target: str
@@ -293,6 +299,7 @@ def test_index_option_naming_a_device_or_folder_is_refused_without_litter(
     assert not any(os.path.lexists(target + suffix) for suffix in ("-wal", "-shm", "-journal"))
 
 
+@pytest.mark.sqlite_only("a damaged SQLite file is set aside")
 def test_a_users_file_that_is_a_damaged_pycomex_index_is_set_aside(archive: Path, tmp_path: Path, run_cli) -> None:
     """Named with --index, outside our folders: our mark in its header makes it ours to rebuild."""
     index_file = tmp_path / "indexes" / "results.sqlite3"
@@ -688,6 +695,7 @@ def test_no_hostile_archive_stops_a_read_command(tmp_path: Path, run_cli, runs) 
     assert figures["total"] == len(runs)
 
 
+@pytest.mark.sqlite_only("--index names a SQLite file built at revision 0005")
 def test_an_index_from_revision_0005_reads_again_what_it_stored_lossily(tmp_path: Path, run_cli) -> None:
     """Revision 0005 wrote Infinity as null and kept absurd times; the upgrade makes the next sync re-read such runs."""
     from pycomex_index.db import SqliteFileDatabase

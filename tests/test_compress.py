@@ -15,14 +15,13 @@ from pycomex_index.exports import recent_exports
 from pycomex_index.operations import select_experiments
 from pycomex_index.store import open_archive_index
 from pycomex_index.sync import sync_archive
-from tests.conftest import make_metadata, write_meta
+from tests.conftest import index_query, make_metadata, write_meta
 from tests.helpers_write import (
     add_spec_experiments,
     experiments,
     experiments_on_disk,
     freeze_index,
     oracle_selection,
-    query,
     run_on_terminal,
     select_of,
     spec_args,
@@ -122,11 +121,14 @@ def test_spec_compress_examples_write_pycomex_layout_and_record_the_export(
     assert result.stdout.endswith(f"Created: {name} ({format_size(size)})\n")
     listed = [line.strip() for line in result.stdout.splitlines() if line.startswith("  results/")]
     assert sorted(listed) == (sorted(f"results/{rel}" for rel in selected) if "-v" in args else [])
-    # Recorded by the command itself, read straight from the index file:
-    (export,) = query(spec_archive, "SELECT id, zip_path, size, sha256, experiment_count FROM exports")
+    # Recorded by the command itself, read straight from the index:
+    (export,) = index_query(spec_archive, "SELECT id, zip_path, size, sha256, experiment_count FROM exports")
     assert export[1:] == (str(zip_path), size, hashlib.sha256(zip_path.read_bytes()).hexdigest(), len(selected))
     members = {
-        row[0] for row in query(spec_archive, f"SELECT rel_path FROM export_members WHERE export_id = {export[0]}")
+        row[0]
+        for row in index_query(
+            spec_archive, "SELECT rel_path FROM export_members WHERE export_id = :export_id", {"export_id": export[0]}
+        )
     }
     assert members == selected
     assert not [name for name in os.listdir(workdir) if name != zip_path.name]
@@ -226,7 +228,7 @@ def test_target_in_a_missing_folder_is_a_clear_error(spec_archive: Path, tmp_pat
         f"Error: cannot write {tmp_path / 'nowhere' / 'out.zip'}: the folder {tmp_path / 'nowhere'} does not exist"
     )
     assert not (tmp_path / "nowhere").exists()
-    assert query(spec_archive, "SELECT COUNT(*) FROM exports") == [(0,)]
+    assert index_query(spec_archive, "SELECT COUNT(*) FROM exports") == [(0,)]
 
 
 def test_target_that_is_a_folder_is_a_clear_error(spec_archive: Path, tmp_path: Path, run_cli) -> None:
@@ -314,7 +316,7 @@ def test_target_inside_the_archive_is_always_refused(
         == f"Error: cannot write {target}: it lies inside the archive {spec_archive}; write the ZIP outside it\n"
     )
     assert _tree(spec_archive) == before  # byte for byte, and no temporary either
-    assert query(spec_archive, "SELECT COUNT(*) FROM exports") == [(0,)]  # the index is whole, too
+    assert index_query(spec_archive, "SELECT COUNT(*) FROM exports") == [(0,)]  # the index is whole, too
 
 
 def test_existing_file_is_not_replaced_without_overwrite_when_nobody_can_confirm(
@@ -327,7 +329,7 @@ def test_existing_file_is_not_replaced_without_overwrite_when_nobody_can_confirm
     assert result.stdout == ""
     assert (tmp_path / "backup.zip").read_bytes() == b"the previous backup"
     assert sorted(os.listdir(tmp_path)) == ["backup.zip", "results"]
-    assert query(spec_archive, "SELECT COUNT(*) FROM exports") == [(0,)]
+    assert index_query(spec_archive, "SELECT COUNT(*) FROM exports") == [(0,)]
 
 
 @pytest.mark.parametrize(("answer", "replaces"), [("y", True), ("yes", True), ("n", False), ("", False)])
@@ -346,12 +348,12 @@ def test_existing_file_is_replaced_on_a_terminal_only_after_yes(
     if replaces:
         assert exit_code == 0, output
         assert zipfile.is_zipfile(target)
-        assert query(spec_archive, "SELECT COUNT(*) FROM exports") == [(1,)]
+        assert index_query(spec_archive, "SELECT COUNT(*) FROM exports") == [(1,)]
     else:
         assert exit_code == 1, output
         assert "Nothing was written." in output
         assert target.read_bytes() == b"the previous backup"
-        assert query(spec_archive, "SELECT COUNT(*) FROM exports") == [(0,)]
+        assert index_query(spec_archive, "SELECT COUNT(*) FROM exports") == [(0,)]
     assert sorted(os.listdir(tmp_path)) == ["backup.zip", "results"]
 
 

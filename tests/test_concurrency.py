@@ -1,4 +1,4 @@
-"""Several processes writing one PostgreSQL index at once (issue 12, item 3): the lab's normal day.
+"""Several processes writing one index at once (issue 12, item 3): the lab's normal day, on both backends.
 
 Hosts sync the same archive, the daemon applies changes, write commands
 write through: their transactions overlap on the same rows. Writes go in
@@ -31,8 +31,8 @@ from pycomex_index.operations import reindex_experiment
 from pycomex_index.store import open_archive_index
 from pycomex_index.sync import sync_archive
 
-archive, url, seed, rounds, start_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
-namespaces, runs = json.loads(sys.argv[6]), json.loads(sys.argv[7])
+archive, seed, rounds, start_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+namespaces, runs = json.loads(sys.argv[5]), json.loads(sys.argv[6])
 rng = random.Random(seed)
 
 def write(folder, name):
@@ -46,7 +46,7 @@ def write(folder, name):
     os.replace(temporary, os.path.join(folder, "experiment_meta.json"))
 
 time.sleep(max(0.0, start_at - time.time()))
-with open_archive_index(archive, url) as index:
+with open_archive_index(archive) as index:  # the test's backend, by PYCOMEX_INDEX
     for round_number in range(rounds):
         touched = []
         for _ in range(15):
@@ -67,7 +67,7 @@ with open_archive_index(archive, url) as index:
 
 
 def test_processes_syncing_and_writing_overlapping_runs_at_once_leave_the_index_equal_to_the_disk(
-    tmp_path: Path, postgresql_url: str
+    tmp_path: Path, index_backend: str
 ) -> None:
     archive = tmp_path / "results"
     for namespace in NAMESPACES:
@@ -81,7 +81,6 @@ def test_processes_syncing_and_writing_overlapping_runs_at_once_leave_the_index_
                 "-c",
                 WORKER,
                 str(archive),
-                postgresql_url,
                 str(seed),
                 "12",
                 start_at,
@@ -104,16 +103,13 @@ def test_processes_syncing_and_writing_overlapping_runs_at_once_leave_the_index_
             stat.st_size,
             json.loads(meta.read_text())["name"],
         )
-    from pycomex_index.store import open_archive_index
-
-    with open_archive_index(str(archive), postgresql_url) as index:
-        in_index = {
-            rel_path: (mtime, size, name)
-            for rel_path, mtime, size, name in index.db.execute(
-                "SELECT rel_path, meta_mtime_ns, meta_size, name FROM experiments WHERE archive_id = :archive_id",
-                {"archive_id": index.archive_id},
-            )
-        }
+    in_index = {
+        rel_path: (mtime, size, name)
+        for rel_path, mtime, size, name in index_query(
+            archive,
+            "SELECT rel_path, meta_mtime_ns, meta_size, name FROM experiments WHERE archive_id = :archive_id",
+        )
+    }
     assert in_index == on_disk
 
 

@@ -23,6 +23,7 @@ import pytest
 from pycomex_index.daemon import pid_file_name, pid_file_owner
 from pycomex_index.paths import path_in_index, process_is_alive
 
+from .conftest import peek_index
 from .test_watcher import ODD_RUNS, _write_odd_run, wait_until, write_run
 
 MODES = {
@@ -90,11 +91,7 @@ def listed(archive: Path) -> dict[str, str]:
 
 
 def index_outcomes(archive: Path) -> dict[str, str]:
-    connection = sqlite3.connect(archive / ".pycomex_index" / "index.sqlite3")
-    try:
-        return dict(connection.execute("SELECT rel_path, outcome FROM experiments"))
-    finally:
-        connection.close()
+    return {row["rel_path"]: row["outcome"] for row in peek_index(archive, "SELECT rel_path, outcome FROM experiments")}
 
 
 def files_touched_by(archive: Path, tmp_path: Path, *args: str) -> tuple[int, str]:
@@ -111,13 +108,8 @@ def files_touched_by(archive: Path, tmp_path: Path, *args: str) -> tuple[int, st
 
 def heartbeat(archive: Path) -> dict[str, Any] | None:
     """The watcher row of the index, read directly (cheaper than a ``daemon status`` process)."""
-    connection = sqlite3.connect(archive / ".pycomex_index" / "index.sqlite3")
-    connection.row_factory = sqlite3.Row
-    try:
-        row = connection.execute("SELECT * FROM watchers").fetchone()
-        return dict(row) if row else None
-    finally:
-        connection.close()
+    rows = peek_index(archive, "SELECT * FROM watchers")
+    return rows[0] if rows else None
 
 
 @pytest.fixture
@@ -244,9 +236,7 @@ def test_stopping_clears_the_heartbeat_and_the_pid_file(archive, daemon, tmp_pat
             == f"Stopped the daemon (pid {status['pid']}).\n"
         )
     assert wait_until(lambda: not (archive / ".pycomex_index" / pid_file_name()).exists())
-    connection = sqlite3.connect(archive / ".pycomex_index" / "index.sqlite3")
-    assert connection.execute("SELECT COUNT(*) FROM watchers").fetchone() == (0,)
-    connection.close()
+    assert peek_index(archive, "SELECT * FROM watchers") == []
     touched, _ = files_touched_by(archive, tmp_path, "archive", "list", "--path", str(archive))
     assert touched > 0
     assert "stopped watching" in (archive / ".pycomex_index" / "daemon.log").read_text()

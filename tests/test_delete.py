@@ -358,7 +358,9 @@ def test_folder_holding_other_experiments_is_refused_and_the_rest_deleted(tmp_pa
         assert experiments_on_disk(archive) == {"ns", "other/run"} == index_paths(archive)
 
 
-def test_folder_that_came_to_hold_other_experiments_after_the_preview_is_not_deleted(tmp_path: Path) -> None:
+def test_folder_that_came_to_hold_other_experiments_after_the_preview_is_not_deleted(
+    tmp_path: Path, index_backend: str
+) -> None:
     from pycomex_index.delete import FAILED, delete_experiments, plan_delete
     from pycomex_index.store import open_archive_index
     from pycomex_index.sync import sync_archive

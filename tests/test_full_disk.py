@@ -22,8 +22,8 @@ import pytest
 
 from pycomex_index.atomic import TEMPORARY_SUFFIX, write_atomic
 from pycomex_index.errors import IndexFullError
-from tests.conftest import make_metadata, write_meta
-from tests.helpers_write import assert_index_matches_disk, generate_archive, query
+from tests.conftest import index_query, make_metadata, write_meta
+from tests.helpers_write import assert_index_matches_disk, generate_archive
 
 NO_SPACE = "no space left on the device; nothing was lost"
 
@@ -114,7 +114,7 @@ def test_compress_on_a_full_disk_leaves_no_temporary_and_no_zip(
     assert _one_error_line(result) == f"Error: {NO_SPACE}, free some space and run the command again"
     assert os.listdir(tiny_filesystem.path) == []  # neither the ZIP nor its temporary
     assert _files(archive) == before
-    assert query(archive, "SELECT COUNT(*) FROM exports") == [(0,)]
+    assert index_query(archive, "SELECT COUNT(*) FROM exports") == [(0,)]
     assert_index_matches_disk(archive)
 
 

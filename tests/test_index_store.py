@@ -46,6 +46,7 @@ def _schema_differences(database_path: Path) -> list:
     return differences
 
 
+@pytest.mark.sqlite_only("the default SQLite file; test_postgresql.py checks a new PostgreSQL index against the models")
 def test_a_new_index_is_created_at_head_and_matches_the_models(archive: Path) -> None:
     with open_archive_index(str(archive)) as index:
         sync_archive(index)
@@ -62,6 +63,7 @@ def test_the_experiment_model_has_exactly_the_columns_of_the_one_definition() ->
     assert [column.name for column in Experiment.__table__.columns] == keys + list(EXPERIMENT_COLUMNS)
 
 
+@pytest.mark.sqlite_only("builds a SQLite file at an old revision")
 def test_an_index_at_the_first_revision_is_upgraded_keeping_its_rows(archive: Path, tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     old = SqliteFileDatabase(str(path))
@@ -94,6 +96,7 @@ def test_an_index_at_the_first_revision_is_upgraded_keeping_its_rows(archive: Pa
     assert _schema_differences(path) == []
 
 
+@pytest.mark.sqlite_only("builds a SQLite file at an old revision")
 def test_an_index_at_revision_0007_gains_the_liveness_table_keeping_its_rows(archive: Path, tmp_path: Path) -> None:
     path = tmp_path / "0007.sqlite3"
     old = SqliteFileDatabase(str(path))
@@ -111,6 +114,7 @@ def test_an_index_at_revision_0007_gains_the_liveness_table_keeping_its_rows(arc
         assert index.db.fetch_one("SELECT COUNT(*) FROM run_liveness")[0] == 0
 
 
+@pytest.mark.sqlite_only("builds a SQLite file at an old revision")
 def test_an_index_at_0008_gets_its_parameter_columns_filled(archive: Path, tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     old = SqliteFileDatabase(str(path))
@@ -154,12 +158,14 @@ def test_an_index_at_0008_gets_its_parameter_columns_filled(archive: Path, tmp_p
     assert _schema_differences(path) == []
 
 
+@pytest.mark.sqlite_only("SQLite's WAL and busy timeout")
 def test_the_index_is_in_wal_mode(archive: Path) -> None:
     with open_archive_index(str(archive)) as index:
         assert index.db.fetch_one("PRAGMA journal_mode")[0] == "wal"
         assert index.db.fetch_one("PRAGMA busy_timeout")[0] > 0
 
 
+@pytest.mark.sqlite_only("where the SQLite file is placed")
 def test_index_option_and_environment_variable_place_the_index(
     archive: Path, tmp_path: Path, run_cli, monkeypatch
 ) -> None:
@@ -174,6 +180,7 @@ def test_index_option_and_environment_variable_place_the_index(
     assert from_env.exists()
 
 
+@pytest.mark.sqlite_only("a SQLite file's path must not be URL-decoded")
 @pytest.mark.parametrize("folder_name", ["pc%41t", "100%"])
 def test_a_percent_sign_in_the_archive_or_index_path_is_taken_literally(
     tmp_path: Path, run_cli, folder_name: str
@@ -191,6 +198,7 @@ def test_a_percent_sign_in_the_archive_or_index_path_is_taken_literally(
     assert not (tmp_path / "pcAt").exists()
 
 
+@pytest.mark.sqlite_only("a sqlite:/// URL")
 def test_a_sqlalchemy_url_works_as_index(archive: Path, tmp_path: Path, run_cli) -> None:
     url = f"sqlite:///{tmp_path / 'by-url.sqlite3'}?timeout=30"  # the query string routes it through SQLAlchemy
     result = run_cli("archive", "list", "--path", str(archive), "--index", url, "--json")
@@ -202,6 +210,7 @@ def test_a_sqlalchemy_url_works_as_index(archive: Path, tmp_path: Path, run_cli)
     assert status["experiments"] == 8 and status["revision"] == HEAD_REVISION
 
 
+@pytest.mark.sqlite_only("the SQLite file moves to the user cache")
 def test_a_read_only_mount_gets_its_index_in_the_user_cache(archive: Path, tmp_path: Path, run_cli) -> None:
     """Root ignores permission bits, so simulate the read-only case the way a mount does: the index folder is a file."""
     (archive / ".pycomex_index").write_text("not a folder")
@@ -216,7 +225,7 @@ def test_index_status_reports_location_rows_revision_and_last_sync(archive: Path
     assert never["last_sync_at"] is None and never["experiments"] == 0
     run_cli("index", "sync", "--path", str(archive))
     status = json.loads(run_cli("index", "status", "--path", str(archive), "--json").stdout)
-    assert status["location"] == str(archive / ".pycomex_index" / "index.sqlite3")
+    assert status["location"] == os.environ.get("PYCOMEX_INDEX", str(archive / ".pycomex_index" / "index.sqlite3"))
     assert status["experiments"] == 8
     assert status["revision"] == HEAD_REVISION
     assert status["last_sync_at"] is not None
@@ -241,6 +250,7 @@ def test_rebuild_help_says_what_rebuild_does(run_cli) -> None:
     assert "Read every experiment again" in shown and "Forget" not in shown
 
 
+@pytest.mark.sqlite_only("the SQLite file itself")
 def test_the_index_database_is_a_plain_sqlite_file_other_tools_can_read(archive: Path) -> None:
     with open_archive_index(str(archive)) as index:
         sync_archive(index)
@@ -369,6 +379,7 @@ DAMAGE_CASES = [
 ]
 
 
+@pytest.mark.sqlite_only("damaged SQLite pages")
 @pytest.mark.parametrize(
     ("command", "btree", "at_once"),
     DAMAGE_CASES,
@@ -407,6 +418,7 @@ def test_damaged_pages_are_set_aside_and_rebuilt_keeping_journal_and_exports(
     assert status["experiments"] == DAMAGE_EXPERIMENTS and len(status["exports"]) == 1
 
 
+@pytest.mark.sqlite_only("a damaged SQLite file is rebuilt")
 def test_undo_works_after_the_index_was_rebuilt(damaged_archive: Path, run_cli) -> None:
     index_file = damaged_archive / ".pycomex_index" / "index.sqlite3"
     _damage(index_file, "experiments")
@@ -421,6 +433,7 @@ def test_undo_works_after_the_index_was_rebuilt(damaged_archive: Path, run_cli) 
     assert len(listed) == DAMAGE_EXPERIMENTS
 
 
+@pytest.mark.sqlite_only("damaged SQLite pages")
 def test_a_damaged_journal_keeps_its_readable_entries_and_says_what_was_lost(damaged_archive: Path, run_cli) -> None:
     index_file = damaged_archive / ".pycomex_index" / "index.sqlite3"
     _damage(index_file, "modify_journal")
@@ -460,6 +473,7 @@ def _make_unwritable(path: Path) -> None:
         pytest.skip(f"chattr +i does not work here: {result.stderr.strip()}")
 
 
+@pytest.mark.sqlite_only("an immutable SQLite file")
 def test_an_unwritable_index_serves_reads_with_one_warning_and_refuses_writes(real_disk_folder: Path, run_cli) -> None:
     archive = _copy_writable(FIXTURE_ARCHIVE, real_disk_folder / "results")
     assert run_cli("archive", "list", "--path", str(archive)).exit_code == 0

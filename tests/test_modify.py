@@ -14,13 +14,12 @@ import pytest
 
 from pycomex_index.modify import ModificationFailed, ModifyCode, apply_modification, transform_metadata
 from pycomex_index.selection import compile_expression
-from tests.conftest import make_metadata, read_meta, write_meta
+from tests.conftest import index_query, make_metadata, read_meta, write_meta
 from tests.helpers_write import (
     assert_index_matches_disk,
     experiments,
     freeze_index,
     index_documents,
-    query,
     spec_args,
 )
 
@@ -354,7 +353,7 @@ def test_dry_run_prints_the_spec_output_exactly(tmp_path: Path, run_cli) -> None
         "Would modify 2 experiments.\n"
     )
     assert _files_in(archive) == before
-    assert query(archive, "SELECT COUNT(*) FROM modify_runs") == [(0,)]
+    assert index_query(archive, "SELECT COUNT(*) FROM modify_runs") == [(0,)]
 
 
 def _files_in(archive: Path) -> dict[str, tuple[bytes, int]]:
@@ -675,7 +674,7 @@ def test_undo_restores_the_exact_previous_bytes_and_the_index(modify_archive: Pa
     assert result.stdout.endswith("Restored 4 files.\n")
     assert _files(modify_archive) == before
     assert_index_matches_disk(modify_archive)
-    assert query(modify_archive, "SELECT undone_at IS NOT NULL FROM modify_runs") == [(1,)]
+    assert index_query(modify_archive, "SELECT undone_at IS NOT NULL FROM modify_runs") == [(1,)]
     again = run_cli("archive", "undo", "--path", str(modify_archive), "--yes")
     assert again.exit_code == 0 and again.stderr == "Nothing to undo: no modify has changed files in this archive.\n"
     by_id = run_cli("archive", "undo", "--path", str(modify_archive), "--id", "1", "--yes")
@@ -742,7 +741,7 @@ def test_undo_refuses_files_changed_since_and_restores_the_rest(modify_archive: 
     assert {rel: content for rel, content in _files(modify_archive).items() if rel != B} == {
         rel: content for rel, content in before.items() if rel != B
     }
-    assert query(modify_archive, "SELECT undone_at FROM modify_runs") == [(None,)]
+    assert index_query(modify_archive, "SELECT undone_at FROM modify_runs") == [(None,)]
 
 
 def test_modify_and_undo_show_in_list_and_overview_without_a_sync(modify_archive: Path, run_cli) -> None:

@@ -54,29 +54,6 @@ def test_rows_below_a_folder_are_found_by_byte_order_in_a_non_c_collation(
     assert [row[0] for row in ordered] == sorted(row[0] for row in ordered)
 
 
-def test_runs_without_a_start_time_are_listed_in_the_same_place_on_both_backends(
-    archive: Path, run_cli, postgresql_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    unstarted = make_metadata(name="unstarted")
-    del unstarted["start_time"]
-    write_meta(archive / "queued" / "run", unstarted)
-    outputs = {}
-    for backend in ("sqlite", "postgresql"):
-        if backend == "postgresql":
-            monkeypatch.setenv("PYCOMEX_INDEX", postgresql_url)
-        outputs[backend] = [
-            run_cli("archive", *command, "--path", str(archive)).output
-            for command in (
-                ["list"],
-                ["tail", "-n", "3"],
-                ["list", "--select", "True"],
-                ["tail", "-n", "3", "--select", "True"],
-            )
-        ]
-    assert "queued/run" in outputs["sqlite"][0]
-    assert outputs["postgresql"] == outputs["sqlite"]
-
-
 def test_a_nul_character_in_metadata_never_fails_the_archive(archive: Path, run_cli, index_backend: str) -> None:
     write_meta(archive / "odd" / "run", make_metadata(name="nul\u0000name", description="a\u0000b"))
     result = run_cli("archive", "list", "--path", str(archive))

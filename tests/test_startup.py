@@ -73,6 +73,9 @@ def test_a_commands_help_imports_its_own_module_only(tmp_path: Path) -> None:
     assert not {"pycomex_index.sync", "sqlite3", "rich"} & modules
 
 
+@pytest.mark.sqlite_only(
+    "pins the modules of the SQLite path (sqlite3, no SQLAlchemy); PostgreSQL is reached through SQLAlchemy"
+)
 def test_tail_with_a_live_watcher_imports_only_what_it_reads_with(archive: Path, run_cli) -> None:
     assert run_cli("index", "sync", "--path", str(archive)).exit_code == 0
     freeze_index(archive)  # a live watcher's heartbeat: no walk, no write
@@ -125,6 +128,9 @@ def test_a_lazy_group_lists_its_commands_as_click_would_once_they_are_loaded() -
             )
 
 
+@pytest.mark.sqlite_only(
+    "pins the modules of the SQLite path (sqlite3, no SQLAlchemy); PostgreSQL is reached through SQLAlchemy"
+)
 def test_a_read_command_on_a_current_index_does_not_import_alembic_or_sqlalchemy(archive: Path) -> None:
     first = _modules_loaded_by(["archive", "list", "--path", str(archive)], archive.parent)
     assert "alembic" in first  # the new index was created by the migrations

@@ -22,13 +22,13 @@ import pytest
 
 from pycomex_index.atomic import TEMPORARY_SUFFIX, remove_stale_temporaries, write_atomic
 from pycomex_index.delete import TRASH_FOLDER
+from tests.conftest import index_query, peek_index
 from tests.helpers_write import (
     assert_index_matches_disk,
     cli_process,
     experiments_on_disk,
     generate_archive,
     index_paths,
-    query,
 )
 
 EXPERIMENTS = 2000
@@ -72,7 +72,7 @@ def test_modify_killed_at_a_random_moment_leaves_every_file_whole_and_undoable(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    journaled = lambda: query(archive, "SELECT COUNT(*) FROM modify_journal")[0][0] >= kill_after  # noqa: E731
+    journaled = lambda: peek_index(archive, "SELECT COUNT(*) AS n FROM modify_journal")[0]["n"] >= kill_after  # noqa: E731
     _kill_when(process, journaled, chance.uniform(0, 0.004))
 
     changed = 0
@@ -82,7 +82,7 @@ def test_modify_killed_at_a_random_moment_leaves_every_file_whole_and_undoable(
         if content != original[rel_path]:
             assert metadata == {**json.loads(original[rel_path]), "touched": True, "note": "x" * 4000}, (seed, rel_path)
             changed += 1
-    journal = query(archive, "SELECT COUNT(*) FROM modify_journal")[0][0]
+    journal = index_query(archive, "SELECT COUNT(*) FROM modify_journal")[0][0]
     assert changed in (journal, journal - 1), seed  # every changed file was journaled first
 
     listed = run_cli("archive", "list", "--path", str(archive))  # the next command's sync mends the index
@@ -133,7 +133,7 @@ def test_compress_killed_never_leaves_a_partial_zip_under_the_name(
         assert target.read_bytes() == b"the previous backup", seed
     else:
         assert not target.exists(), seed
-    assert query(archive, "SELECT COUNT(*) FROM exports") == [(0,)]
+    assert index_query(archive, "SELECT COUNT(*) FROM exports") == [(0,)]
 
     again = run_cli("archive", "compress", "--path", str(archive), "--all", "--name", str(target), "--overwrite")
     assert again.exit_code == 0, again.output
@@ -162,7 +162,10 @@ def test_delete_killed_leaves_each_run_whole_or_gone_and_the_next_delete_clears_
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deleted_enough = lambda: query(archive, "SELECT COUNT(*) FROM experiments")[0][0] <= EXPERIMENTS - kill_after  # noqa: E731
+
+    def deleted_enough() -> bool:
+        return peek_index(archive, "SELECT COUNT(*) AS n FROM experiments")[0]["n"] <= EXPERIMENTS - kill_after
+
     _kill_when(process, deleted_enough, chance.uniform(0, 0.004))
 
     on_disk = experiments_on_disk(archive)
