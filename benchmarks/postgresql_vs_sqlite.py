@@ -41,22 +41,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 POSTGRESQL_BIN = Path("/usr/lib/postgresql/15/bin")
-SELECT = "m['status'] == 'done' and p['LEARNING_RATE'] < 0.01"
-#: (label, archive arguments): the command set of run_benchmarks.py.
-COMMANDS: list[tuple[str, list[str]]] = [
-    ("list", ["list"]),
-    ("tail", ["tail"]),
-    ("tail -n 10", ["tail", "-n", "10"]),
-    ("overview", ["overview"]),
-    ("info", ["info"]),
-    ("scan", ["scan"]),
-    ("list --select", ["list", "--select", SELECT]),
-]
 #: A ratio PG / SQLite above this fails issue 12's goal (marked in the table).
 TARGET_RATIO = 2.0
 
 sys.path.insert(0, str(HERE))
 from generate_archive import generate_archive  # noqa: E402
+from run_benchmarks import COMMANDS  # noqa: E402 - the same command set, timed on both backends
 
 
 class ThrowawayCluster:
