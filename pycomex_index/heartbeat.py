@@ -6,15 +6,17 @@ process is still alive. Anything else (no watcher, a killed one, a stale
 heartbeat) means the command syncs as if no watcher existed.
 
 The heartbeat lives in the watcher's lease row (:mod:`pycomex_index.lease`):
-only the lease's holder writes it, and giving the lease up clears it.
+only the lease's holder writes it, and giving the lease up clears it. Like
+the lease it keeps the database's time, and its age is worked out there too,
+so a reader on a host whose clock is off never trusts a watcher that stopped
+(nor distrusts a live one).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-from pycomex_index.lease import Holder, release_lease
+from pycomex_index.lease import HOLDER_IS, Holder, database_now, holder_params, release_lease
 from pycomex_index.store import ArchiveIndex
 
 #: How often a healthy watcher writes its heartbeat.
@@ -40,22 +42,23 @@ class WatcherState:
     backlog: int
     note: str | None
     process_start: str
+    #: Seconds since ``heartbeat_at``, on the database's clock.
+    heartbeat_age: float
 
     @property
     def holder(self) -> Holder:
         return Holder(self.hostname, self.pid, self.process_start)
 
-    def is_fresh(self, now: float | None = None) -> bool:
-        now = time.time() if now is None else now
-        if self.mode not in LIVE_MODES or now - self.heartbeat_at > STALE_AFTER_SECONDS:
+    def is_fresh(self) -> bool:
+        if self.mode not in LIVE_MODES or self.heartbeat_age > STALE_AFTER_SECONDS:
             return False
         return not self.holder.is_dead_here()
 
 
 def read_watcher_state(index: ArchiveIndex) -> WatcherState | None:
     row = index.db.fetch_one(
-        "SELECT pid, hostname, mode, started_at, heartbeat_at, last_change_at, backlog, note, process_start "
-        "FROM watchers WHERE archive_id = :archive_id",
+        "SELECT pid, hostname, mode, started_at, heartbeat_at, last_change_at, backlog, note, process_start, "
+        f"{database_now(index.db)} - heartbeat_at FROM watchers WHERE archive_id = :archive_id",
         {"archive_id": index.archive_id},
     )
     return WatcherState(*row) if row else None
@@ -79,16 +82,13 @@ def write_heartbeat(
     """Record that ``holder`` watches the archive, as of now; nothing when it holds the lease no more."""
     with index.db.transaction():
         index.db.execute(
-            "UPDATE watchers SET mode = :mode, heartbeat_at = :now, last_change_at = :last_change_at, "
-            "backlog = :backlog, note = :note "
-            "WHERE archive_id = :archive_id AND hostname = :hostname AND pid = :pid AND process_start = :process_start",
+            f"UPDATE watchers SET mode = :mode, heartbeat_at = {database_now(index.db)}, "
+            "last_change_at = :last_change_at, backlog = :backlog, note = :note "
+            f"WHERE archive_id = :archive_id AND {HOLDER_IS}",
             {
                 "archive_id": index.archive_id,
-                "hostname": holder.host,
-                "pid": holder.pid,
-                "process_start": holder.process_start,
+                **holder_params(holder),
                 "mode": mode,
-                "now": time.time(),
                 "last_change_at": last_change_at,
                 "backlog": backlog,
                 "note": note,

@@ -103,10 +103,11 @@ def database_now(db: IndexDatabase) -> str:
     return "CAST(EXTRACT(EPOCH FROM CURRENT_TIMESTAMP) AS DOUBLE PRECISION)"
 
 
-_HOLDER_IS = "hostname = :hostname AND pid = :pid AND process_start = :process_start"
+#: The SQL condition naming one holder's row, with :func:`holder_params` as its parameters.
+HOLDER_IS = "hostname = :hostname AND pid = :pid AND process_start = :process_start"
 
 
-def _holder_params(holder: Holder) -> dict[str, object]:
+def holder_params(holder: Holder) -> dict[str, object]:
     return {"hostname": holder.host, "pid": holder.pid, "process_start": holder.process_start}
 
 
@@ -138,7 +139,7 @@ def acquire_lease(db: IndexDatabase, archive_id: int, holder: Holder, *, seconds
         db.execute(
             "INSERT INTO watchers (archive_id, pid, hostname, process_start, mode, started_at, heartbeat_at, "
             "last_change_at, backlog, note, lease_expires_at) "
-            "VALUES (:archive_id, :pid, :hostname, :process_start, 'starting', :started_at, :started_at, "
+            f"VALUES (:archive_id, :pid, :hostname, :process_start, 'starting', :started_at, {now}, "
             f"NULL, 0, NULL, {now} + :seconds) "
             "ON CONFLICT (archive_id) DO UPDATE SET pid = excluded.pid, hostname = excluded.hostname, "
             "process_start = excluded.process_start, mode = excluded.mode, started_at = excluded.started_at, "
@@ -150,7 +151,7 @@ def acquire_lease(db: IndexDatabase, archive_id: int, holder: Holder, *, seconds
             "AND watchers.process_start = :dead_process_start)",
             {
                 "archive_id": archive_id,
-                **_holder_params(holder),
+                **holder_params(holder),
                 "started_at": started_at,
                 "seconds": seconds,
                 "dead_host": dead.host if dead else None,
@@ -168,12 +169,12 @@ def renew_lease(db: IndexDatabase, archive_id: int, holder: Holder, *, seconds: 
     with db.transaction():
         db.execute(
             f"UPDATE watchers SET lease_expires_at = {database_now(db)} + :seconds "
-            f"WHERE archive_id = :archive_id AND {_HOLDER_IS}",
-            {"archive_id": archive_id, "seconds": seconds, **_holder_params(holder)},
+            f"WHERE archive_id = :archive_id AND {HOLDER_IS}",
+            {"archive_id": archive_id, "seconds": seconds, **holder_params(holder)},
         )
         row = db.fetch_one(
-            f"SELECT 1 FROM watchers WHERE archive_id = :archive_id AND {_HOLDER_IS}",
-            {"archive_id": archive_id, **_holder_params(holder)},
+            f"SELECT 1 FROM watchers WHERE archive_id = :archive_id AND {HOLDER_IS}",
+            {"archive_id": archive_id, **holder_params(holder)},
         )
     return row is not None
 
@@ -182,6 +183,6 @@ def release_lease(db: IndexDatabase, archive_id: int, holder: Holder) -> None:
     """Give the lease up (and the heartbeat with it): another watcher may start at once."""
     with db.transaction():
         db.execute(
-            f"DELETE FROM watchers WHERE archive_id = :archive_id AND {_HOLDER_IS}",
-            {"archive_id": archive_id, **_holder_params(holder)},
+            f"DELETE FROM watchers WHERE archive_id = :archive_id AND {HOLDER_IS}",
+            {"archive_id": archive_id, **holder_params(holder)},
         )

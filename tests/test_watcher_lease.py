@@ -64,6 +64,34 @@ def test_the_lease_goes_to_one_holder_until_it_expires_then_to_another(archive: 
         assert read_lease(db, archive_id) is None
 
 
+@pytest.mark.parametrize("writer_clock_offset", [-3600.0, 3600.0])
+def test_the_heartbeat_keeps_the_databases_time_whatever_the_watchers_host_clock_says(
+    archive: Path, index_backend: str, monkeypatch: pytest.MonkeyPatch, writer_clock_offset: float
+) -> None:
+    """A watcher on a host whose clock is an hour off: readers trust it while it beats, and no longer after."""
+    import time
+
+    from pycomex_index.heartbeat import STALE_AFTER_SECONDS, read_watcher_state, write_heartbeat
+
+    with open_archive_index(str(archive)) as index:
+        db, archive_id = index.db, index.archive_id
+        assert acquire_lease(db, archive_id, ALPHA, seconds=60, started_at=1.0).holder == ALPHA
+        true_time = time.time
+        with monkeypatch.context() as host_clock:
+            host_clock.setattr(time, "time", lambda: true_time() + writer_clock_offset)
+            write_heartbeat(index, ALPHA, mode="polling", backlog=0, last_change_at=None)
+        state = read_watcher_state(index)
+        assert abs(state.heartbeat_age) < 2 and state.is_fresh()
+
+        # The watcher went silent: its last beat ages on the database's clock, whatever the beat's host said.
+        with db.transaction():
+            db.execute(
+                "UPDATE watchers SET heartbeat_at = heartbeat_at - :gone WHERE archive_id = :archive_id",
+                {"gone": STALE_AFTER_SECONDS + 1, "archive_id": archive_id},
+            )
+        assert not read_watcher_state(index).is_fresh()
+
+
 def test_a_dead_holder_of_this_host_is_replaced_at_once_a_live_one_never(archive: Path, index_backend: str) -> None:
     me = Holder.this_process()
     gone = Holder(me.host, _pid_of_a_finished_process(), "")
