@@ -15,7 +15,8 @@ Two sources, from certain to guessed:
   ``heartbeat_interval`` seconds. On the same host (and pid namespace) the run
   is interrupted when that process is gone or the pid now belongs to a process
   that started later; on another host, when its heartbeat is older than
-  :data:`MISSED_HEARTBEATS` intervals. Both are *certain*: they lift the
+  :data:`MISSED_HEARTBEATS` intervals (written and aged on the database's
+  clock, as hosts' clocks may disagree). Both are *certain*: they lift the
   protection of running runs in ``delete`` and ``modify``.
 - **The folder name** (``…__p11237__…``) for runs made without the plugin: the
   run is taken for interrupted when that pid is not alive on this host (or is
@@ -41,6 +42,7 @@ from typing import Any
 
 from pycomex_index.db import IndexDatabase
 from pycomex_index.discovery import METADATA_FILE_NAME
+from pycomex_index.lease import database_now
 from pycomex_index.paths import UnsafePathError, experiment_folder, process_is_alive, process_start_ticks, this_host
 from pycomex_index.store import ArchiveIndex
 
@@ -143,7 +145,7 @@ def record_run_start(db: IndexDatabase, archive_id: int, rel_path: str, *, heart
         db.execute(
             "INSERT INTO run_liveness (archive_id, rel_path, hostname, pid_namespace, pid, process_started_at, "
             "started_at, heartbeat_at, heartbeat_interval) VALUES (:archive_id, :rel_path, :hostname, :pid_namespace, "
-            ":pid, :process_started_at, :now, :now, :interval) ON CONFLICT (archive_id, rel_path) DO UPDATE SET "
+            f":pid, :process_started_at, :now, {database_now(db)}, :interval) ON CONFLICT (archive_id, rel_path) DO UPDATE SET "
             "hostname = excluded.hostname, pid_namespace = excluded.pid_namespace, pid = excluded.pid, "
             "process_started_at = excluded.process_started_at, started_at = excluded.started_at, "
             "heartbeat_at = excluded.heartbeat_at, heartbeat_interval = excluded.heartbeat_interval",
@@ -161,12 +163,11 @@ def record_heartbeat(db: IndexDatabase, archive_id: int, rel_path: str) -> None:
     """Refresh this process's heartbeat for ``rel_path``; a record already removed (the run ended) stays removed."""
     with db.transaction():
         db.execute(
-            "UPDATE run_liveness SET heartbeat_at = :now WHERE archive_id = :archive_id AND rel_path = :rel_path "
-            "AND pid = :pid AND hostname = :hostname",
+            f"UPDATE run_liveness SET heartbeat_at = {database_now(db)} "
+            "WHERE archive_id = :archive_id AND rel_path = :rel_path AND pid = :pid AND hostname = :hostname",
             {
                 "archive_id": archive_id,
                 "rel_path": rel_path,
-                "now": time.time(),
                 "pid": os.getpid(),
                 "hostname": this_host(),
             },
@@ -256,8 +257,8 @@ class RunStates:
         self._records = {
             row[0]: tuple(row[1:])
             for row in db.execute(
-                "SELECT rel_path, hostname, pid_namespace, pid, process_started_at, heartbeat_at, heartbeat_interval "
-                "FROM run_liveness WHERE archive_id = :archive_id",
+                "SELECT rel_path, hostname, pid_namespace, pid, process_started_at, "
+                f"{database_now(db)} - heartbeat_at, heartbeat_interval FROM run_liveness WHERE archive_id = :archive_id",
                 params,
             )
         }
@@ -268,13 +269,14 @@ class RunStates:
             return self._judge_record(*record)
         return self._guess_from_folder(rel_path)
 
-    def _judge_record(self, hostname, pid_namespace, pid, started_at, heartbeat_at, interval) -> Judgement:
+    def _judge_record(self, hostname, pid_namespace, pid, started_at, heartbeat_age, interval) -> Judgement:
         here = hostname == self.host and (
             pid_namespace is None or self.pid_namespace is None or pid_namespace == self.pid_namespace
         )
         if here:
             return Judgement(LIVE) if _runs_since(pid, started_at) else Judgement(INTERRUPTED, certain=True)
-        if interval and self._judged_at - heartbeat_at > self.missed * interval:
+        # The age comes from the database's clock, which wrote the beat too: the hosts' clocks may disagree.
+        if interval and heartbeat_age > self.missed * interval:
             return Judgement(INTERRUPTED, certain=True)
         return Judgement(LIVE)
 

@@ -94,6 +94,31 @@ def test_a_run_on_another_host_is_interrupted_once_its_heartbeat_is_stale(
     assert not (archive / stale).exists() and (archive / fresh).exists()
 
 
+@pytest.mark.parametrize("run_host_clock_offset", [-3600.0, 3600.0])
+def test_a_run_hosts_clock_being_off_neither_kills_nor_revives_its_run(
+    tmp_path: Path, run_cli, index_backend: str, monkeypatch: pytest.MonkeyPatch, run_host_clock_offset: float
+) -> None:
+    """The plugin's heartbeat keeps the database's time, so the reader's clock and the run host's need not agree."""
+    from pycomex_index.liveness import MISSED_HEARTBEATS_VARIABLE, record_heartbeat, record_run_start
+    from pycomex_index.paths import HOSTNAME_ENV_VARIABLE
+    from pycomex_index.store import open_archive_index
+
+    archive = tmp_path / "results"
+    run = _running_run(archive, "elsewhere")
+    assert run_cli("index", "sync", "--path", str(archive)).exit_code == 0
+    true_time = time.time
+    with monkeypatch.context() as run_host, open_archive_index(str(archive)) as index:
+        run_host.setenv(HOSTNAME_ENV_VARIABLE, "elsewhere.example")
+        run_host.setattr(time, "time", lambda: true_time() + run_host_clock_offset)
+        record_run_start(index.db, index.archive_id, run, heartbeat_interval=1.0)
+        record_heartbeat(index.db, index.archive_id, run)
+    monkeypatch.setenv(MISSED_HEARTBEATS_VARIABLE, "1")
+    assert _states(run_cli, archive) == {run: "live"}
+
+    time.sleep(1.5)  # the run's host went silent for more than one beat
+    assert _states(run_cli, archive) == {run: "interrupted"}
+
+
 def test_the_number_of_missed_heartbeats_is_configurable(tmp_path: Path, run_cli, monkeypatch) -> None:
     archive = tmp_path / "results"
     run = _running_run(archive, "quiet")
