@@ -26,7 +26,6 @@ may hold a password.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import signal
@@ -38,8 +37,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from logging.handlers import RotatingFileHandler
 from typing import Any
-
-from platformdirs import user_cache_dir
 
 from pycomex_index.discovery import INDEX_FOLDER_NAME
 from pycomex_index.errors import DaemonAlreadyRunningError, DaemonError  # noqa: F401 - this module's API too
@@ -55,11 +52,13 @@ from pycomex_index.pidfile import (  # noqa: F401 - the pid-file functions are t
 from pycomex_index.store import (
     INDEX_ENV_VARIABLE,
     ArchiveIndex,
+    archive_path_tag,
     is_database_url,
     masked_url,
     open_archive_index,
     resolve_archive_root,
     resolve_index_location,
+    user_cache_stem,
 )
 from pycomex_index.watcher import ArchiveWatcher, WatcherStatus, WatchSettings
 
@@ -132,14 +131,10 @@ def _daemon_file_prefix(root: str, location: str) -> str:
         if os.path.dirname(location) == archive_folder:
             return archive_folder + os.sep
         # Beside an index kept elsewhere; named per archive, as one index file may serve several.
-        return f"{location}.{_archive_tag(root)}."
+        return f"{location}.{archive_path_tag(root)}."
     if os.path.isdir(archive_folder) and os.access(archive_folder, os.W_OK):
         return archive_folder + os.sep
-    return os.path.join(user_cache_dir("pycomex-index"), f"{os.path.basename(root) or 'root'}-{_archive_tag(root)}.")
-
-
-def _archive_tag(root: str) -> str:
-    return hashlib.sha256(root.encode()).hexdigest()[:12]
+    return user_cache_stem(root) + "."
 
 
 def _locate(path: str, index: str | None) -> tuple[str, str, DaemonFiles]:

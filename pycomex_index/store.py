@@ -105,13 +105,22 @@ def is_database_url(location: str) -> bool:
     return "://" in location
 
 
-def _user_cache_index_path(root: str) -> str:
-    import hashlib  # here, not at the top: it loads OpenSSL (3 ms), and only this rare case needs it
-
+def _user_cache_folder() -> str:
     from platformdirs import user_cache_dir
 
-    digest = hashlib.sha256(root.encode()).hexdigest()[:16]
-    return os.path.join(user_cache_dir("pycomex-index"), f"{os.path.basename(root) or 'root'}-{digest}.sqlite3")
+    return os.path.abspath(user_cache_dir("pycomex-index"))
+
+
+def archive_path_tag(root: str) -> str:
+    """A short digest of the archive's path, for names of files kept for it outside the archive."""
+    import hashlib  # here, not at the top: it loads OpenSSL (3 ms), and only these rare cases need it
+
+    return hashlib.sha256(root.encode()).hexdigest()[:16]
+
+
+def user_cache_stem(root: str) -> str:
+    """The start of the names of the archive's files in the user's cache (its index, its daemon's files)."""
+    return os.path.join(_user_cache_folder(), f"{os.path.basename(root) or 'root'}-{archive_path_tag(root)}")
 
 
 def resolve_index_location(root: str, index: str | None = None) -> str:
@@ -127,7 +136,7 @@ def resolve_index_location(root: str, index: str | None = None) -> str:
     except OSError:
         pass
     # A read-only archive (a shared or mounted one) still gets an index: in the user's cache.
-    return _user_cache_index_path(root)
+    return user_cache_stem(root) + ".sqlite3"
 
 
 def open_archive_index(path: str, index: str | None = None, *, allow_read_only: bool = False) -> ArchiveIndex:
@@ -311,9 +320,7 @@ def _is_in_our_places(path: str) -> bool:
     folder, name = os.path.split(path)
     if name == INDEX_FILE_NAME and os.path.basename(folder) == INDEX_FOLDER_NAME:
         return True
-    from platformdirs import user_cache_dir
-
-    return folder == os.path.abspath(user_cache_dir("pycomex-index")) and name.endswith(".sqlite3")
+    return folder == _user_cache_folder() and name.endswith(".sqlite3")
 
 
 def set_aside_damaged_index(path: str, reason: str) -> str:

@@ -310,6 +310,23 @@ def test_pid_file_and_log_go_beside_an_index_kept_elsewhere(archive, tmp_path):
     assert not pid_files[0].exists()
 
 
+def test_an_archive_without_an_index_folder_keeps_its_daemon_files_in_the_user_cache(tmp_path, monkeypatch):
+    """A database URL and no .pycomex_index folder to write to: the daemon's files sit with the archive's other files
+    in the user cache, named per archive, so two archives of one folder name never share a pid file."""
+    from pycomex_index.daemon import daemon_files
+    from pycomex_index.store import user_cache_stem
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    url = "postgresql://lab@db.example/index"
+    first, second = (tmp_path / place / "results" for place in ("a", "b"))
+    first_files, second_files = daemon_files(str(first), url), daemon_files(str(second), url)
+    cache = tmp_path / "cache" / "pycomex-index"
+    assert first_files.pid_path == f"{user_cache_stem(str(first))}.{pid_file_name()}"
+    assert Path(first_files.pid_path).parent == Path(first_files.log_path).parent == cache
+    assert Path(first_files.pid_path).name.startswith("results-")
+    assert {first_files.pid_path, first_files.log_path}.isdisjoint({second_files.pid_path, second_files.log_path})
+
+
 def test_changes_lost_to_a_kernel_queue_overflow_are_found_by_a_rewalk(archive, daemon):
     # A real IN_Q_OVERFLOW: the daemon is stopped (SIGSTOP) while more events than the kernel queues
     # happen in a watched folder; the run written after them raises no event that arrives. Only the
