@@ -531,12 +531,18 @@ def stored_revision(db: IndexDatabase) -> str | None:
 
 _TABLE_NAMES_SQL = {
     "sqlite": "SELECT name FROM sqlite_master WHERE type = 'table'",
+    # The catalog itself: information_schema.tables checks privileges row by row, 8-10 ms of every
+    # PostgreSQL command here against ~0.5 ms (tables, partitioned tables, views, as that view lists).
+    "postgresql": "SELECT relname FROM pg_catalog.pg_class "
+    "WHERE relnamespace = current_schema()::regnamespace AND relkind IN ('r', 'p', 'v')",
     "default": "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()",
 }
 
 
 def _dialect(db: IndexDatabase) -> str:
-    return "sqlite" if db.url.startswith("sqlite") else "default"
+    if db.url.startswith("sqlite"):
+        return "sqlite"
+    return "postgresql" if db.url.startswith("postgres") else "default"
 
 
 def ensure_schema(db: IndexDatabase) -> None:

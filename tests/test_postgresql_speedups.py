@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from pycomex_index.discovery import EXACT_FLOAT_INTEGER
-from pycomex_index.postgresql import PostgresDatabase, psycopg_sql
+from pycomex_index.postgresql import PostgresDatabase, driver_sql
 from pycomex_index.queries import iter_experiments
 from pycomex_index.selection import EvaluationFailures, compile_expression
 from pycomex_index.stats import archive_statistics, scan_groups
@@ -254,7 +254,7 @@ def test_an_existing_postgresql_index_is_migrated_to_the_summary_and_typed_value
     ],
 )
 def test_named_parameters_become_psycopgs(sql: str, expected: str) -> None:
-    assert psycopg_sql(sql) == expected
+    assert driver_sql(sql) == expected
 
 
 def test_a_sync_on_postgresql_trusts_folder_digests_and_still_finds_a_change(tmp_path: Path, postgresql_url) -> None:
