@@ -241,6 +241,8 @@ class ModifyRun(Base):
     parameters_code: Mapped[str | None] = mapped_column(Text)
     metadata_code: Mapped[str | None] = mapped_column(Text)
     undone_at: Mapped[float | None] = mapped_column(Float)
+    #: The host the modify ran on (this_host()); NULL for modifies journaled before migration 0013.
+    host: Mapped[str | None] = mapped_column(Text)
 
 
 class ModifyJournalEntry(Base):
