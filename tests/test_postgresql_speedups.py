@@ -314,3 +314,27 @@ def test_the_urls_own_start_up_options_still_apply(postgresql_url: str, monkeypa
         assert database.fetch_row("SHOW lock_timeout")[0] == "7s"
     finally:
         database.close()
+
+
+@pytest.mark.parametrize(
+    "order", ["start_time NULLS FIRST, rel_path", "start_time DESC NULLS LAST, rel_path DESC"], ids=["list", "tail"]
+)
+def test_list_and_tail_order_is_read_from_an_index_on_postgresql(tmp_path: Path, postgresql_url: str, order) -> None:
+    """SQLite's order (NULL start times first) straight from ix_experiments_listing: no sort of every row."""
+    root = tmp_path / "results"
+    for number in range(6):
+        write_meta(root / "ns" / f"run{number}", make_metadata(start_time=None if number == 0 else 1000.0 + number))
+    with open_archive_index(str(root), postgresql_url) as index:
+        sync_archive(index)
+        db = index.db
+        db.execute("ANALYZE experiments")
+        with db.transaction():
+            db.execute("SET LOCAL enable_seqscan = off")  # six rows: otherwise a scan and a sort are cheapest
+            plan = [
+                row[0]
+                for row in db.execute(
+                    f"EXPLAIN SELECT rel_path FROM experiments WHERE archive_id = :a ORDER BY {order} LIMIT 5",
+                    {"a": index.archive_id},
+                )
+            ]
+    assert "ix_experiments_listing" in plan[1] and not any("Sort" in line for line in plan), plan
