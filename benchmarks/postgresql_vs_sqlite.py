@@ -84,14 +84,20 @@ class ThrowawayCluster:
 
 def database_url(server_url: str, database: str) -> str:
     """``server_url`` with its database replaced by ``database`` (created when missing)."""
-    import psycopg
+    import psycopg2
 
     from pycomex_index.postgresql import libpq_conninfo
 
-    with psycopg.connect(libpq_conninfo(server_url), autocommit=True) as connection:
-        exists = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
-        if not exists:
-            connection.execute(f'CREATE DATABASE "{database}"')
+    # The product's own driver (pip install ".[postgresql]"), so the benchmark needs nothing more.
+    connection = psycopg2.connect(libpq_conninfo(server_url))
+    try:
+        connection.autocommit = True  # CREATE DATABASE cannot run in a transaction
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+            if cursor.fetchone() is None:
+                cursor.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        connection.close()
     head, _, rest = server_url.partition("://")
     authority, slash, path_and_query = rest.partition("/")
     query = path_and_query.partition("?")[2]

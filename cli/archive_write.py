@@ -453,6 +453,7 @@ def undo_command(ctx, run_id, yes, verbose, archive_path, index_location) -> Non
       pycomex-index archive undo --id 3 --yes
     """
     from pycomex_index.formatting import format_time
+    from pycomex_index.paths import this_host
     from pycomex_index.undo import ALREADY_RESTORED, CONFLICT, RESTORE, RESTORED, plan_undo, undo_modify
 
     with opened_index(ctx, archive_path, index_location) as index:
@@ -464,7 +465,11 @@ def undo_command(ctx, run_id, yes, verbose, archive_path, index_location) -> Non
         to_restore = plan.with_action(RESTORE)
         conflicts = plan.with_action(CONFLICT)
         already = plan.with_action(ALREADY_RESTORED)
-        lines = [f"Modify {run.id} of {format_time(run.started_at)} changed {plural(run.file_count, 'file')}:"]
+        # Another host's modify says whose it was (one index, several hosts); this host's reads as it always did.
+        elsewhere = f" on {printable(run.host)}" if run.host and run.host != this_host() else ""
+        lines = [
+            f"Modify {run.id} of {format_time(run.started_at)}{elsewhere} changed {plural(run.file_count, 'file')}:"
+        ]
         if run.parameters_code:
             lines.append(f"  --modify-parameters: {run.parameters_code}")
         if run.metadata_code:

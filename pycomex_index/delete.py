@@ -26,6 +26,7 @@ import secrets
 import shutil
 import stat
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -34,7 +35,7 @@ from pycomex_index.discovery import INDEX_FOLDER_NAME, METADATA_FILE_NAME
 from pycomex_index.exports import exported_paths
 from pycomex_index.formatting import plural
 from pycomex_index.operations import SelectedExperiment, hold_back_running, select_experiments
-from pycomex_index.paths import UnsafePathError, experiment_folder, is_within, owner_still_running
+from pycomex_index.paths import UnsafePathError, experiment_folder, is_within, owner_still_running, this_host
 from pycomex_index.rows import remove_experiments
 from pycomex_index.selection import CompiledExpression, EvaluationFailures
 from pycomex_index.store import ArchiveIndex
@@ -42,6 +43,9 @@ from pycomex_index.store import ArchiveIndex
 DELETED, SKIPPED, FAILED = "deleted", "skipped", "failed"
 #: Where a run's folder is moved, in one rename, before its files are removed (below the archive root).
 TRASH_FOLDER = os.path.join(INDEX_FOLDER_NAME, "deleting")
+#: How long another host's tree in the trash is left alone since its delete last touched it (seconds). Its pid
+#: means nothing here, so only age tells a crashed delete from one still removing a large tree over NFS.
+OTHER_HOST_TRASH_SECONDS = 24 * 3600
 
 
 @dataclass
@@ -218,16 +222,16 @@ def _move_to_trash(root: str, folder: str) -> str | None:
     """Rename ``folder`` into the archive's trash (one atomic step); its new path, or None where no rename can.
 
     None means: the trash cannot be made (a read-only root) or lies on
-    another filesystem. The new name starts with this process's id, so
-    :func:`remove_deletion_leftovers` knows which moved trees belong to a
-    delete that is no longer running.
+    another filesystem. The new name carries this process's id and host
+    (:func:`trash_entry_name`), so :func:`remove_deletion_leftovers` knows
+    which moved trees belong to a delete that is no longer running.
     """
     trash = os.path.join(root, TRASH_FOLDER)
     try:
         os.makedirs(trash, exist_ok=True)
     except OSError:
         return None
-    moved = os.path.join(trash, f"{os.getpid()}.{secrets.token_hex(4)}.{os.path.basename(folder)[:200]}")
+    moved = os.path.join(trash, trash_entry_name(os.getpid(), this_host(), os.path.basename(folder)))
     try:
         os.rename(folder, moved)
     except OSError as error:
@@ -238,7 +242,38 @@ def _move_to_trash(root: str, folder: str) -> str | None:
     with contextlib.suppress(OSError):
         # So that pycomex's own walk, which looks everywhere, does not list it either.
         os.unlink(os.path.join(moved, METADATA_FILE_NAME))
+    with contextlib.suppress(OSError):
+        os.utime(moved)  # the move's time (a rename keeps the run's own): the age other hosts judge it by
     return moved
+
+
+def trash_entry_name(pid: int, host: str, basename: str) -> str:
+    """``pid.host.token.basename``: whose delete moved the tree here (a name within 255 bytes for ASCII)."""
+    return f"{pid}.{_host_in_name(host)}.{secrets.token_hex(4)}.{basename[:150]}"
+
+
+def _host_in_name(host: str) -> str:
+    # No '.' (the separator), '/' or '%' left: a host name ("node1.lab.example") or the test override.
+    return host.replace("%", "%25").replace(".", "%2E").replace("/", "%2F")[:60]
+
+
+def _still_being_deleted(entry: os.DirEntry, host: str, now: float) -> bool:
+    """Whether the delete that moved ``entry`` into the trash may still be at work.
+
+    On this host its pid says so. Another host's pid cannot be checked from
+    here, so its tree is left alone until untouched for
+    :data:`OTHER_HOST_TRASH_SECONDS`. An entry named before hosts were part of
+    the name counts as another host's.
+    """
+    pid_text, _, rest = entry.name.partition(".")
+    entry_host = rest.partition(".")[0]
+    if pid_text.isdigit() and entry_host == _host_in_name(host):
+        return owner_still_running(int(pid_text))
+    try:
+        last_touched = entry.stat(follow_symlinks=False).st_mtime
+    except OSError:
+        return True  # gone, or not ours to judge
+    return now - last_touched < OTHER_HOST_TRASH_SECONDS
 
 
 def remove_deletion_leftovers(index: ArchiveIndex) -> int:
@@ -249,10 +284,10 @@ def remove_deletion_leftovers(index: ArchiveIndex) -> int:
     except OSError:
         return 0
     removed = 0
+    host, now = this_host(), time.time()
     for entry in entries:
-        pid_text = entry.name.split(".", 1)[0]
-        if pid_text.isdigit() and owner_still_running(int(pid_text)):
-            continue  # a delete still at work
+        if _still_being_deleted(entry, host, now):
+            continue
         problems: list[str] = []
         if entry.is_dir(follow_symlinks=False):
             _remove_tree(entry.path, problems)

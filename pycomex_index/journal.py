@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pycomex_index.paths import this_host
 from pycomex_index.store import ArchiveIndex
 
 
@@ -44,11 +45,12 @@ class ModifyJournal:
             if self.run_id is None:
                 self.run_id = list(
                     db.execute(
-                        "INSERT INTO modify_runs (archive_id, started_at, parameters_code, metadata_code) "
-                        "VALUES (:archive_id, :now, :parameters_code, :metadata_code) RETURNING id",
+                        "INSERT INTO modify_runs (archive_id, started_at, parameters_code, metadata_code, host) "
+                        "VALUES (:archive_id, :now, :parameters_code, :metadata_code, :host) RETURNING id",
                         {
                             "archive_id": self.index.archive_id,
                             "now": time.time(),
+                            "host": this_host(),
                             "parameters_code": self.parameters_code,
                             "metadata_code": self.metadata_code,
                         },
@@ -92,7 +94,7 @@ class ModifyJournal:
 
 @dataclass(frozen=True, slots=True)
 class ModifyRunInfo:
-    """A journaled modify: its id, when it ran (and was undone), the code, how many files it changed."""
+    """A journaled modify: its id, when it ran (and was undone), the code, how many files it changed, its host."""
 
     id: int
     started_at: float
@@ -101,6 +103,8 @@ class ModifyRunInfo:
     metadata_code: str | None
     file_count: int
     undone_at: float | None
+    #: The host it ran on; None for a modify journaled before hosts were recorded.
+    host: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +132,7 @@ def _runs(index: ArchiveIndex, condition: str, params: dict[str, Any]) -> list[M
         ModifyRunInfo(*row)
         for row in index.db.execute(
             "SELECT r.id, r.started_at, r.finished_at, r.parameters_code, r.metadata_code, "
-            "(SELECT COUNT(*) FROM modify_journal j WHERE j.run_id = r.id), r.undone_at "
+            "(SELECT COUNT(*) FROM modify_journal j WHERE j.run_id = r.id), r.undone_at, r.host "
             f"FROM modify_runs r WHERE r.archive_id = :archive_id{condition} ORDER BY r.id DESC",
             {"archive_id": index.archive_id, **params},
         )

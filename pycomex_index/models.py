@@ -74,7 +74,9 @@ class Experiment(Base):
     __tablename__ = "experiments"
     __table_args__ = (
         UniqueConstraint("archive_id", "rel_path"),
-        # Serves list and tail (ordered by start time) without touching the table.
+        # Serves list and tail (ordered by start time) without touching the table. On PostgreSQL it is built
+        # with start_time NULLS FIRST, the order SQLite has (migration 0013): a model cannot say so for one
+        # dialect only (SQLite refuses NULLS in an index), so tests/test_postgresql_migrations.py expects it.
         Index(
             "ix_experiments_listing",
             "archive_id",
@@ -241,6 +243,8 @@ class ModifyRun(Base):
     parameters_code: Mapped[str | None] = mapped_column(Text)
     metadata_code: Mapped[str | None] = mapped_column(Text)
     undone_at: Mapped[float | None] = mapped_column(Float)
+    #: The host the modify ran on (this_host()); NULL for modifies journaled before migration 0013.
+    host: Mapped[str | None] = mapped_column(Text)
 
 
 class ModifyJournalEntry(Base):

@@ -48,7 +48,7 @@ from pycomex_index.postgresql import PostgresDatabase, serves_url
 logger = logging.getLogger("pycomex_index")
 
 #: The newest migration shipped in ``pycomex_index.migrations`` (a test keeps the two equal).
-HEAD_REVISION = "0012"
+HEAD_REVISION = "0013"
 INDEX_ENV_VARIABLE = "PYCOMEX_INDEX"
 INDEX_FILE_NAME = "index.sqlite3"
 #: Written into the SQLite header of every index we open (``PRAGMA application_id``, "PCXI"): the header
@@ -538,12 +538,18 @@ def stored_revision(db: IndexDatabase) -> str | None:
 
 _TABLE_NAMES_SQL = {
     "sqlite": "SELECT name FROM sqlite_master WHERE type = 'table'",
+    # The catalog itself: information_schema.tables checks privileges row by row, 8-10 ms of every
+    # PostgreSQL command here against ~0.5 ms (tables, partitioned tables, views, as that view lists).
+    "postgresql": "SELECT relname FROM pg_catalog.pg_class "
+    "WHERE relnamespace = current_schema()::regnamespace AND relkind IN ('r', 'p', 'v')",
     "default": "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()",
 }
 
 
 def _dialect(db: IndexDatabase) -> str:
-    return "sqlite" if db.url.startswith("sqlite") else "default"
+    if db.url.startswith("sqlite"):
+        return "sqlite"
+    return "postgresql" if db.url.startswith("postgres") else "default"
 
 
 def ensure_schema(db: IndexDatabase) -> None:

@@ -147,7 +147,7 @@ def sync_archive(
             {"now": time.time(), "seconds": report.seconds, "archive_id": archive_id},
         )
 
-    db.run_in_transaction(finish)
+    db.run_in_transaction(finish, durable=False)  # bookkeeping: a crash that loses it costs a re-check
     return report
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -377,33 +378,56 @@ def test_folder_that_came_to_hold_other_experiments_after_the_preview_is_not_del
 
 
 def test_next_delete_finishes_removing_what_a_killed_delete_left_out_of_the_archive(
-    spec_archive: Path, run_cli
+    spec_archive: Path, run_cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pycomex_index.delete import TRASH_FOLDER
+    """Judged by pid on its own host; another host's tree (whose pid means nothing here) only once it is old."""
+    from pycomex_index.delete import OTHER_HOST_TRASH_SECONDS, TRASH_FOLDER, trash_entry_name
 
+    monkeypatch.setenv("PYCOMEX_INDEX_HOSTNAME", "node-a.lab")
     trash = spec_archive / TRASH_FOLDER
     trash.mkdir(parents=True)
     dead = subprocess.Popen(["true"])
     dead.wait()
     alive = subprocess.Popen(["sleep", "30"])
     try:
-        for pid in (dead.pid, alive.pid):
-            (trash / f"{pid}.abcd1234.run" / "sub").mkdir(parents=True)
-            (trash / f"{pid}.abcd1234.run" / "sub" / "data.bin").write_bytes(b"x" * 100)
+        entries = {
+            "killed here": trash_entry_name(dead.pid, "node-a.lab", "run"),
+            "at work here": trash_entry_name(alive.pid, "node-a.lab", "run"),
+            # node-b's delete may be at work, whatever this host's pids say; one untouched for long is not.
+            "at work on node-b": trash_entry_name(dead.pid, "node-b.lab", "run"),
+            "killed long ago on node-b": trash_entry_name(alive.pid, "node-b.lab", "run"),
+        }
+        for name in entries.values():
+            (trash / name / "sub").mkdir(parents=True)
+            (trash / name / "sub" / "data.bin").write_bytes(b"x" * 100)
+        long_ago = time.time() - OTHER_HOST_TRASH_SECONDS - 60
+        os.utime(trash / entries["killed long ago on node-b"], (long_ago, long_ago))
         before = experiments_on_disk(spec_archive)
 
         result = run_cli("archive", "delete", "--path", str(spec_archive), "--select", "m['status'] == 'nope'", "--yes")
 
         assert result.exit_code == 0, result.output
         assert (
-            "Finished removing 1 experiment an interrupted delete had already taken out of the archive."
+            "Finished removing 2 experiments an interrupted delete had already taken out of the archive."
             in result.stderr
         )
-        assert os.listdir(trash) == [f"{alive.pid}.abcd1234.run"]  # a delete still at work keeps its own
+        assert sorted(os.listdir(trash)) == sorted([entries["at work here"], entries["at work on node-b"]])
         assert experiments_on_disk(spec_archive) == before == index_paths(spec_archive)
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_a_deleted_runs_tree_in_the_trash_names_its_host(spec_archive: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pycomex_index.delete import TRASH_FOLDER, _move_to_trash
+
+    monkeypatch.setenv("PYCOMEX_INDEX_HOSTNAME", "node-a.lab/x%")
+    folder = spec_archive / "ns" / "moved"
+    write_meta(folder, make_metadata())
+    moved = Path(_move_to_trash(str(spec_archive), str(folder)) or "")
+    assert moved.parent == spec_archive / TRASH_FOLDER
+    pid, host, _token, basename = moved.name.split(".", 3)
+    assert (int(pid), host, basename) == (os.getpid(), "node-a%2Elab%2Fx%25", "moved")
 
 
 def test_deleted_run_never_shows_up_in_the_trash_as_an_experiment(spec_archive: Path, run_cli) -> None:

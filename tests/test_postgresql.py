@@ -85,16 +85,8 @@ def test_index_status_masks_the_password(archive: Path, run_cli, postgresql_url:
 
 
 def test_a_new_postgresql_index_matches_the_models(archive: Path, postgresql_url: str) -> None:
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-    from sqlalchemy import create_engine
-
-    from pycomex_index.models import Base
     from pycomex_index.store import open_archive_index
+    from tests.test_postgresql_migrations import schema_differences
 
     open_archive_index(str(archive), postgresql_url).close()
-    engine = create_engine(postgresql_url)
-    with engine.connect() as connection:
-        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
-    engine.dispose()
-    assert differences == []
+    assert schema_differences(postgresql_url) == []
