@@ -126,11 +126,11 @@ def sync_archive(
                 known = _stamps(db, archive_id, folder=listing.rel_dir)
             else:
                 known = known_everywhere
-            for folder in listing.experiments:
+            for folder, inode in zip(listing.experiments, listing.inodes, strict=True):
                 stored = known.pop(folder.rel_path, None)
                 # Re-read on rebuild too, but never empty the index first: a concurrent reader keeps seeing it.
                 if rebuild or stored is None or stored[1] != folder[1] or stored[2] != folder[2]:
-                    pending.read(folder, stored is None)
+                    pending.read(folder, stored is None, inode)
                 elif check_assets and stored[3] != folder[3]:
                     pending.measure(folder)
                 else:
@@ -175,10 +175,11 @@ class _PendingWork:
 
     def __init__(self, db: IndexDatabase, archive_id: int, root: str, report: SyncReport, on_progress) -> None:
         self.db, self.archive_id, self.root, self.report, self.on_progress = db, archive_id, root, report, on_progress
-        self.to_read: list[tuple[FolderStat, bool]] = []
+        #: (folder, whether it is new to the index, its inode number)
+        self.to_read: list[tuple[FolderStat, bool, int]] = []
         self.to_measure: list[FolderStat] = []
         #: Batches handed to the readers, oldest first, with their reads (futures of record lists).
-        self.reading: deque[tuple[list[tuple[FolderStat, bool]], list[Any]]] = deque()
+        self.reading: deque[tuple[list[tuple[FolderStat, bool, int]], list[Any]]] = deque()
         self.readers: Any = None  # a ThreadPoolExecutor, made for the first batch worth the threads
         self.found = 0  # experiments queued so far
         self.done = 0
@@ -189,9 +190,9 @@ class _PendingWork:
         #: Seconds spent reading, measuring and storing batches (not walking).
         self.working_seconds = 0.0
 
-    def read(self, folder: FolderStat, is_new: bool) -> None:
+    def read(self, folder: FolderStat, is_new: bool, inode: int) -> None:
         self.found += 1
-        self.to_read.append((folder, is_new))
+        self.to_read.append((folder, is_new, inode))
         if len(self.to_read) >= BATCH_SIZE:
             self._start_reading()
             if len(self.reading) > 1:
@@ -223,7 +224,10 @@ class _PendingWork:
 
     def _start_reading(self) -> None:
         queued, self.to_read = self.to_read, []
-        folders = [folder for folder, _ in queued]
+        # In inode order, a cold disk reads the batch's inodes and files about in the order they were written;
+        # in the walk's (hash) order, it seeks for each.
+        queued.sort(key=_by_inode)
+        folders = [folder for folder, _, _ in queued]
         if len(folders) <= READ_CHUNK:
             # A handful of changed runs (a read command's usual sync) is read at once, without threads.
             self.reading.append((queued, [_Done(_read_folders(self.root, folders))]))
@@ -241,7 +245,7 @@ class _PendingWork:
         queued, reads = self.reading.popleft()
         batch = [record for read in reads for record in read.result()]
         db.run_in_transaction(lambda: _store_verified(db, archive_id, root, batch))
-        for (_, is_new), record in zip(queued, batch, strict=True):
+        for (_, is_new, _), record in zip(queued, batch, strict=True):
             if is_new:
                 report.added += 1
             else:
@@ -278,6 +282,10 @@ class _PendingWork:
                 total = None
             self.reported_total = total
             self.on_progress(self.done, total)
+
+
+def _by_inode(queued: tuple[FolderStat, bool, int]) -> int:
+    return queued[2]
 
 
 def _read_folders(root: str, folders: list[FolderStat]) -> list[ExperimentRecord]:
