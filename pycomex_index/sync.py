@@ -230,7 +230,9 @@ class _PendingWork:
         folders = [folder for folder, _, _ in queued]
         if len(folders) <= READ_CHUNK:
             # A handful of changed runs (a read command's usual sync) is read at once, without threads.
+            started = time.perf_counter()
             self.reading.append((queued, [_Done(_read_folders(self.root, folders))]))
+            self.working_seconds += time.perf_counter() - started
             return
         if self.readers is None:
             from concurrent.futures import ThreadPoolExecutor
