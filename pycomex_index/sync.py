@@ -103,9 +103,10 @@ def sync_archive(
     # list of paths (587 MB at 1,000,000 runs); only what must wait for the end of the walk is kept: removals.
     pending = _PendingWork(db, archive_id, root, report, on_progress)
     first_build = not stored_digests and not known_everywhere
-    if first_build:
+    if first_build and on_progress is not None:
         # A first build reads everything: one stat-only walk ahead gives the bar a total, hence an ETA, for
-        # a few per cent of the build (the walk is a fraction of reading and parsing every file).
+        # a few per cent of the build (the walk is a fraction of reading and parsing every file). Without a
+        # bar (no terminal, the daemon) nobody reads the total, so the archive is walked once.
         pending.expected = sum(len(listing.experiments) for listing in iter_folder_listings(root, folder_times=False))
     elif rebuild and known_everywhere:
         pending.expected = len(known_everywhere)  # a rebuild re-reads every stored experiment

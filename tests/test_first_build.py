@@ -188,3 +188,26 @@ def test_a_second_archive_in_the_same_index_file_keeps_the_indexes_while_it_buil
     with open_archive_index(str(second), str(shared)) as index:
         assert sync_module.sync_archive(index).added == 10
     assert seen and all(names == set(SECONDARY_INDEXES) for names in seen)
+
+
+def test_a_first_build_without_a_progress_bar_walks_the_archive_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, index_backend: str
+) -> None:
+    root = tmp_path / "results"
+    _make_archive(root, 30)
+    walk = sync_module.iter_folder_listings
+    walks: list[bool] = []
+
+    def counted_walk(*args, **kwargs):
+        walks.append(True)
+        return walk(*args, **kwargs)
+
+    monkeypatch.setattr(sync_module, "iter_folder_listings", counted_walk)
+    with open_archive_index(str(root)) as index:
+        assert sync_module.sync_archive(index).added == 30
+    assert len(walks) == 1
+    index_query(root, "DELETE FROM experiments WHERE archive_id = :archive_id")
+    index_query(root, "DELETE FROM folder_digests WHERE archive_id = :archive_id")
+    with open_archive_index(str(root)) as index:  # with a bar, a first build counts the archive first
+        assert sync_module.sync_archive(index, on_progress=lambda done, total: None).added == 30
+    assert len(walks) == 3
