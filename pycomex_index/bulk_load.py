@@ -35,17 +35,18 @@ from pycomex_index.db import IndexDatabase, SqliteFileDatabase
 if TYPE_CHECKING:
     from pycomex_index.store import ArchiveIndex
 
-#: The secondary indexes of ``experiments`` (see :class:`pycomex_index.models.Experiment`; a test keeps them equal).
-#: The unique index on (archive_id, rel_path) stays: every write finds its row by it.
-SECONDARY_INDEXES = (
-    "ix_experiments_listing",
-    "ix_experiments_outcome",
-    "ix_experiments_duration",
-    "ix_experiments_parameter_count",
-    "ix_experiments_asset_count",
-    "ix_experiments_namespace",
-    "ix_experiments_stamps",
-)
+#: The secondary indexes of ``experiments`` and their columns, as the migrations create them (see
+#: :class:`pycomex_index.models.Experiment`; a test compares them with a freshly migrated index). The unique
+#: index on (archive_id, rel_path) stays: every write finds its row by it.
+SECONDARY_INDEXES: dict[str, tuple[str, ...]] = {
+    "ix_experiments_listing": ("archive_id", "start_time", "rel_path", "outcome", "duration"),
+    "ix_experiments_outcome": ("archive_id", "outcome"),
+    "ix_experiments_duration": ("archive_id", "duration"),
+    "ix_experiments_parameter_count": ("archive_id", "parameter_count"),
+    "ix_experiments_asset_count": ("archive_id", "asset_count"),
+    "ix_experiments_namespace": ("archive_id", "namespace"),
+    "ix_experiments_stamps": ("archive_id", "rel_path", "meta_mtime_ns", "meta_size", "folder_mtime_ns"),
+}
 #: Beside the index file: held (``flock``) by the process loading without indexes.
 LOCK_SUFFIX = ".bulk-load"
 #: SQLite's page cache during the load (KiB, as ``PRAGMA cache_size`` takes a negative number): the unique
@@ -112,20 +113,10 @@ def mend_interrupted_bulk_load(db: IndexDatabase, path: str) -> None:
 
 
 def build_secondary_indexes(db: IndexDatabase) -> None:
-    """Create the missing secondary indexes of ``experiments``, as the model declares them, in one transaction."""
-    from sqlalchemy import Table
-    from sqlalchemy.dialects import sqlite
-    from sqlalchemy.schema import CreateIndex
-
-    from pycomex_index.models import Experiment
-
-    table = Experiment.__table__
-    assert isinstance(table, Table)
-    dialect = sqlite.dialect()
+    """Create the missing secondary indexes of ``experiments`` in one transaction."""
     statements = [
-        str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect))
-        for index in sorted(table.indexes, key=lambda index: str(index.name))
-        if index.name in SECONDARY_INDEXES
+        f"CREATE INDEX IF NOT EXISTS {name} ON experiments ({', '.join(columns)})"
+        for name, columns in SECONDARY_INDEXES.items()
     ]
     db.run_in_transaction(lambda: [db.execute(statement) for statement in statements])
 
