@@ -7,6 +7,8 @@ One command runs it all::
     python benchmarks/run_benchmarks.py --sizes 20000 --repeat 5
     python benchmarks/run_benchmarks.py --sizes 100000 --no-pycomex --daemon-only --archives /tmp/archives
     python benchmarks/run_benchmarks.py --startup-only --reinstall   # start-up alone, of this checkout as it is now
+    python benchmarks/run_benchmarks.py --first-build-only --compare-with main --sizes 100000 \
+        --archives /work/bench-archives --index-dir /tmp/first-build-index   # first build, cold, A/B and pycomex list
 
 It builds two virtual environments under ``benchmarks/.venvs/`` (pycomex from
 ``benchmarks/requirements-pycomex.txt``; pycomex-index from this checkout, a
@@ -64,6 +66,8 @@ class Measurement:
     seconds: float
     peak_rss_mb: float
     exit_code: int
+    #: User plus system CPU time of the process (and any child it waited for): on a shared machine, steadier than wall.
+    cpu_seconds: float = 0.0
 
 
 def run_once(arguments: list[str], env: dict[str, str] | None = None) -> Measurement:
@@ -74,7 +78,7 @@ def run_once(arguments: list[str], env: dict[str, str] | None = None) -> Measure
         _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)
-    return Measurement(seconds, usage.ru_maxrss / 1024, process.returncode)
+    return Measurement(seconds, usage.ru_maxrss / 1024, process.returncode, usage.ru_utime + usage.ru_stime)
 
 
 def median(measurements: list[Measurement]) -> Measurement:
@@ -82,6 +86,7 @@ def median(measurements: list[Measurement]) -> Measurement:
         statistics.median(m.seconds for m in measurements),
         max(m.peak_rss_mb for m in measurements),
         max(m.exit_code for m in measurements),
+        statistics.median(m.cpu_seconds for m in measurements),
     )
 
 
@@ -120,8 +125,81 @@ def drop_page_cache() -> bool:
         return False
 
 
-def remove_index(root: Path) -> None:
-    shutil.rmtree(root / ".pycomex_index", ignore_errors=True)
+def remove_index(root: Path, index_file: Path | None = None) -> None:
+    """Remove the archive's index: the folder inside the archive, or ``index_file`` and its companions."""
+    if index_file is None:
+        shutil.rmtree(root / ".pycomex_index", ignore_errors=True)
+        return
+    for suffix in ("", "-wal", "-shm", ".lock", ".bulk-load"):
+        Path(f"{index_file}{suffix}").unlink(missing_ok=True)
+
+
+def index_file_in(index_dir: Path | None, count: int) -> Path | None:
+    """Where ``--index-dir`` puts the index of the N = ``count`` archive (None: in the archive, the default)."""
+    return None if index_dir is None else index_dir / f"index-{count}.sqlite3"
+
+
+def baseline_bin(ref: str) -> Path:
+    """A venv with pycomex-index as it was at git ``ref`` (for an A/B of the same measurement)."""
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", ref], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    source = VENVS / f"source-{commit}"
+    if not (source / "pyproject.toml").exists():
+        source.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+    return ensure_venv(f"pycomex-index-{commit}", [str(source)])
+
+
+def first_build_table(
+    count: int,
+    repeat: int,
+    pycomex_bin: Path | None,
+    builds: list[tuple[str, Path]],
+    seed: int,
+    *,
+    archives: Path = ARCHIVES,
+    index_dir: Path | None = None,
+) -> list[str]:
+    """The first build alone: ``index sync`` with no index, from a cold cache, and one pycomex ``list`` per round.
+
+    Each round times every build in ``builds`` (label, venv bin) and pycomex's
+    list, alternately, each after dropping the page cache, so ratios come from
+    the same minutes of a shared machine.
+    """
+    root = ensure_archive(count, seed, archives)
+    index_file = index_file_in(index_dir, count)
+    env = {**os.environ, "PYCOMEX_INDEX_NO_PROGRESS": "1"}
+    if index_file is not None:
+        index_file.parent.mkdir(parents=True, exist_ok=True)
+        env["PYCOMEX_INDEX"] = str(index_file)
+    lines = [
+        f"### First build, N = {count:,} experiments",
+        "",
+        "| round | command | wall | CPU | peak RSS | pycomex `list` wall ÷ this wall |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for round_number in range(1, repeat + 1):
+        results: list[tuple[str, Measurement]] = []
+        for label, bin_folder in builds:
+            remove_index(root, index_file)
+            cold = drop_page_cache()
+            measured = run_once([str(bin_folder / "pycomex-index"), "index", "sync", "--path", str(root)], env)
+            results.append((f"{label} first build" + ("" if cold else " (warm cache)"), measured))
+        remove_index(root, index_file)
+        reference = None
+        if pycomex_bin:
+            drop_page_cache()
+            reference = run_once([str(pycomex_bin / "pycomex"), "archive", "--path", str(root), "list"], env)
+            results.append(("pycomex 0.29.0 `list`", reference))
+        for label, measured in results:
+            failed = " (exit≠0)" if measured.exit_code else ""
+            lines.append(
+                f"| {round_number} | {label}{failed} | {measured.seconds:.1f} s | {measured.cpu_seconds:.1f} s | "
+                f"{_mb(measured)} | {_ratio(reference, measured)} |"
+            )
+    return lines
 
 
 def benchmark_size(
@@ -390,6 +468,21 @@ def main() -> int:
     )
     parser.add_argument("--archives", type=Path, default=ARCHIVES, help="where generated archives are cached")
     parser.add_argument(
+        "--first-build-only",
+        action="store_true",
+        help="only the first build (cold cache): wall, CPU and peak RSS, beside one pycomex list per round",
+    )
+    parser.add_argument(
+        "--compare-with",
+        metavar="GIT_REF",
+        help="with --first-build-only: also time the first build of pycomex-index at this git ref (e.g. main)",
+    )
+    parser.add_argument(
+        "--index-dir",
+        type=Path,
+        help="keep the first build's index in this folder (index-N.sqlite3) instead of inside the archive",
+    )
+    parser.add_argument(
         "--startup-only",
         action="store_true",
         help=f"only the start-up table: --help and a daemon-mode tail on N = {STARTUP_COUNT}, 30 runs each",
@@ -412,6 +505,22 @@ def main() -> int:
             print("warning: pycomex could not be installed; timing pycomex-index alone", file=sys.stderr)
 
     report = [f"Machine: {machine_description()}", ""]
+    if options.first_build_only:
+        builds = [("pycomex-index", index_bin)]
+        if options.compare_with:
+            builds.append((f"pycomex-index {options.compare_with}", baseline_bin(options.compare_with)))
+        for count in sizes:
+            report += first_build_table(
+                count,
+                repeat,
+                pycomex_bin,
+                builds,
+                options.seed,
+                archives=options.archives,
+                index_dir=options.index_dir,
+            ) + [""]
+        print("\n".join(report))  # benchmarks/results-first-build.md quotes it with the command and the analysis
+        return 0
     report += startup_table(index_bin, options.seed, 3 if options.quick else 30, options.archives) + [""]
     if options.startup_only:
         print("\n".join(report))

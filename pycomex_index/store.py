@@ -24,6 +24,7 @@ from typing import Any
 
 import pycomex_index.migrations as migrations
 from pycomex_index.archives import register_archive
+from pycomex_index.bulk_load import mend_interrupted_bulk_load
 from pycomex_index.db import (
     SQLITE_DAMAGE_CODES,
     IndexDatabase,
@@ -239,6 +240,7 @@ def _connect_at_head(path: str, via_sqlalchemy: bool, read_only: bool) -> IndexD
         else:
             ensure_schema(db)
             _mark_as_ours(db)
+            mend_interrupted_bulk_load(db, path)
         return db
     except BaseException as error:
         if db is not None:

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
+from pycomex_index.bulk_load import loading_without_indexes
 from pycomex_index.db import IndexDatabase
 from pycomex_index.discovery import (
     ExperimentRecord,
@@ -44,6 +47,12 @@ ProgressCallback = Callable[[int, "int | None"], None]
 #: A first build of 100,000 took 50 s with 500, 28 s with 5,000 (warm cache): each commit writes every
 #: index page its rows touched, so bigger batches write each page fewer times (1.8 GB -> 0.55 GB).
 BATCH_SIZE = 5000
+#: Threads reading experiment folders while the main thread stores the previous batch. Opening, reading and
+#: statting files and SQLite's own work release the GIL, so disk waits and SQL overlap with parsing; more
+#: threads only contend for the GIL (see benchmarks/results-first-build.md for the measured counts).
+READER_THREADS = 4
+#: Folders one reader task reads: a task per folder would cost more in futures than some folders take to read.
+READ_CHUNK = 250
 
 
 @dataclass
@@ -93,37 +102,43 @@ def sync_archive(
     # Work is done as the walk finds it, a batch at a time, so a first build never holds the whole archive's
     # list of paths (587 MB at 1,000,000 runs); only what must wait for the end of the walk is kept: removals.
     pending = _PendingWork(db, archive_id, root, report, on_progress)
-    if not stored_digests and not known_everywhere:
+    first_build = not stored_digests and not known_everywhere
+    if first_build and on_progress is not None:
         # A first build reads everything: one stat-only walk ahead gives the bar a total, hence an ETA, for
-        # a few per cent of the build (the walk is a fraction of reading and parsing every file).
+        # a few per cent of the build (the walk is a fraction of reading and parsing every file). Without a
+        # bar (no terminal, the daemon) nobody reads the total, so the archive is walked once.
         pending.expected = sum(len(listing.experiments) for listing in iter_folder_listings(root, folder_times=False))
     elif rebuild and known_everywhere:
         pending.expected = len(known_everywhere)  # a rebuild re-reads every stored experiment
     if on_progress and pending.expected:
         on_progress(0, pending.expected)  # the bar's clock, hence its rate and ETA, starts with the reading
-    for listing in iter_folder_listings(root, folder_times=check_assets):
-        if not listing.experiments:
-            continue
-        digest = walked_digests[listing.rel_dir] = listing_digest(listing.experiments)
-        if trust_digests:
-            if stored_digests.get(listing.rel_dir) == digest:
-                report.unchanged += len(listing.experiments)
+    # A first build into an empty SQLite file loads without the secondary indexes and builds them after it;
+    # the reader threads stop before that (contexts exit in reverse order).
+    bulk_load = loading_without_indexes(index) if first_build else contextlib.nullcontext()
+    with bulk_load, contextlib.closing(pending):
+        for listing in iter_folder_listings(root, folder_times=check_assets):
+            if not listing.experiments:
                 continue
-            known = _stamps(db, archive_id, folder=listing.rel_dir)
-        else:
-            known = known_everywhere
-        for folder in listing.experiments:
-            stored = known.pop(folder.rel_path, None)
-            # Re-read on rebuild too, but never empty the index first: a concurrent reader keeps seeing the archive.
-            if rebuild or stored is None or stored[1] != folder[1] or stored[2] != folder[2]:
-                pending.read(folder, stored is None)
-            elif check_assets and stored[3] != folder[3]:
-                pending.measure(folder)
+            digest = walked_digests[listing.rel_dir] = listing_digest(listing.experiments)
+            if trust_digests:
+                if stored_digests.get(listing.rel_dir) == digest:
+                    report.unchanged += len(listing.experiments)
+                    continue
+                known = _stamps(db, archive_id, folder=listing.rel_dir)
             else:
-                report.unchanged += 1
-        if trust_digests:
-            to_remove.extend(known)
-    pending.finish()
+                known = known_everywhere
+            for folder, inode in zip(listing.experiments, listing.inodes, strict=True):
+                stored = known.pop(folder.rel_path, None)
+                # Re-read on rebuild too, but never empty the index first: a concurrent reader keeps seeing it.
+                if rebuild or stored is None or stored[1] != folder[1] or stored[2] != folder[2]:
+                    pending.read(folder, stored is None, inode)
+                elif check_assets and stored[3] != folder[3]:
+                    pending.measure(folder)
+                else:
+                    report.unchanged += 1
+            if trust_digests:
+                to_remove.extend(known)
+        pending.finish()
     # What the walk cost, the reading it found to do left out: the figure a read command's hint weighs.
     report.walk_seconds = time.perf_counter() - started - pending.working_seconds
     if trust_digests:
@@ -152,12 +167,21 @@ def sync_archive(
 
 
 class _PendingWork:
-    """Experiments to read or re-measure, written a transaction of :data:`BATCH_SIZE` at a time as they come."""
+    """Experiments to read or re-measure, written a transaction of :data:`BATCH_SIZE` at a time as they come.
+
+    A full batch of experiments to read goes to reader threads and is stored
+    once the next batch has been handed to them, so at most two batches of
+    records are held: one being read, one being stored.
+    """
 
     def __init__(self, db: IndexDatabase, archive_id: int, root: str, report: SyncReport, on_progress) -> None:
         self.db, self.archive_id, self.root, self.report, self.on_progress = db, archive_id, root, report, on_progress
-        self.to_read: list[tuple[FolderStat, bool]] = []
+        #: (folder, whether it is new to the index, its inode number)
+        self.to_read: list[tuple[FolderStat, bool, int]] = []
         self.to_measure: list[FolderStat] = []
+        #: Batches handed to the readers, oldest first, with their reads (futures of record lists).
+        self.reading: deque[tuple[list[tuple[FolderStat, bool, int]], list[Any]]] = deque()
+        self.readers: Any = None  # a ThreadPoolExecutor, made for the first batch worth the threads
         self.found = 0  # experiments queued so far
         self.done = 0
         #: The pre-counted number of experiments to come, or None; the progress total until the walk ends.
@@ -167,11 +191,13 @@ class _PendingWork:
         #: Seconds spent reading, measuring and storing batches (not walking).
         self.working_seconds = 0.0
 
-    def read(self, folder: FolderStat, is_new: bool) -> None:
+    def read(self, folder: FolderStat, is_new: bool, inode: int) -> None:
         self.found += 1
-        self.to_read.append((folder, is_new))
+        self.to_read.append((folder, is_new, inode))
         if len(self.to_read) >= BATCH_SIZE:
-            self._read_batch()
+            self._start_reading()
+            if len(self.reading) > 1:
+                self._store_oldest()
 
     def measure(self, folder: FolderStat) -> None:
         self.found += 1
@@ -183,19 +209,46 @@ class _PendingWork:
         """The walk ended: store what is queued; the last progress call has the true total."""
         self.walking = False
         if self.to_read:
-            self._read_batch()
+            self._start_reading()
+        while self.reading:
+            self._store_oldest()
         if self.to_measure:
             self._measure_batch()
         if self.on_progress and self.done and self.reported_total != self.found:
             self.on_progress(self.done, self.found)
 
-    def _read_batch(self) -> None:
+    def close(self) -> None:
+        """Stop the reader threads (after :meth:`finish`, or when the sync failed: queued reads are dropped)."""
+        if self.readers is not None:
+            self.readers.shutdown(wait=True, cancel_futures=True)
+            self.readers = None
+
+    def _start_reading(self) -> None:
+        queued, self.to_read = self.to_read, []
+        # In inode order, a cold disk reads the batch's inodes and files about in the order they were written;
+        # in the walk's (hash) order, it seeks for each.
+        queued.sort(key=_by_inode)
+        folders = [folder for folder, _, _ in queued]
+        if len(folders) <= READ_CHUNK:
+            # A handful of changed runs (a read command's usual sync) is read at once, without threads.
+            started = time.perf_counter()
+            self.reading.append((queued, [_Done(_read_folders(self.root, folders))]))
+            self.working_seconds += time.perf_counter() - started
+            return
+        if self.readers is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="pycomex-index-reader")
+        chunks = [folders[at : at + READ_CHUNK] for at in range(0, len(folders), READ_CHUNK)]
+        self.reading.append((queued, [self.readers.submit(_read_folders, self.root, chunk) for chunk in chunks]))
+
+    def _store_oldest(self) -> None:
         started = time.perf_counter()
         db, archive_id, root, report = self.db, self.archive_id, self.root, self.report
-        queued, self.to_read = self.to_read, []
-        batch = [read_experiment(root, folder) for folder, _ in queued]
+        queued, reads = self.reading.popleft()
+        batch = [record for read in reads for record in read.result()]
         db.run_in_transaction(lambda: _store_verified(db, archive_id, root, batch))
-        for (_, is_new), record in zip(queued, batch, strict=True):
+        for (_, is_new, _), record in zip(queued, batch, strict=True):
             if is_new:
                 report.added += 1
             else:
@@ -232,6 +285,24 @@ class _PendingWork:
                 total = None
             self.reported_total = total
             self.on_progress(self.done, total)
+
+
+def _by_inode(queued: tuple[FolderStat, bool, int]) -> int:
+    return queued[2]
+
+
+def _read_folders(root: str, folders: list[FolderStat]) -> list[ExperimentRecord]:
+    return [read_experiment(root, folder) for folder in folders]
+
+
+class _Done:
+    """The result of a read made at once, shaped like a thread's future."""
+
+    def __init__(self, records: list[ExperimentRecord]) -> None:
+        self.records = records
+
+    def result(self) -> list[ExperimentRecord]:
+        return self.records
 
 
 #: How often a batch re-reads experiments that changed while it was written before leaving them to the next sync.

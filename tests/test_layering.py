@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "heartbeat": 1,
     "liveness": 1,
     "sync": 1,
+    "bulk_load": 1,
     # 2: questions asked of the index
     "selection": 2,
     "pushdown": 2,
