@@ -195,17 +195,29 @@ def iter_selected(
     )
     if limit is not None and selection is None:
         sql += f" LIMIT {int(limit)}"
+    if limit is not None and limit <= 0:
+        return  # the loop below checks the limit after each row it yields: "none at all" is settled here
     width = len(columns)
     fast_loads, exact_loads = orjson.loads, json.loads
     folder_prefix = index.root.rstrip("/") + "/"
     namespace = evaluation_globals(None, None)
     run_states = RunStates(index)
     evaluates_also = also_evaluates is not None
+    # Where SQL found the selection true for certain and the caller wants the columns alone (list, the ids of
+    # overview), the row is yielded as it came: nothing is parsed, built or evaluated for it.
+    columns_alone_at = verdict_at if not with_parameters and not evaluates_also else None
     kept = 0
     # Each column position is set exactly when its column was selected (parameters_at: reads_parameters or
     # with_parameters; summary_at: READS_SUMMARY; path_at: any metadata), so the tests below are on the
     # positions themselves.
     for values in index.db.execute(sql, params):
+        if columns_alone_at is not None and values[columns_alone_at] == 1:
+            failures.selected_in_sql += 1
+            yield values[:width], None, None
+            kept += 1
+            if limit is not None and kept >= limit:
+                return
+            continue
         # Where SQL found the selection true for certain, Python need not evaluate it again.
         decided = verdict_at is not None and values[verdict_at] == 1
         evaluates_selection = selection is not None and not decided

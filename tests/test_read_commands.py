@@ -156,6 +156,21 @@ def test_tail_select_and_num(archive: Path, run_cli) -> None:
     assert all(item["description"] for item in experiments)
 
 
+@pytest.mark.parametrize("num", [0, 1, 2, 100])
+@pytest.mark.parametrize("select", ["m['status'] == 'done'", "m['status'] != 'done'"])
+def test_tail_num_counts_what_sql_selects_and_what_python_selects_alike(
+    archive: Path, run_cli, num: int, select: str
+) -> None:
+    # The first is decided in SQL row by row (pushdown), the second only in Python: -n must count both the same.
+    result = run_cli("archive", "tail", "-n", str(num), "--path", str(archive), "--select", select, "--json")
+    assert result.exit_code == 0, result.output
+    wants_done = "==" in select
+    newest_first = [
+        rel for rel in reversed(_expected_order()) if (read_meta(archive / rel)["status"] == "done") == wants_done
+    ]
+    assert [item["rel_path"] for item in json.loads(result.stdout)] == newest_first[:num]
+
+
 def test_overview_figures_match_the_files(archive: Path, run_cli) -> None:
     result = run_cli("archive", "overview", "--path", str(archive), "--json")
     assert result.exit_code == 0, result.output
