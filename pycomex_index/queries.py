@@ -23,6 +23,7 @@ from pycomex_index.liveness import RunStates
 from pycomex_index.paths import experiment_folder, path_on_disk
 from pycomex_index.pushdown import prefilter_for
 from pycomex_index.selection import (
+    BUILT_KEYS,
     READS_NO_METADATA,
     READS_SUMMARY,
     CompiledExpression,
@@ -140,6 +141,9 @@ def iter_selected(
     expressions = [expression for expression in (selection, also_evaluates) if expression is not None]
     reads_metadata = max((expression.reads_metadata for expression in expressions), default=READS_NO_METADATA)
     reads_parameters = any(expression.reads_parameters for expression in expressions)
+    # m['state'] judges a running run by its files (pycomex_index.liveness): only for an expression that can see it.
+    derives_state = any(expression.may_read_metadata_key("state") for expression in expressions)
+    builds_metadata = any(expression.may_read_metadata_key(key) for expression in expressions for key in BUILT_KEYS)
     failures = failures if failures is not None else EvaluationFailures()
     selected: list[str] = list(columns)
     join = ""
@@ -230,18 +234,22 @@ def iter_selected(
         if builds_namespace:
             metadata = None
             if path_at is not None:
-                path, folder_namespace = folder_prefix + path_on_disk(values[path_at]), values[path_at + 1]
+                rel_path = values[path_at]
                 if summary_at is not None:
                     summary = values[summary_at]
-                    metadata = build_metadata(loads(summary) if summary else {}, path=path, namespace=folder_namespace)
+                    metadata = loads(summary) if summary else {}
                 else:
                     # The whole document is not in the index: read the file, after SQL has narrowed the rows.
                     try:
-                        metadata = build_metadata(read_metadata(path), path=path, namespace=folder_namespace)
+                        metadata = read_metadata(folder_prefix + path_on_disk(rel_path))
                     except ValueError as error:
                         failures.record(error)
                         continue
-                _derive_state(metadata, run_states, values[path_at], values[path_at + 2])
+                if builds_metadata:
+                    path = folder_prefix + path_on_disk(rel_path)
+                    metadata = build_metadata(metadata, path=path, namespace=values[path_at + 1])
+                if derives_state:
+                    _derive_state(metadata, run_states, rel_path, values[path_at + 2])
             namespace = rebind_evaluation_globals(namespace, metadata, parameters)
             if selection is not None and not decided:  # evaluates_selection, spelled out for the type checker
                 failures.evaluated += 1
