@@ -221,6 +221,11 @@ class RunStates:
             return self.judge(rel_path).state
         return FINISHED if outcome in ("done", "failed") else None
 
+    def running_rel_paths(self) -> list[str]:
+        """The archive's experiments whose status says running (read once, with their start times)."""
+        self._load()
+        return list(self._start_times)
+
     def certainly_dead(self, rel_path: str) -> bool:
         judgement = self.judge(rel_path)
         return judgement.state == INTERRUPTED and judgement.certain
@@ -309,20 +314,14 @@ class RunStates:
             folder = experiment_folder(self.index.root, rel_path)
         except UnsafePathError:
             return None
-        metadata_path, log_path = os.path.join(folder, METADATA_FILE_NAME), os.path.join(folder, LOG_FILE_NAME)
-        stats: dict[str, os.stat_result] = {}
-        for path in (folder, metadata_path, log_path):
-            try:
-                stats[path] = os.stat(path)
-            except OSError:
-                continue
-        if not stats:
+        # Concatenated, not os.path.join'ed: this runs for every running row a listing shows.
+        log_path = folder + _LOG_IN_FOLDER
+        folder_stat, metadata, log = _stat(folder), _stat(folder + _METADATA_IN_FOLDER), _stat(log_path)
+        mtimes = [found.st_mtime for found in (folder_stat, metadata, log) if found is not None]
+        if not mtimes:
             return None
-        age = self._judged_at - max(found.st_mtime for found in stats.values())
-        if age >= self.quiet_after:
-            return age
-        metadata, log = stats.get(metadata_path), stats.get(log_path)
-        if metadata is None or log is None:
+        age = self._judged_at - max(mtimes)
+        if age >= self.quiet_after or metadata is None or log is None:
             return age
         recorded = self._activity_recorded_inside(rel_path, metadata.st_mtime, log_path, log)
         return age if recorded is None else self._judged_at - recorded
@@ -357,6 +356,17 @@ class RunStates:
         if log.st_mtime - last_record <= COPIED_AFTER_SECONDS:
             return None
         return last_record
+
+
+_METADATA_IN_FOLDER = os.sep + METADATA_FILE_NAME
+_LOG_IN_FOLDER = os.sep + LOG_FILE_NAME
+
+
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
 
 
 def log_record_times(log_path: str, size: int) -> tuple[datetime, datetime] | None:

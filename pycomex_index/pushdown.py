@@ -59,10 +59,16 @@ class Prefilter:
     params: dict[str, Any]
     pushed: list[str] = field(default_factory=list)
     joins: list[str] = field(default_factory=list)
+    #: The verdict with every parameter left undecided: 0 only where the verdict is 0, and over ``e`` alone,
+    #: so SQLite tests it before it looks a row's parameters up (None when it is never 0, or needs no join).
+    experiment_verdict: str | None = None
 
     @property
     def condition(self) -> str:
-        return f"COALESCE({self.verdict}, 1) = 1"
+        verdict = f"COALESCE({self.verdict}, 1) = 1"
+        if self.experiment_verdict is None:
+            return verdict
+        return f"COALESCE({self.experiment_verdict}, 1) = 1 AND {verdict}"
 
 
 def prefilter_for(expression: CompiledExpression) -> Prefilter | None:
@@ -75,7 +81,14 @@ def prefilter_for(expression: CompiledExpression) -> Prefilter | None:
     verdict = translator.verdict(expression.tree.body)
     if not verdict.can_be_false:
         return None
-    return Prefilter(verdict.sql, translator.params, translator.pushed, list(translator.joins.values()))
+    prefilter = Prefilter(verdict.sql, translator.params, translator.pushed, list(translator.joins.values()))
+    if translator.joins:
+        # Leaving out a part can only turn a 0 into NULL (see _and and _or), never into a 1.
+        without_parameters = _Translator(reads_parameters=False, params=dict(prefilter.params))
+        experiment_verdict = without_parameters.verdict(expression.tree.body)
+        if experiment_verdict.can_be_false:
+            prefilter.experiment_verdict, prefilter.params = experiment_verdict.sql, without_parameters.params
+    return prefilter
 
 
 @dataclass(frozen=True)
@@ -96,8 +109,10 @@ _UNDECIDED = _Verdict("NULL", can_be_false=False)
 
 
 class _Translator:
-    def __init__(self) -> None:
-        self.params: dict[str, Any] = {}
+    def __init__(self, *, reads_parameters: bool = True, params: dict[str, Any] | None = None) -> None:
+        #: False: every comparison of a parameter is left undecided (no join).
+        self.reads_parameters = reads_parameters
+        self.params: dict[str, Any] = params if params is not None else {}
         self.pushed: list[str] = []
         #: parameter name -> its LEFT JOIN of experiment_parameters (alias in ``aliases``)
         self.joins: dict[str, str] = {}
@@ -130,8 +145,10 @@ class _Translator:
         variable, key = subject
         if variable in METADATA_NAMES:
             verdict = self._metadata_verdict(key, operator_type, right.value)
-        else:
+        elif self.reads_parameters:
             verdict = self._parameter_verdict(key, operator_type, right.value)
+        else:
+            return _UNDECIDED
         if verdict is not _UNDECIDED:
             self.pushed.append(ast.unparse(node))
         return verdict

@@ -23,6 +23,7 @@ from pycomex_index.liveness import RunStates
 from pycomex_index.paths import experiment_folder, path_on_disk
 from pycomex_index.pushdown import prefilter_for
 from pycomex_index.selection import (
+    BUILT_KEYS,
     READS_NO_METADATA,
     READS_SUMMARY,
     CompiledExpression,
@@ -140,6 +141,9 @@ def iter_selected(
     expressions = [expression for expression in (selection, also_evaluates) if expression is not None]
     reads_metadata = max((expression.reads_metadata for expression in expressions), default=READS_NO_METADATA)
     reads_parameters = any(expression.reads_parameters for expression in expressions)
+    # m['state'] judges a running run by its files (pycomex_index.liveness): only for an expression that can see it.
+    derives_state = any(expression.may_read_metadata_key("state") for expression in expressions)
+    builds_metadata = any(expression.may_read_metadata_key(key) for expression in expressions for key in BUILT_KEYS)
     failures = failures if failures is not None else EvaluationFailures()
     selected: list[str] = list(columns)
     join = ""
@@ -195,17 +199,29 @@ def iter_selected(
     )
     if limit is not None and selection is None:
         sql += f" LIMIT {int(limit)}"
+    if limit is not None and limit <= 0:
+        return  # the loop below checks the limit after each row it yields: "none at all" is settled here
     width = len(columns)
     fast_loads, exact_loads = orjson.loads, json.loads
     folder_prefix = index.root.rstrip("/") + "/"
     namespace = evaluation_globals(None, None)
     run_states = RunStates(index)
     evaluates_also = also_evaluates is not None
+    # Where SQL found the selection true for certain and the caller wants the columns alone (list, the ids of
+    # overview), the row is yielded as it came: nothing is parsed, built or evaluated for it.
+    columns_alone_at = verdict_at if not with_parameters and not evaluates_also else None
     kept = 0
     # Each column position is set exactly when its column was selected (parameters_at: reads_parameters or
     # with_parameters; summary_at: READS_SUMMARY; path_at: any metadata), so the tests below are on the
     # positions themselves.
     for values in index.db.execute(sql, params):
+        if columns_alone_at is not None and values[columns_alone_at] == 1:
+            failures.selected_in_sql += 1
+            yield values[:width], None, None
+            kept += 1
+            if limit is not None and kept >= limit:
+                return
+            continue
         # Where SQL found the selection true for certain, Python need not evaluate it again.
         decided = verdict_at is not None and values[verdict_at] == 1
         evaluates_selection = selection is not None and not decided
@@ -218,18 +234,22 @@ def iter_selected(
         if builds_namespace:
             metadata = None
             if path_at is not None:
-                path, folder_namespace = folder_prefix + path_on_disk(values[path_at]), values[path_at + 1]
+                rel_path = values[path_at]
                 if summary_at is not None:
                     summary = values[summary_at]
-                    metadata = build_metadata(loads(summary) if summary else {}, path=path, namespace=folder_namespace)
+                    metadata = loads(summary) if summary else {}
                 else:
                     # The whole document is not in the index: read the file, after SQL has narrowed the rows.
                     try:
-                        metadata = build_metadata(read_metadata(path), path=path, namespace=folder_namespace)
+                        metadata = read_metadata(folder_prefix + path_on_disk(rel_path))
                     except ValueError as error:
                         failures.record(error)
                         continue
-                _derive_state(metadata, run_states, values[path_at], values[path_at + 2])
+                if builds_metadata:
+                    path = folder_prefix + path_on_disk(rel_path)
+                    metadata = build_metadata(metadata, path=path, namespace=values[path_at + 1])
+                if derives_state:
+                    _derive_state(metadata, run_states, rel_path, values[path_at + 2])
             namespace = rebind_evaluation_globals(namespace, metadata, parameters)
             if selection is not None and not decided:  # evaluates_selection, spelled out for the type checker
                 failures.evaluated += 1

@@ -70,6 +70,13 @@ class CompiledExpression:
     tree: ast.AST
     reads_metadata: int  # READS_*
     reads_parameters: bool
+    #: The keys ``m`` is read with (``m['key']``, ``m.get('key')``, ``'key' in m``) when those are all it is
+    #: read with (READS_SUMMARY or READS_NO_METADATA); None when it may be read whole (READS_DOCUMENT).
+    metadata_keys: frozenset[str] | None = frozenset()
+
+    def may_read_metadata_key(self, key: str) -> bool:
+        """Whether the expression can see ``m[key]``: the derived keys costly to make are made only then."""
+        return self.metadata_keys is None or key in self.metadata_keys
 
 
 @dataclass
@@ -122,9 +129,14 @@ def compile_expression(source: str, *, mode: str = "eval", what: str = "--select
             f"{what} uses unknown name {names}: use m/metadata/meta (metadata) or p/parameters/params (parameters)"
         )
     code = compile(tree, f"<{what}>", mode)
-    reads_metadata, reads_parameters = _what_it_reads(tree)
+    reads_metadata, reads_parameters, metadata_keys = _what_it_reads(tree)
     return CompiledExpression(
-        source=source, code=code, tree=tree, reads_metadata=reads_metadata, reads_parameters=reads_parameters
+        source=source,
+        code=code,
+        tree=tree,
+        reads_metadata=reads_metadata,
+        reads_parameters=reads_parameters,
+        metadata_keys=metadata_keys,
     )
 
 
@@ -154,25 +166,39 @@ def _unknown_names(tree: ast.AST) -> set[str]:
     return loaded - bound
 
 
-def _what_it_reads(tree: ast.AST) -> tuple[int, bool]:
-    """How much of ``m`` the expression reads (READS_*: summary keys or the whole document), and whether it uses ``p``."""
+def _what_it_reads(tree: ast.AST) -> tuple[int, bool, frozenset[str] | None]:
+    """How much of ``m`` the expression reads (READS_*: summary keys or the whole document), whether it uses
+    ``p``, and the keys it reads ``m`` with (None: it may read any)."""
     parents: dict[ast.AST, ast.AST] = {}
     for node in ast.walk(tree):
         for child in ast.iter_child_nodes(node):
             parents[child] = node
     reads_metadata, reads_parameters = READS_NO_METADATA, False
+    keys: set[str] | None = set()
     for node in ast.walk(tree):
         if not isinstance(node, ast.Name):
             continue
+        if node.id in _NAMESPACE_READERS:
+            keys, reads_metadata, reads_parameters = None, READS_DOCUMENT, True
+            continue
         if node.id in PARAMETER_NAMES:
             reads_parameters = True
-        elif node.id in METADATA_NAMES and reads_metadata < READS_DOCUMENT:
+        elif node.id in METADATA_NAMES and keys is not None:
             key = _constant_key_read(node, parents)
-            if isinstance(node.ctx, ast.Load) and key is not None and key not in DOCUMENT_ONLY_KEYS:
-                reads_metadata = READS_SUMMARY
-            else:
-                reads_metadata = READS_DOCUMENT
-    return reads_metadata, reads_parameters
+            if isinstance(node.ctx, ast.Load) and key is not None:
+                keys.add(key)
+                if key not in DOCUMENT_ONLY_KEYS:
+                    reads_metadata = max(reads_metadata, READS_SUMMARY)
+                    continue
+            if not isinstance(node.ctx, ast.Load) or key is None:
+                keys = None  # m used otherwise (passed on, iterated, rebound): any key may be read
+            reads_metadata = READS_DOCUMENT
+    return reads_metadata, reads_parameters, (frozenset(keys) if keys is not None else None)
+
+
+#: Builtins through which an expression can reach ``m`` and ``p`` without naming them (``eval("m['state']")``):
+#: such an expression gets both, whole.
+_NAMESPACE_READERS = frozenset({"eval", "exec", "globals", "locals", "vars", "compile"})
 
 
 def _constant_key_read(node: ast.Name, parents: dict[ast.AST, ast.AST]) -> str | None:
@@ -202,6 +228,10 @@ def _constant_key_read(node: ast.Name, parents: dict[ast.AST, ast.AST]) -> str |
         ):
             return call.args[0].value
     return None
+
+
+#: The keys :func:`build_metadata` adds or changes: an expression that reads none of them sees the file's dict as is.
+BUILT_KEYS = ("path", "name", *TIME_KEYS)
 
 
 def build_metadata(metadata: dict[str, Any], *, path: str, namespace: str) -> dict[str, Any]:

@@ -58,13 +58,15 @@ class ArchiveStatistics:
 
 
 _SELECTED_TABLE = "selected_experiments"
+#: Every experiment of the archive (the WHERE clause :func:`_restrict_to_selection` gives without a selection).
+_WHOLE_ARCHIVE = "archive_id = :archive_id"
 
 
 def _restrict_to_selection(
     index: ArchiveIndex, selection: CompiledExpression | None, failures: EvaluationFailures
 ) -> str:
     """A WHERE clause for the experiments ``selection`` keeps (filling a temporary table of their ids)."""
-    where = "archive_id = :archive_id"
+    where = _WHOLE_ARCHIVE
     if selection is None:
         return where
     db = index.db
@@ -175,14 +177,15 @@ def _speaks_sqlite_or_postgresql(url: str) -> bool:
 ERROR_GROUP = "error"
 
 
-def count_interrupted(
-    index: ArchiveIndex, where: str = "archive_id = :archive_id", rel_paths: list[str] | None = None
-) -> int:
+def count_interrupted(index: ArchiveIndex, where: str = _WHOLE_ARCHIVE, rel_paths: list[str] | None = None) -> int:
     """How many of the running experiments (those ``where`` keeps, or ``rel_paths``) are interrupted.
 
     Only the rows whose status says running are read and judged (:mod:`pycomex_index.liveness`).
     """
-    if rel_paths is None:
+    run_states = RunStates(index)
+    if rel_paths is None and where == _WHOLE_ARCHIVE:
+        rel_paths = run_states.running_rel_paths()  # the judge reads them anyway: one query, not two
+    elif rel_paths is None:
         rel_paths = [
             rel_path
             for (rel_path,) in index.db.execute(
@@ -190,7 +193,6 @@ def count_interrupted(
                 {"archive_id": index.archive_id},
             )
         ]
-    run_states = RunStates(index)
     return sum(run_states.state(rel_path, Outcome.RUNNING) == INTERRUPTED for rel_path in rel_paths)
 
 
@@ -372,7 +374,9 @@ def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_
     """One GROUP BY on the value's JSON text; Python turns each distinct text into pycomex's ``str(value)``.
 
     Documents in Python's JSON dialect (NaN, big integers...), which SQL
-    cannot parse, are grouped one by one in Python, by the same rule. One of
+    cannot parse, are grouped one by one in Python, by the same rule; the
+    GROUP BY gathers them under NULL (a missing key is the empty text, which
+    no JSON value is), so they are read only when there are any. One of
     pycomex's own parameters (``__PREFIX__``...) is read from the small
     ``experiments.special_parameters_json``: no join, and a document of a few
     values to parse instead of all of them; it is NULL exactly for the rows in
@@ -391,11 +395,11 @@ def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_
     readable = f"outcome <> '{Outcome.ERROR.value}'"
     if key_read.column == "f.parameters_json" and is_special_parameter(key_read.key):
         column, table = "e.special_parameters_json", experiments_table(index)
-        sql_rows, python_rows = f"{column} IS NOT NULL", f"{column} IS NULL"
+        python_rows = f"{column} IS NULL"
     else:
         column = key_read.column
         table = f"{experiments_table(index)} JOIN experiment_fields f ON f.experiment_id = e.id"
-        sql_rows, python_rows = "NOT f.needs_python", "f.needs_python"
+        python_rows = "f.needs_python"
     if index.db.url.startswith("sqlite"):
         # Grouping by an expression, SQLite computes it once for the sort and again for the result column:
         # twice parsing every JSON document. A subquery with a LIMIT (-1: none) is not merged into the
@@ -410,15 +414,20 @@ def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_
         f"SUM(CASE WHEN outcome = '{Outcome.DONE.value}' THEN 1 ELSE 0 END), MAX(end_time), "
         "SUM(CASE WHEN duration > 0 THEN duration END), SUM(CASE WHEN duration > 0 THEN 1 ELSE 0 END), "
         "SUM(disk_usage) "
-        f"FROM (SELECT {value} AS value, outcome, end_time, duration, disk_usage "
-        f"FROM {table} WHERE {where} AND {readable} AND {sql_rows}{unmerged}) AS grouped GROUP BY value",
+        f"FROM (SELECT CASE WHEN {python_rows} THEN NULL ELSE COALESCE({value}, '') END AS value, "
+        f"outcome, end_time, duration, disk_usage "
+        f"FROM {table} WHERE {where} AND {readable}{unmerged}) AS grouped GROUP BY value",
         params,
     )
+    in_python_dialect = False
     for value, count, successful, last_end_time, duration_sum, duration_count, disk_usage in rows:
-        if value is None and key_read.raises_when_missing:
+        if value is None:
+            in_python_dialect = True
+            continue
+        if value == "" and key_read.raises_when_missing:
             _count_missing_key(key_read, group_failures, count)
             key = ERROR_GROUP
-        elif value is None:
+        elif value == "":
             key = str(key_read.default)
         else:
             key = str(orjson.loads(value))
@@ -426,13 +435,15 @@ def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_
         _group(groups, key).add(
             count, successful, last_end_time, duration_sum or 0.0, duration_count, int(disk_usage or 0)
         )
-    in_python_dialect = index.db.execute(
+    if not in_python_dialect:
+        return where  # the selected experiments, for counting the interrupted ones
+    documents = index.db.execute(
         f"SELECT {key_read.column}, outcome, end_time, duration, disk_usage "
         f"FROM experiments e JOIN experiment_fields f ON f.experiment_id = e.id "
         f"WHERE {where} AND {readable} AND {python_rows}",
         params,
     )
-    for document, outcome, end_time, duration, disk_usage in in_python_dialect:
+    for document, outcome, end_time, duration, disk_usage in documents:
         values = json.loads(document)
         if key_read.key in values:
             key = str(values[key_read.key])
@@ -445,7 +456,7 @@ def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_
         _group(groups, key).add(
             1, int(outcome == Outcome.DONE), end_time, duration if ran else 0.0, int(ran), disk_usage
         )
-    return where  # the selected experiments, for counting the interrupted ones
+    return where
 
 
 def _count_missing_key(key_read: _KeyRead, group_failures: EvaluationFailures, count: int) -> None:

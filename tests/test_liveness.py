@@ -332,3 +332,27 @@ def test_a_threshold_that_is_no_number_falls_back_to_the_default(monkeypatch, va
 
     monkeypatch.setenv(QUIET_AFTER_VARIABLE, value)
     assert seconds_from_environment(QUIET_AFTER_VARIABLE, QUIET_AFTER_SECONDS) == QUIET_AFTER_SECONDS
+
+
+@pytest.mark.parametrize("rel_path", ["/etc", "a//b", "a/./b", "a/../../etc", "..", ".", "", "a/b/"])
+def test_a_stored_path_that_is_not_plainly_below_the_root_reaches_no_folder(rel_path: str) -> None:
+    from pycomex_index.errors import UnsafePathError
+    from pycomex_index.paths import experiment_folder
+
+    with pytest.raises(UnsafePathError):
+        experiment_folder("/archive/results", rel_path)
+
+
+@pytest.mark.parametrize(
+    ("root", "rel_path", "folder"),
+    [
+        ("/archive/results", "ns/run", "/archive/results/ns/run"),
+        ("/archive/results/", "ns/deep/run", "/archive/results/ns/deep/run"),
+        ("/archive/results", "ns/caf\\\\x/run", "/archive/results/ns/caf\\x/run"),  # stored escaped
+        ("/archive/results", "...hidden/run", "/archive/results/...hidden/run"),
+    ],
+)
+def test_a_plain_stored_path_is_its_folder_below_the_root(root: str, rel_path: str, folder: str) -> None:
+    from pycomex_index.paths import experiment_folder
+
+    assert experiment_folder(root, rel_path) == folder

@@ -156,6 +156,21 @@ def test_tail_select_and_num(archive: Path, run_cli) -> None:
     assert all(item["description"] for item in experiments)
 
 
+@pytest.mark.parametrize("num", [0, 1, 2, 100])
+@pytest.mark.parametrize("select", ["m['status'] == 'done'", "m['status'] != 'done'"])
+def test_tail_num_counts_what_sql_selects_and_what_python_selects_alike(
+    archive: Path, run_cli, num: int, select: str
+) -> None:
+    # The first is decided in SQL row by row (pushdown), the second only in Python: -n must count both the same.
+    result = run_cli("archive", "tail", "-n", str(num), "--path", str(archive), "--select", select, "--json")
+    assert result.exit_code == 0, result.output
+    wants_done = "==" in select
+    newest_first = [
+        rel for rel in reversed(_expected_order()) if (read_meta(archive / rel)["status"] == "done") == wants_done
+    ]
+    assert [item["rel_path"] for item in json.loads(result.stdout)] == newest_first[:num]
+
+
 def test_overview_figures_match_the_files(archive: Path, run_cli) -> None:
     result = run_cli("archive", "overview", "--path", str(archive), "--json")
     assert result.exit_code == 0, result.output
@@ -304,3 +319,28 @@ def test_an_outcome_is_its_plain_value_in_text_json_and_the_icon_table(outcome: 
     assert f"{member}" == str(member) == outcome
     assert json.dumps({"status": member}) == json.dumps({"status": outcome})
     assert STATUS_ICONS[outcome] == STATUS_ICONS[member]
+
+
+DURATIONS = {
+    None: "unknown",
+    float("nan"): "unknown",
+    float("inf"): "unknown",
+    0: "0s",
+    0.08: "0.08s",
+    5.0: "5s",
+    9.999: "10.00s",
+    45: "45s",
+    59.5: "1m 0s",  # Python rounds half to even, as before the whole seconds were cached
+    60.5: "1m 0s",
+    135.2: "2m 15s",
+    3600: "1h 0m 0s",
+    20250.4: "5h 37m 30s",
+    True: "1s",
+}
+
+
+def test_durations_are_spelled_the_same_however_often_and_in_whatever_order_they_are_asked() -> None:
+    from pycomex_index.formatting import format_duration
+
+    for values in (list(DURATIONS), list(reversed(DURATIONS))):
+        assert {value: format_duration(value) for value in values} == DURATIONS

@@ -27,6 +27,9 @@ VALUES = [
     2**70,
     float("nan"),
     "None",
+    "",  # the empty string is a value: not the missing key, which the GROUP BY spells as the empty text
+    "naïve ünïcode",
+    "nul\x00inside",
 ]
 
 
@@ -64,7 +67,9 @@ def mixed_archive(tmp_path: Path) -> Path:
     ],
 )
 @pytest.mark.parametrize("select", [None, "m['duration'] > 3"])
-def test_sql_grouping_equals_python_grouping(mixed_archive: Path, expression: str, select: str | None) -> None:
+def test_sql_grouping_equals_python_grouping(
+    mixed_archive: Path, expression: str, select: str | None, index_backend: str
+) -> None:
     group_by = compile_expression(expression, what="--group")
     selection = compile_expression(select) if select else None
     with open_archive_index(str(mixed_archive)) as index:

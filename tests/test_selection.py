@@ -36,11 +36,68 @@ from pycomex_index.selection import (
         ("len(meta) > 3", READS_DOCUMENT, False),
         ("len(meta) > 3 and p['X'] > 1", READS_DOCUMENT, True),
         ("any(m[key] for key in ['status'])", READS_DOCUMENT, False),
+        ("eval('1') == 1", READS_DOCUMENT, True),  # it could as well have been eval("m['status']")
+        ("globals()['p']['X'] > 1", READS_DOCUMENT, True),
     ],
 )
 def test_expressions_read_only_what_they_need(source: str, reads_metadata: int, reads_parameters: bool) -> None:
     expression = compile_expression(source)
     assert (expression.reads_metadata, expression.reads_parameters) == (reads_metadata, reads_parameters)
+
+
+@pytest.mark.parametrize(
+    ("source", "keys"),
+    [
+        ("p['X'] > 1", frozenset()),
+        ("m['status'] == 'done' and p['X'] > 1", {"status"}),
+        ("m.get('state') == 'live' or meta['name'] == 'a'", {"state", "name"}),
+        ("'state' in m", {"state"}),
+        ("m['description'] != ''", {"description"}),
+        ("len(m) > 3", None),
+        ("[k for k in m]", None),
+        ("m['status'] == 'done' and str(m) != ''", None),
+        ("eval(\"m['state']\") == 'live'", None),
+        ("globals()['m']['state'] == 'live'", None),
+    ],
+)
+def test_the_keys_m_is_read_with_are_known_unless_it_may_be_read_whole(source: str, keys) -> None:
+    expression = compile_expression(source)
+    assert expression.metadata_keys == (frozenset(keys) if keys is not None else None)
+    assert expression.may_read_metadata_key("state") == (keys is None or "state" in keys)
+
+
+KILLED_RUN_LINE = "💀 results/neural_net/26_11_2026__14_03_50__p11237__wKXG (interrupted)\n"
+
+
+@pytest.mark.parametrize(
+    "select",
+    [
+        "m.get('state') == 'interrupted'",
+        "'state' in m and m['state'] == 'interrupted'",
+        "'interrupted' in m.values()",
+        "eval(\"m['state']\") == 'interrupted'",
+        "globals()['meta']['state'] == 'interrupted'",
+        "m['status'] in ('running',)",  # reads no state; the line still shows the run judged
+    ],
+)
+def test_every_way_an_expression_can_see_the_state_finds_it(archive, run_cli, select: str) -> None:
+    result = run_cli("archive", "list", "--path", str(archive), "--select", select)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == KILLED_RUN_LINE
+
+
+@pytest.mark.parametrize(
+    "select",
+    [
+        "m['path'].endswith('/neural_net/26_11_2026__14_03_50__p11237__wKXG') and m['status'] in ('running',)",
+        "m['start_time'] > '2000-01-01' and m['status'] in ('running',)",  # a time compares with a date
+        "m['status'] in ('running',) and m['name'] == 'train_neural_net'",  # the file's own name wins
+    ],
+)
+def test_the_keys_m_gains_or_changes_are_there_when_read(archive, run_cli, select: str) -> None:
+    result = run_cli("archive", "list", "--path", str(archive), "--select", select)
+    assert (result.exit_code, result.stderr) == (0, ""), result.output
+    assert result.stdout == KILLED_RUN_LINE
 
 
 def test_a_syntax_error_is_a_selection_error() -> None:
