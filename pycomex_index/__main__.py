@@ -2,4 +2,5 @@
 
 from pycomex_index.cli import main
 
-main()
+if __name__ == "__main__":  # not when a multiprocessing server imports the main module again
+    main()
