@@ -56,7 +56,7 @@ READ_CHUNK = 250
 #: After this many batches read in threads, a sync with that much left to do reads in worker processes instead:
 #: parsing holds the GIL, so threads use one core however many there are, and storing needs the same one.
 #: Below it (a read command's usual handful of changes) starting processes would cost more than it saves.
-PROCESS_POOL_AFTER_BATCHES = 2
+PROCESS_POOL_AFTER_BATCHES = 1
 
 
 @dataclass
