@@ -2,5 +2,4 @@
 
 from pycomex_index.cli import main
 
-if __name__ == "__main__":  # not when a multiprocessing server imports the main module again
-    main()
+main()

@@ -264,14 +264,18 @@ class _PendingWork:
         import os
         from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
-        if self.batches_started <= PROCESS_POOL_AFTER_BATCHES or (os.cpu_count() or 1) < 2:
+        if (
+            self.batches_started <= PROCESS_POOL_AFTER_BATCHES
+            or (os.cpu_count() or 1) < 2
+            or not _main_module_is_ours()
+        ):
             if self.readers is None:
                 self.readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="pycomex-index-reader")
             return
         import multiprocessing
 
         # forkserver, not fork: the daemon has threads, and a fork copies whatever lock one of them held. The
-        # server imports this module once, so every worker forked from it has it (and no __main__ re-run).
+        # server imports this module once, so every worker forked from it has it.
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([__name__])
         threads, self.readers = self.readers, ProcessPoolExecutor(READER_THREADS, mp_context=context)
@@ -322,6 +326,23 @@ class _PendingWork:
                 total = None
             self.reported_total = total
             self.on_progress(self.done, total)
+
+
+def _main_module_is_ours() -> bool:
+    """True when the running program is pycomex-index's command line (its script, or python -m pycomex_index).
+
+    A worker process imports the program's main script again (not a ``-m`` module's ``__main__``). Ours is
+    safe to import; a caller's script without an ``if __name__ == "__main__"`` guard (an experiment using the
+    library, say) would run again in every worker, so any other program reads in threads.
+    """
+    import os
+    import sys
+
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None:
+        return spec.name.partition(".")[0] == "pycomex_index"
+    return os.path.basename(getattr(main, "__file__", None) or "") == "pycomex-index"
 
 
 def _by_inode(queued: tuple[FolderStat, bool, int]) -> int:

@@ -63,6 +63,7 @@ def test_readers_store_what_reading_in_one_thread_stores(
     monkeypatch.setattr(sync_module, "BATCH_SIZE", 40)
     monkeypatch.setattr(sync_module, "READ_CHUNK", 7)
     monkeypatch.setattr(sync_module, "PROCESS_POOL_AFTER_BATCHES", 0 if readers == "processes" else 10**9)
+    monkeypatch.setattr(sync_module, "_main_module_is_ours", lambda: True)  # pytest's main module is safe too
     threaded, serial = tmp_path / "threaded" / "results", tmp_path / "serial" / "results"
     for root in (threaded, serial):
         _make_archive(root, 300)
@@ -99,6 +100,7 @@ def test_a_reader_process_that_dies_costs_no_experiment(tmp_path: Path, monkeypa
     monkeypatch.setattr(sync_module, "BATCH_SIZE", 40)
     monkeypatch.setattr(sync_module, "READ_CHUNK", 5)
     monkeypatch.setattr(sync_module, "PROCESS_POOL_AFTER_BATCHES", 0)
+    monkeypatch.setattr(sync_module, "_main_module_is_ours", lambda: True)
     root = tmp_path / "results"
     _make_archive(root, 400)
     killed: list[int] = []
@@ -112,6 +114,25 @@ def test_a_reader_process_that_dies_costs_no_experiment(tmp_path: Path, monkeypa
         report = sync_module.sync_archive(index, on_progress=kill_a_reader)
     assert killed and report.added == 400 and report.unreadable == 0
     assert len(index_query(root, _LISTED)) == 400
+
+
+def test_a_script_using_the_library_never_runs_again_in_reader_processes(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    _make_archive(root, 120)
+    runs = tmp_path / "runs.txt"
+    script = tmp_path / "experiment.py"
+    # No __main__ guard, as in many experiment scripts: a worker process importing it would run it again.
+    script.write_text(
+        "import pycomex_index.sync as sync\n"
+        "from pycomex_index.store import open_archive_index\n"
+        f"open({str(runs)!r}, 'a').write('ran\\n')\n"
+        "sync.BATCH_SIZE, sync.READ_CHUNK, sync.PROCESS_POOL_AFTER_BATCHES = 20, 5, 0\n"
+        f"with open_archive_index({str(root)!r}) as index:\n"
+        "    assert sync.sync_archive(index).added == 120\n"
+    )
+    finished = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    assert runs.read_text() == "ran\n" and finished.stderr == ""
 
 
 @pytest.mark.sqlite_only("the bulk load drops and builds the indexes of a SQLite index file")
