@@ -163,44 +163,51 @@ def iter_folder_listings(root: str, *, folder_times: bool = True) -> Iterator[Fo
             continue
         try:
             try:
-                with os.scandir(folder if folder_fd is None else folder_fd) as scan:
-                    entries = list(scan)
+                scan = os.scandir(folder if folder_fd is None else folder_fd)
             except OSError:
                 continue
-            for entry in entries:
+            # One entry at a time, not a list of them: a namespace of 200,000 runs held that many entries and their
+            # cached stats at once, tens of MB of a first build's peak memory.
+            with scan:
                 try:
-                    if not entry.is_dir() or (not rel_dir and entry.name == INDEX_FOLDER_NAME):
-                        continue
-                    is_link = entry.is_symlink()
-                    folder_stat = entry.stat() if folder_times or is_link else None
+                    for entry in scan:
+                        try:
+                            if not entry.is_dir() or (not rel_dir and entry.name == INDEX_FOLDER_NAME):
+                                continue
+                            is_link = entry.is_symlink()
+                            folder_stat = entry.stat() if folder_times or is_link else None
+                        except OSError:
+                            continue
+                        if is_link and folder_stat is not None:  # a link is always stat'ed above
+                            # A link to a folder inside the archive is an alias of something walked anyway;
+                            # a link out of it is followed once per real folder, so cycles end.
+                            target = os.path.realpath(f"{folder}/{entry.name}")
+                            identity = (folder_stat.st_dev, folder_stat.st_ino)
+                            if target == real_root or target.startswith(real_root + os.sep) or identity in seen:
+                                continue
+                            seen.add(identity)
+                        name = entry.name
+                        if not name.isascii() or "\\" in name:
+                            name = path_in_index(name)
+                        rel_path = prefix + name
+                        try:
+                            if folder_fd is not None:
+                                meta_stat = stat_path(entry.name + meta_suffix, dir_fd=folder_fd)
+                            else:
+                                meta_stat = stat_path(entry.path + meta_suffix)
+                        except OSError:
+                            pending.append(rel_path)
+                            continue
+                        if is_regular_file(meta_stat.st_mode):
+                            folder_mtime_ns = folder_stat.st_mtime_ns if folder_stat is not None else UNKNOWN_MTIME
+                            experiments.append(
+                                FolderStat(rel_path, meta_stat.st_mtime_ns, meta_stat.st_size, folder_mtime_ns)
+                            )
+                            inodes.append(entry.inode())  # from the directory entry itself: no system call
+                        else:
+                            pending.append(rel_path)
                 except OSError:
-                    continue
-                if is_link and folder_stat is not None:  # a link is always stat'ed above
-                    # A link to a folder inside the archive is an alias of something walked anyway;
-                    # a link out of it is followed once per real folder, so cycles end.
-                    target = os.path.realpath(f"{folder}/{entry.name}")
-                    identity = (folder_stat.st_dev, folder_stat.st_ino)
-                    if target == real_root or target.startswith(real_root + os.sep) or identity in seen:
-                        continue
-                    seen.add(identity)
-                name = entry.name
-                if not name.isascii() or "\\" in name:
-                    name = path_in_index(name)
-                rel_path = prefix + name
-                try:
-                    if folder_fd is not None:
-                        meta_stat = stat_path(entry.name + meta_suffix, dir_fd=folder_fd)
-                    else:
-                        meta_stat = stat_path(entry.path + meta_suffix)
-                except OSError:
-                    pending.append(rel_path)
-                    continue
-                if is_regular_file(meta_stat.st_mode):
-                    folder_mtime_ns = folder_stat.st_mtime_ns if folder_stat is not None else UNKNOWN_MTIME
-                    experiments.append(FolderStat(rel_path, meta_stat.st_mtime_ns, meta_stat.st_size, folder_mtime_ns))
-                    inodes.append(entry.inode())  # from the directory entry itself: no system call
-                else:
-                    pending.append(rel_path)
+                    continue  # the folder failed midway: skipped whole, as one that cannot be listed
         finally:
             if folder_fd is not None:
                 os.close(folder_fd)

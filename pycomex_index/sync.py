@@ -53,6 +53,10 @@ BATCH_SIZE = 5000
 READER_THREADS = 4
 #: Folders one reader task reads: a task per folder would cost more in futures than some folders take to read.
 READ_CHUNK = 250
+#: After this many batches read in threads, a sync with that much left to do reads in worker processes instead:
+#: parsing holds the GIL, so threads use one core however many there are, and storing needs the same one.
+#: Below it (a read command's usual handful of changes) starting processes would cost more than it saves.
+PROCESS_POOL_AFTER_BATCHES = 1
 
 
 @dataclass
@@ -181,7 +185,10 @@ class _PendingWork:
         self.to_measure: list[FolderStat] = []
         #: Batches handed to the readers, oldest first, with their reads (futures of record lists).
         self.reading: deque[tuple[list[tuple[FolderStat, bool, int]], list[Any]]] = deque()
-        self.readers: Any = None  # a ThreadPoolExecutor, made for the first batch worth the threads
+        #: A ThreadPoolExecutor made for the first batch worth the threads, later maybe a ProcessPoolExecutor.
+        self.readers: Any = None
+        self.in_processes = False
+        self.batches_started = 0  # batches handed to the readers
         self.found = 0  # experiments queued so far
         self.done = 0
         #: The pre-counted number of experiments to come, or None; the progress total until the walk ends.
@@ -232,21 +239,55 @@ class _PendingWork:
         if len(folders) <= READ_CHUNK:
             # A handful of changed runs (a read command's usual sync) is read at once, without threads.
             started = time.perf_counter()
-            self.reading.append((queued, [_Done(_read_folders(self.root, folders))]))
+            self.reading.append((queued, [_Read(folders, records=_read_folders(self.root, folders))]))
             self.working_seconds += time.perf_counter() - started
             return
-        if self.readers is None:
+        self.batches_started += 1
+        if self.readers is None or (self.batches_started > PROCESS_POOL_AFTER_BATCHES and not self.in_processes):
+            self._start_readers()
+        chunks = [folders[at : at + READ_CHUNK] for at in range(0, len(folders), READ_CHUNK)]
+        self.reading.append((queued, [self._submit(chunk) for chunk in chunks]))
+
+    def _submit(self, chunk: list[FolderStat]) -> _Read:
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return _Read(chunk, self.readers.submit(_read_folders, self.root, chunk))
+        except BrokenProcessPool:  # a worker died (see _Read.records): threads read the rest
             from concurrent.futures import ThreadPoolExecutor
 
             self.readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="pycomex-index-reader")
-        chunks = [folders[at : at + READ_CHUNK] for at in range(0, len(folders), READ_CHUNK)]
-        self.reading.append((queued, [self.readers.submit(_read_folders, self.root, chunk) for chunk in chunks]))
+            return _Read(chunk, self.readers.submit(_read_folders, self.root, chunk))
+
+    def _start_readers(self) -> None:
+        """Reader threads for the first batches; worker processes once the sync proves long, on several cores."""
+        import os
+        from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+        if (
+            self.batches_started <= PROCESS_POOL_AFTER_BATCHES
+            or (os.cpu_count() or 1) < 2
+            or not _main_module_is_ours()
+        ):
+            if self.readers is None:
+                self.readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="pycomex-index-reader")
+            return
+        import multiprocessing
+
+        # forkserver, not fork: the daemon has threads, and a fork copies whatever lock one of them held. The
+        # server imports this module once, so every worker forked from it has it.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        threads, self.readers = self.readers, ProcessPoolExecutor(READER_THREADS, mp_context=context)
+        self.in_processes = True
+        if threads is not None:
+            threads.shutdown(wait=False)  # its reads still running finish; their batches are stored as usual
 
     def _store_oldest(self) -> None:
         started = time.perf_counter()
         db, archive_id, root, report = self.db, self.archive_id, self.root, self.report
         queued, reads = self.reading.popleft()
-        batch = [record for read in reads for record in read.result()]
+        batch = [record for read in reads for record in read.records(self.root)]
         db.run_in_transaction(lambda: _store_verified(db, archive_id, root, batch))
         for (_, is_new, _), record in zip(queued, batch, strict=True):
             if is_new:
@@ -287,6 +328,23 @@ class _PendingWork:
             self.on_progress(self.done, total)
 
 
+def _main_module_is_ours() -> bool:
+    """True when the running program is pycomex-index's command line (its script, or python -m pycomex_index).
+
+    A worker process imports the program's main script again (not a ``-m`` module's ``__main__``). Ours is
+    safe to import; a caller's script without an ``if __name__ == "__main__"`` guard (an experiment using the
+    library, say) would run again in every worker, so any other program reads in threads.
+    """
+    import os
+    import sys
+
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None:
+        return spec.name.partition(".")[0] == "pycomex_index"
+    return os.path.basename(getattr(main, "__file__", None) or "") == "pycomex-index"
+
+
 def _by_inode(queued: tuple[FolderStat, bool, int]) -> int:
     return queued[2]
 
@@ -295,14 +353,22 @@ def _read_folders(root: str, folders: list[FolderStat]) -> list[ExperimentRecord
     return [read_experiment(root, folder) for folder in folders]
 
 
-class _Done:
-    """The result of a read made at once, shaped like a thread's future."""
+class _Read:
+    """A chunk of folders being read by a reader (``future``), or read already (``records``)."""
 
-    def __init__(self, records: list[ExperimentRecord]) -> None:
-        self.records = records
+    def __init__(self, folders: list[FolderStat], future: Any = None, records: list[ExperimentRecord] | None = None):
+        self.folders, self.future, self._records = folders, future, records
 
-    def result(self) -> list[ExperimentRecord]:
-        return self.records
+    def records(self, root: str) -> list[ExperimentRecord]:
+        if self._records is None:
+            from concurrent.futures.process import BrokenProcessPool
+
+            try:
+                self._records = self.future.result()
+            except BrokenProcessPool:
+                # A worker process died (killed, out of memory): the chunks it was given are read here instead.
+                self._records = _read_folders(root, self.folders)
+        return self._records
 
 
 #: How often a batch re-reads experiments that changed while it was written before leaving them to the next sync.

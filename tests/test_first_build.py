@@ -42,21 +42,44 @@ def _index_file(root: Path) -> Path:
     return root / ".pycomex_index" / "index.sqlite3"
 
 
-def test_reader_threads_store_what_reading_in_one_thread_stores(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, index_backend: str
+def _reader_processes() -> set[int]:
+    """This process's grandchildren: the workers a process pool forked from its (forkserver) child."""
+    parents: dict[int, int] = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # ended meanwhile
+        parents[int(stat_file.parent.name)] = int(fields[1])
+    children = {pid for pid, parent in parents.items() if parent == os.getpid()}
+    return {pid for pid, parent in parents.items() if parent in children}
+
+
+@pytest.mark.parametrize("readers", ["threads", "processes"])
+def test_readers_store_what_reading_in_one_thread_stores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, index_backend: str, readers: str
 ) -> None:
-    # Small batches and chunks, so that several batches are read by several threads while others are stored.
+    # Small batches and chunks, so that several batches are read by several readers while others are stored.
     monkeypatch.setattr(sync_module, "BATCH_SIZE", 40)
     monkeypatch.setattr(sync_module, "READ_CHUNK", 7)
+    monkeypatch.setattr(sync_module, "PROCESS_POOL_AFTER_BATCHES", 0 if readers == "processes" else 10**9)
+    monkeypatch.setattr(sync_module, "_main_module_is_ours", lambda: True)  # pytest's main module is safe too
     threaded, serial = tmp_path / "threaded" / "results", tmp_path / "serial" / "results"
     for root in (threaded, serial):
         _make_archive(root, 300)
     (threaded / "ns1" / "run00001" / "experiment_meta.json").write_text("{broken")
     (serial / "ns1" / "run00001" / "experiment_meta.json").write_text("{broken")
     calls: list[tuple[int, int | None]] = []
+    workers_seen: set[int] = set()
+
+    def on_progress(done: int, total: int | None) -> None:
+        calls.append((done, total))
+        workers_seen.update(_reader_processes())
+
     with open_archive_index(str(threaded)) as index:
-        report = sync_module.sync_archive(index, on_progress=lambda done, total: calls.append((done, total)))
+        report = sync_module.sync_archive(index, on_progress=on_progress)
     assert (report.added, report.unreadable) == (300, 1)
+    assert bool(workers_seen) == (readers == "processes")
     assert calls[0] == (0, 300) and calls[-1] == (300, 300)
     assert [done for done, _ in calls] == sorted(done for done, _ in calls)
     threaded_rows = index_query(threaded, _LISTED)
@@ -71,6 +94,45 @@ def test_reader_threads_store_what_reading_in_one_thread_stores(
         assert sync_module.sync_archive(index).added == 300
     assert index_query(serial, _LISTED) == threaded_rows
     assert len(threaded_rows) == 300
+
+
+def test_a_reader_process_that_dies_costs_no_experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sync_module, "BATCH_SIZE", 40)
+    monkeypatch.setattr(sync_module, "READ_CHUNK", 5)
+    monkeypatch.setattr(sync_module, "PROCESS_POOL_AFTER_BATCHES", 0)
+    monkeypatch.setattr(sync_module, "_main_module_is_ours", lambda: True)
+    root = tmp_path / "results"
+    _make_archive(root, 400)
+    killed: list[int] = []
+
+    def kill_a_reader(done: int, total: int | None) -> None:
+        if not killed and (workers := _reader_processes()):
+            killed.append(min(workers))
+            os.kill(killed[0], signal.SIGKILL)
+
+    with open_archive_index(str(root)) as index:
+        report = sync_module.sync_archive(index, on_progress=kill_a_reader)
+    assert killed and report.added == 400 and report.unreadable == 0
+    assert len(index_query(root, _LISTED)) == 400
+
+
+def test_a_script_using_the_library_never_runs_again_in_reader_processes(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    _make_archive(root, 120)
+    runs = tmp_path / "runs.txt"
+    script = tmp_path / "experiment.py"
+    # No __main__ guard, as in many experiment scripts: a worker process importing it would run it again.
+    script.write_text(
+        "import pycomex_index.sync as sync\n"
+        "from pycomex_index.store import open_archive_index\n"
+        f"open({str(runs)!r}, 'a').write('ran\\n')\n"
+        "sync.BATCH_SIZE, sync.READ_CHUNK, sync.PROCESS_POOL_AFTER_BATCHES = 20, 5, 0\n"
+        f"with open_archive_index({str(root)!r}) as index:\n"
+        "    assert sync.sync_archive(index).added == 120\n"
+    )
+    finished = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    assert runs.read_text() == "ran\n" and finished.stderr == ""
 
 
 @pytest.mark.sqlite_only("the bulk load drops and builds the indexes of a SQLite index file")
