@@ -173,9 +173,10 @@ def sync_archive(
 class _PendingWork:
     """Experiments to read or re-measure, written a transaction of :data:`BATCH_SIZE` at a time as they come.
 
-    A full batch of experiments to read goes to reader threads and is stored
-    once the next batch has been handed to them, so at most two batches of
-    records are held: one being read, one being stored.
+    A full batch of experiments to read goes to the readers (threads, then
+    worker processes once the sync proves long: see :meth:`_start_readers`)
+    and is stored once the next batch has been handed to them, so at most two
+    batches of records are held: one being read, one being stored.
     """
 
     def __init__(self, db: IndexDatabase, archive_id: int, root: str, report: SyncReport, on_progress) -> None:
