@@ -390,6 +390,17 @@ def index_backend(
         cluster.give_back(url)
 
 
+def sqlite_index_at_revision(path: Path, revision: str, archive: Path) -> Any:
+    """A SQLite index file migrated only up to ``revision``, holding archive 1 for ``archive`` (the caller closes it)."""
+    from pycomex_index.db import SqliteFileDatabase
+    from pycomex_index.store import run_migrations
+
+    old = SqliteFileDatabase(str(path))
+    run_migrations(old, revision)
+    old.execute("INSERT INTO archives (id, root, created_at) VALUES (1, :root, 0)", {"root": str(archive)})
+    return old
+
+
 def index_query(archive: Path, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
     """Rows of a query on the archive's index, whichever backend holds it (``PYCOMEX_INDEX`` or the default file)."""
     from pycomex_index.store import open_archive_index

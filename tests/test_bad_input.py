@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import make_metadata, write_meta
+from tests.conftest import make_metadata, sqlite_index_at_revision, write_meta
 
 READ_COMMANDS = [["list"], ["tail"], ["overview"], ["info"], ["scan"]]
 
@@ -700,12 +700,9 @@ def test_an_index_from_revision_0005_reads_again_what_it_stored_lossily(tmp_path
     """Revision 0005 wrote Infinity as null and kept absurd times; the upgrade makes the next sync re-read such runs."""
     from pycomex_index.db import SqliteFileDatabase
     from pycomex_index.discovery import iter_folder_listings, listing_digest
-    from pycomex_index.store import run_migrations
 
     root = _hostile_archive(tmp_path, {"odd": make_metadata(parameters={"V": float("inf")}, duration=1e300)})
-    old = SqliteFileDatabase(str(tmp_path / "old.sqlite3"))
-    run_migrations(old, "0005")
-    old.execute("INSERT INTO archives (id, root, created_at) VALUES (1, :root, 0)", {"root": str(root)})
+    old = sqlite_index_at_revision(tmp_path / "old.sqlite3", "0005", root)
     for number, name in enumerate(sorted(os.listdir(root / "ns")), start=1):
         meta = os.stat(root / "ns" / name / "experiment_meta.json")
         old.execute(

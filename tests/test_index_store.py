@@ -15,10 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from pycomex_index.cli import cli
-from pycomex_index.db import SqliteFileDatabase
-from pycomex_index.store import HEAD_REVISION, open_archive_index, run_migrations
+from pycomex_index.store import HEAD_REVISION, open_archive_index
 from pycomex_index.sync import sync_archive
-from tests.conftest import FIXTURE_ARCHIVE, _copy_writable, make_metadata, write_meta
+from tests.conftest import FIXTURE_ARCHIVE, _copy_writable, make_metadata, sqlite_index_at_revision, write_meta
 
 
 def test_head_revision_constant_matches_the_shipped_migrations() -> None:
@@ -66,10 +65,8 @@ def test_the_experiment_model_has_exactly_the_columns_of_the_one_definition() ->
 @pytest.mark.sqlite_only("builds a SQLite file at an old revision")
 def test_an_index_at_the_first_revision_is_upgraded_keeping_its_rows(archive: Path, tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
-    old = SqliteFileDatabase(str(path))
-    run_migrations(old, "0001")
+    old = sqlite_index_at_revision(path, "0001", archive)
     assert old.fetch_one("SELECT version_num FROM alembic_version")[0] == "0001"
-    old.execute("INSERT INTO archives (id, root, created_at) VALUES (1, :root, 0)", {"root": str(archive)})
     old.execute(
         "INSERT INTO experiments (id, archive_id, rel_path, namespace, outcome, asset_count, disk_usage, "
         "meta_mtime_ns, meta_size, folder_mtime_ns) VALUES (7, 1, 'old/run', 'old', 'done', 1, 10, 1, 1, 1)"
@@ -99,9 +96,7 @@ def test_an_index_at_the_first_revision_is_upgraded_keeping_its_rows(archive: Pa
 @pytest.mark.sqlite_only("builds a SQLite file at an old revision")
 def test_an_index_at_revision_0007_gains_the_liveness_table_keeping_its_rows(archive: Path, tmp_path: Path) -> None:
     path = tmp_path / "0007.sqlite3"
-    old = SqliteFileDatabase(str(path))
-    run_migrations(old, "0007")
-    old.execute("INSERT INTO archives (id, root, created_at) VALUES (1, :root, 0)", {"root": str(archive)})
+    old = sqlite_index_at_revision(path, "0007", archive)
     old.execute(
         "INSERT INTO experiments (id, archive_id, rel_path, namespace, outcome, asset_count, disk_usage, "
         "meta_mtime_ns, meta_size, folder_mtime_ns) VALUES (7, 1, 'old/run', 'old', 'running', 1, 10, 1, 1, 1)"
@@ -117,9 +112,7 @@ def test_an_index_at_revision_0007_gains_the_liveness_table_keeping_its_rows(arc
 @pytest.mark.sqlite_only("builds a SQLite file at an old revision")
 def test_an_index_at_0008_gets_its_parameter_columns_filled(archive: Path, tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
-    old = SqliteFileDatabase(str(path))
-    run_migrations(old, "0008")
-    old.execute("INSERT INTO archives (id, root, created_at) VALUES (1, :root, 0)", {"root": str(archive)})
+    old = sqlite_index_at_revision(path, "0008", archive)
     documents = {
         7: ('{"A":0.30000000000000004,"B":"x","C":true,"D":null,"E":[1],"F":9007199254740993,"__PREFIX__":1e-05}', 0),
         8: ('{"A":NaN,"__PREFIX__":"p"}', 1),

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pycomex_index.db import SqliteFileDatabase
-from pycomex_index.store import HEAD_REVISION, open_archive_index, run_migrations
-from tests.conftest import index_query
+from pycomex_index.store import HEAD_REVISION, open_archive_index
+from tests.conftest import index_query, sqlite_index_at_revision
 
 
 def test_undo_on_another_host_names_the_host_the_modify_ran_on(
@@ -32,9 +31,7 @@ def test_undo_on_another_host_names_the_host_the_modify_ran_on(
 @pytest.mark.sqlite_only("builds a SQLite file at an old revision (tests/test_postgresql_migrations.py: PostgreSQL)")
 def test_an_index_at_0012_keeps_its_journal_and_gains_the_host_column(archive: Path, tmp_path: Path) -> None:
     path = tmp_path / "0012.sqlite3"
-    old = SqliteFileDatabase(str(path))
-    run_migrations(old, "0012")
-    old.execute("INSERT INTO archives (id, root, created_at) VALUES (1, :root, 0)", {"root": str(archive)})
+    old = sqlite_index_at_revision(path, "0012", archive)
     old.execute(
         "INSERT INTO modify_runs (id, archive_id, started_at, finished_at, metadata_code) VALUES (3, 1, 5, 6, 'm')"
     )
