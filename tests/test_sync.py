@@ -130,6 +130,54 @@ def test_a_symlinked_experiment_folder_is_indexed_once_and_link_cycles_end(archi
     assert len(found) == len(set(found)) == 9
 
 
+def _walked_one_at_a_time(root: Path) -> dict[str, list[tuple]]:
+    """What a walk must find, the plain way: each folder's entries in listing order, statted one by one."""
+    found: dict[str, list[tuple]] = {}
+    pending = [""]
+    while pending:
+        rel_dir = pending.pop()
+        experiments = found.setdefault(rel_dir, [])
+        for entry in os.scandir(root / rel_dir if rel_dir else root):
+            if not entry.is_dir() or entry.name == ".pycomex_index":
+                continue
+            rel_path = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            meta = Path(entry.path) / "experiment_meta.json"
+            if meta.is_file():
+                stamps = meta.stat()
+                experiments.append((rel_path, stamps.st_mtime_ns, stamps.st_size, entry.stat().st_mtime_ns))
+            else:
+                pending.append(rel_path)
+    return {folder: runs for folder, runs in found.items() if runs}
+
+
+@pytest.mark.parametrize("chunk", [3, 256])
+def test_a_big_folder_is_statted_in_threads_and_listed_exactly_as_a_plain_walk_lists_it(
+    tmp_path: Path, monkeypatch, chunk: int
+) -> None:
+    import threading
+
+    import pycomex_index.discovery as discovery
+
+    monkeypatch.setattr(discovery, "WALK_CHUNK", chunk)  # 3: many rounds of threads even in a small archive
+    root = tmp_path / "results"
+    for number in range(700):
+        write_meta(root / "big" / f"run{number:04d}", make_metadata(start_time=1700000000.0 + number))
+        if number % 97 == 0:  # namespaces among the runs, walked after their folder
+            write_meta(root / "big" / f"sub{number}" / "inner", make_metadata())
+    (root / "big" / "empty_namespace").mkdir()
+    write_meta(root / "small" / "only_run", make_metadata())
+    walk_threads_seen = []
+    listings = {}
+    for listing in iter_folder_listings(str(root)):
+        walk_threads_seen.append(any(t.name.startswith("pycomex-index-walk") for t in threading.enumerate()))
+        if listing.experiments:
+            listings[listing.rel_dir] = [tuple(folder) for folder in listing.experiments]
+            assert len(listing.inodes) == len(listing.experiments)
+    assert listings == _walked_one_at_a_time(root)
+    assert any(walk_threads_seen), "a folder of 700 entries is statted in threads"
+    assert not any(t.name.startswith("pycomex-index-walk") for t in threading.enumerate()), "stopped after the walk"
+
+
 def test_the_index_folder_is_never_taken_for_an_experiment(archive: Path) -> None:
     _sync(archive)
     write_meta(archive / ".pycomex_index" / "odd", make_metadata())
