@@ -30,6 +30,7 @@ from pycomex_index.discovery import (
     iter_folder_listings,
     listing_digest,
     measure_assets,
+    prefetch_metadata,
     read_experiment,
     stat_experiment_folder,
 )
@@ -354,6 +355,8 @@ def _by_inode(queued: tuple[FolderStat, bool, int]) -> int:
 
 
 def _read_folders(root: str, folders: list[FolderStat]) -> list[ExperimentRecord]:
+    if len(folders) > 1:
+        prefetch_metadata(root, folders)
     return [read_experiment(root, folder) for folder in folders]
 
 

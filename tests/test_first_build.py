@@ -96,6 +96,21 @@ def test_readers_store_what_reading_in_one_thread_stores(
     assert len(threaded_rows) == 300
 
 
+def test_prefetching_skips_what_cannot_be_opened_and_changes_no_record(tmp_path: Path) -> None:
+    from pycomex_index.discovery import FolderStat, prefetch_metadata, read_experiment
+
+    root = tmp_path / "results"
+    _make_archive(root, 3)
+    (root / "ns1" / "run00001" / "experiment_meta.json").write_text("{broken")
+    (root / "ns3" / "odd" / "experiment_meta.json").mkdir(parents=True)  # a folder where the file should be
+    folders = [FolderStat(rel, 0, 0, 0) for rel in ("ns0/run00000", "ns1/run00001", "ns2/run00002")]
+    cannot_be_opened = [FolderStat(rel, 0, 0, 0) for rel in ("ns0/vanished", "../outside", "ns3/odd")]
+    read_plainly = [read_experiment(str(root), folder) for folder in folders]
+    prefetch_metadata(str(root), cannot_be_opened + folders)
+    assert [read_experiment(str(root), folder) for folder in folders] == read_plainly
+    assert [record.read_error is None for record in read_plainly] == [True, False, True]
+
+
 def test_a_reader_process_that_dies_costs_no_experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sync_module, "BATCH_SIZE", 40)
     monkeypatch.setattr(sync_module, "READ_CHUNK", 5)
