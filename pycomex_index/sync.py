@@ -30,6 +30,7 @@ from pycomex_index.discovery import (
     iter_folder_listings,
     listing_digest,
     measure_assets,
+    namespace_of,
     prefetch_metadata,
     read_experiment,
     stat_experiment_folder,
@@ -100,21 +101,19 @@ def sync_archive(
     # folder's rows (rows_below) is exact on every backend, so PostgreSQL trusts them too: without them a
     # read command there loaded all stored stamps (100,000 rows) to find nothing changed.
     trust_digests = not (rebuild or check_assets)
-    # rel_path -> (rel_path, meta_mtime_ns, meta_size, folder_mtime_ns): the same shape as a FolderStat.
-    known_everywhere: dict[str, tuple] = {} if trust_digests else _stamps(db, archive_id)
     walked_digests: dict[str, str] = {}
     to_remove: list[str] = []
     # Work is done as the walk finds it, a batch at a time, so a first build never holds the whole archive's
     # list of paths (587 MB at 1,000,000 runs); only what must wait for the end of the walk is kept: removals.
     pending = _PendingWork(db, archive_id, root, report, on_progress)
-    first_build = not stored_digests and not known_everywhere
+    first_build = not stored_digests and _count_rows(db, archive_id) == 0
     if first_build and on_progress is not None:
         # A first build reads everything: one stat-only walk ahead gives the bar a total, hence an ETA, for
         # a few per cent of the build (the walk is a fraction of reading and parsing every file). Without a
         # bar (no terminal, the daemon) nobody reads the total, so the archive is walked once.
         pending.expected = sum(len(listing.experiments) for listing in iter_folder_listings(root, folder_times=False))
-    elif rebuild and known_everywhere:
-        pending.expected = len(known_everywhere)  # a rebuild re-reads every stored experiment
+    elif rebuild:
+        pending.expected = _count_rows(db, archive_id) or None  # a rebuild re-reads every stored experiment
     if on_progress and pending.expected:
         on_progress(0, pending.expected)  # the bar's clock, hence its rate and ETA, starts with the reading
     # A first build into an empty SQLite file loads without the secondary indexes and builds them after it;
@@ -125,13 +124,13 @@ def sync_archive(
             if not listing.experiments:
                 continue
             digest = walked_digests[listing.rel_dir] = listing_digest(listing.experiments)
-            if trust_digests:
-                if stored_digests.get(listing.rel_dir) == digest:
-                    report.unchanged += len(listing.experiments)
-                    continue
-                known = _stamps(db, archive_id, folder=listing.rel_dir)
-            else:
-                known = known_everywhere
+            if trust_digests and stored_digests.get(listing.rel_dir) == digest:
+                report.unchanged += len(listing.experiments)
+                continue
+            # One folder's stored stamps at a time, not the whole archive's: a daemon catching up with
+            # 1,000,000 runs peaked at 403 MB holding them all.
+            # rel_path -> (rel_path, meta_mtime_ns, meta_size, folder_mtime_ns): the same shape as a FolderStat.
+            known = {} if first_build else _stamps(db, archive_id, folder=listing.rel_dir)
             # In path order, so each batch is a run of neighbouring keys: its rows then land in a few pages of
             # the index on rel_path instead of one page each, which at 1,000,000 runs (an index larger than the
             # page cache) made storing a batch cost three times what reading it did.
@@ -144,8 +143,7 @@ def sync_archive(
                     pending.measure(folder)
                 else:
                     report.unchanged += 1
-            if trust_digests:
-                to_remove.extend(known)
+            to_remove.extend(known)
         pending.finish()
     # What the walk cost, the reading it found to do left out: the figure a read command's hint weighs.
     report.walk_seconds = time.perf_counter() - started - pending.working_seconds
@@ -153,8 +151,11 @@ def sync_archive(
         for vanished_folder in stored_digests.keys() - walked_digests.keys():
             to_remove.extend(_stamps(db, archive_id, folder=vanished_folder))
     else:
-        to_remove.extend(known_everywhere)
-    del known_everywhere
+        # A full sync trusts no digest row either: every stored row whose folder the walk did not find holding
+        # experiments is gone, found by streaming the paths (no list of every row).
+        to_remove.extend(
+            rel_path for (rel_path,) in rows_below(db, archive_id, "") if namespace_of(rel_path) not in walked_digests
+        )
 
     # After the reads, unlike before streaming: which experiments vanished is known only once the walk ended.
     # A run moved meanwhile is briefly listed twice instead of briefly missing.
@@ -438,14 +439,16 @@ def _stored_digests(db: IndexDatabase, archive_id: int) -> dict[str, str | None]
 _STAMP_COLUMNS = "rel_path, meta_mtime_ns, meta_size, folder_mtime_ns"
 
 
-def _stamps(db: IndexDatabase, archive_id: int, *, folder: str | None = None) -> dict[str, tuple]:
-    """The stored stamps of every experiment, or of those directly in ``folder``, by rel_path."""
-    rows = rows_below(db, archive_id, folder or "", _STAMP_COLUMNS)
-    if folder is None:
-        return {row[0]: row for row in rows}
+def _count_rows(db: IndexDatabase, archive_id: int) -> int:
+    count = db.fetch_row("SELECT COUNT(*) FROM experiments WHERE archive_id = :archive_id", {"archive_id": archive_id})
+    return count[0]
+
+
+def _stamps(db: IndexDatabase, archive_id: int, *, folder: str) -> dict[str, tuple]:
+    """The stored stamps of the experiments directly in ``folder`` ("" is the root), by rel_path."""
     # Deeper folders' rows are filtered out here.
     depth = len(folder) + 1 if folder else 0
-    return {row[0]: row for row in rows if "/" not in row[0][depth:]}
+    return {row[0]: row for row in rows_below(db, archive_id, folder, _STAMP_COLUMNS) if "/" not in row[0][depth:]}
 
 
 def _save_digests(db: IndexDatabase, archive_id: int, walked: dict[str, str]) -> None:

@@ -312,6 +312,25 @@ def test_a_read_sync_drops_the_experiments_of_a_vanished_folder(archive: Path, r
     assert _read_sync(archive).unchanged == 4
 
 
+@pytest.mark.parametrize("digest_row", ["kept", "lost"])
+def test_a_full_sync_drops_the_experiments_of_a_vanished_folder_with_or_without_its_digest_row(
+    archive: Path, run_cli, digest_row: str
+) -> None:
+    # A full sync (index sync, the watcher's catch-up) loads one folder's rows at a time and trusts no digest
+    # row: rows of a folder it no longer finds go even when that folder's digest row is missing.
+    first = _sync(archive)
+    assert first.added == 8
+    if digest_row == "lost":
+        with open_archive_index(str(archive)) as index:
+            index.db.run_in_transaction(
+                lambda: index.db.execute("DELETE FROM folder_digests WHERE folder = 'neural_net'")
+            )
+    shutil.rmtree(archive / "neural_net")
+    report = _sync(archive)
+    assert (report.removed, report.unchanged, report.added) == (4, 4, 0)
+    assert not any(rel.startswith("neural_net/") for rel in _listed(run_cli, archive))
+
+
 def test_a_row_another_writer_changed_is_compared_again_even_if_the_disk_returns_to_its_old_stamps(
     archive: Path, run_cli
 ) -> None:
