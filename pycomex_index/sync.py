@@ -259,7 +259,7 @@ class _PendingWork:
 
         try:
             return _Read(chunk, self.readers.submit(_read_folders, self.root, chunk))
-        except BrokenProcessPool:  # a worker died (see _Read.records): threads read the rest
+        except (BrokenProcessPool, OSError):  # a worker died (see _Read.records), or the pool's pipe with it
             from concurrent.futures import ThreadPoolExecutor
 
             self.readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="pycomex-index-reader")
@@ -280,10 +280,11 @@ class _PendingWork:
             return
         import multiprocessing
 
-        # forkserver, not fork: the daemon has threads, and a fork copies whatever lock one of them held. The
-        # server imports this module once, so every worker forked from it has it.
+        # forkserver, not fork: the daemon has threads, and a fork copies whatever lock one of them held. Nothing
+        # is preloaded into the server: Python 3.11's server imports with the working directory first on its
+        # path, so in a checkout of this project it preloaded the source tree, which has no pycomex_index.cli,
+        # and every worker failed. Each worker imports what it needs from the program's own path instead.
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
         threads, self.readers = self.readers, ProcessPoolExecutor(READER_THREADS, mp_context=context)
         self.in_processes = True
         if threads is not None:

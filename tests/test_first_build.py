@@ -150,6 +150,38 @@ def test_a_script_using_the_library_never_runs_again_in_reader_processes(tmp_pat
     assert runs.read_text() == "ran\n" and finished.stderr == ""
 
 
+def test_reader_processes_import_the_program_s_package_not_one_in_the_working_directory(tmp_path: Path) -> None:
+    # Run from a folder holding another pycomex_index (a checkout of this project: its source tree has no
+    # pycomex_index.cli), as the command line, with reader processes from the second batch on.
+    root = tmp_path / "results"
+    _make_archive(root, 120)
+    shadow = tmp_path / "checkout"
+    (shadow / "pycomex_index").mkdir(parents=True)
+    (shadow / "pycomex_index" / "__init__.py").write_text("")
+    program = tmp_path / "bin" / "pycomex-index"
+    program.parent.mkdir()
+    program.write_text(
+        "import sys\n"
+        "import pycomex_index.sync as sync\n"
+        "from pycomex_index.cli import main\n"
+        "sync.BATCH_SIZE, sync.READ_CHUNK, sync.PROCESS_POOL_AFTER_BATCHES = 20, 5, 1\n"
+        "if __name__ == '__main__':\n"
+        "    sys.exit(main())\n"
+    )
+    environment = {**os.environ, "PYCOMEX_INDEX_NO_PROGRESS": "1"}
+    finished = subprocess.run(
+        [sys.executable, str(program), "index", "sync", "--path", str(root)],
+        cwd=shadow,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stderr == ""  # a worker that failed to start printed its traceback here
+    assert "120 added" in finished.stdout
+
+
 @pytest.mark.sqlite_only("the bulk load drops and builds the indexes of a SQLite index file")
 def test_a_first_build_ends_with_the_indexes_the_migrations_made(tmp_path: Path) -> None:
     from pycomex_index.models import Experiment
