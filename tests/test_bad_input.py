@@ -508,10 +508,10 @@ def test_non_finite_parameter_values_reach_select_as_floats_and_json_as_strings(
 
 @pytest.mark.parametrize(
     "value",
-    [2**64 + 1, -(2**64) - 1, 2**63, 10**400, [2**70, {"x": 10**30}]],
-    ids=["2**64+1", "-2**64-1", "2**63", "10**400", "nested"],
+    [2**64 + 1, -(2**64) - 1, 2**63, -(2**63), 2**63 - 1, 10**400, [2**70, {"x": 10**30}]],
+    ids=["2**64+1", "-2**64-1", "2**63", "-2**63", "2**63-1", "10**400", "nested"],
 )
-def test_integers_beyond_64_bits_stay_exact(tmp_path: Path, run_cli, value) -> None:
+def test_integers_at_and_beyond_the_64_bit_edges_stay_exact(tmp_path: Path, run_cli, value) -> None:
     root = _hostile_archive(tmp_path, {"big": make_metadata(parameters={"SEED": value}, big_key=value)})
     for select in [
         f"p['SEED'] == {value!r}",
@@ -693,6 +693,29 @@ def test_no_hostile_archive_stops_a_read_command(tmp_path: Path, run_cli, runs) 
         run_cli("archive", "overview", "--path", str(root), "--json").stdout, parse_constant=pytest.fail
     )
     assert figures["total"] == len(runs)
+
+
+@pytest.mark.sqlite_only("a SQLite file built at revision 0008 is upgraded")
+def test_the_upgrade_that_types_parameters_takes_the_smallest_64_bit_integer(tmp_path: Path) -> None:
+    # Migration 0009 fills experiment_parameters from the stored documents; ABS(-2**63) overflowed in SQLite.
+    from pycomex_index.store import run_migrations
+
+    root = _hostile_archive(tmp_path, {"edge": make_metadata(parameters={"SEED": -(2**63)})})
+    old = sqlite_index_at_revision(tmp_path / "old.sqlite3", "0008", root)
+    old.execute(
+        "INSERT INTO experiments (id, archive_id, rel_path, namespace, outcome, asset_count, disk_usage, "
+        "meta_mtime_ns, meta_size, folder_mtime_ns) VALUES (1, 1, 'ns/edge', 'ns', 'done', 0, 0, 1, 1, 1)"
+    )
+    old.execute(
+        "INSERT INTO experiment_fields (experiment_id, summary_json, parameters_json) VALUES (1, '{}', :parameters)",
+        {"parameters": json.dumps({"SEED": -(2**63), "LR": 0.5})},
+    )
+    run_migrations(old, "head")
+    typed = dict(
+        old.execute("SELECT n.name, p.number FROM experiment_parameters p JOIN parameter_names n ON n.id = p.name_id")
+    )
+    old.close()
+    assert typed == {"SEED": None, "LR": 0.5}  # no exact float for -2**63: Python decides, as for any huge integer
 
 
 @pytest.mark.sqlite_only("--index names a SQLite file built at revision 0005")

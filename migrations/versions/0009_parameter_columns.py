@@ -33,7 +33,7 @@ depends_on = None
 # pycomex_index.rows.PARAMETER_VALUES_SQL).
 _SCALAR_TYPES = "('integer', 'real', 'true', 'false', 'text')"
 _VALUES = (
-    "CASE WHEN j.type = 'text' OR (j.type = 'integer' AND ABS(j.atom) >= 9007199254740992) THEN NULL "
+    "CASE WHEN j.type = 'text' OR (j.type = 'integer' AND (j.atom >= 9007199254740992 OR j.atom <= -9007199254740992)) THEN NULL "
     "ELSE j.atom END, CASE WHEN j.type = 'text' THEN j.atom END"
 )
 _BATCH = 5000
