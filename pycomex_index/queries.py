@@ -173,7 +173,7 @@ def iter_selected(
         """A column of ``experiment_fields`` (as ``f``), read only for the rows that need it.
 
         Where Python evaluates few rows, a lookup per such row replaces a join for every row: the join
-        walked each selected row's documents to reach ``needs_python`` (a third of ``list --select`` at 100,000).
+        walked each selected row's documents to reach ``needs_python`` (a third of the benchmark's --select query).
         """
         if not undecided_only:
             return column
