@@ -308,7 +308,8 @@ def daemon_footprint(
     """
     import sqlite3
 
-    index_file = root / ".pycomex_index" / "index.sqlite3"
+    # The index --index-dir put outside the archive, else the archive's own.
+    index_file = Path(env.get("PYCOMEX_INDEX") or root / ".pycomex_index" / "index.sqlite3")
     started = time.perf_counter()
     launched = subprocess.run(
         command + ["daemon", "start", "--path", str(root)], env=env, capture_output=True, text=True
