@@ -213,9 +213,15 @@ def benchmark_size(
     archives: Path = ARCHIVES,
     idle_seconds: float = 30.0,
     daemon_only: bool = False,
+    index_dir: Path | None = None,
 ) -> list[str]:
     root = ensure_archive(count, seed, archives)
     env = {**os.environ, "PYCOMEX_INDEX_NO_PROGRESS": "1"}
+    index_file = index_file_in(index_dir, count)
+    if index_file is not None:
+        # This size's index alone: the start-up table's small archive keeps its own, in that archive.
+        index_file.parent.mkdir(parents=True, exist_ok=True)
+        env["PYCOMEX_INDEX"] = str(index_file)
     if daemon_only:
         subprocess.run([str(index_bin / "pycomex-index"), "index", "sync", "--path", str(root)], env=env, check=True)
         footprint = daemon_footprint(root, [str(index_bin / "pycomex-index")], env, idle_seconds)
@@ -229,7 +235,7 @@ def benchmark_size(
         subprocess.run([str(index_bin / "pycomex-index"), "index", "sync", "--path", str(root)], env=env, check=True)
     else:
         # First build: no index at all, then `list` (which builds it).
-        remove_index(root)
+        remove_index(root, index_file)
         cold = drop_page_cache()
         first_build = run_once(index + ["list"], env)
         reference_list = run_once(pycomex + ["list"], env) if pycomex else None
@@ -302,7 +308,8 @@ def daemon_footprint(
     """
     import sqlite3
 
-    index_file = root / ".pycomex_index" / "index.sqlite3"
+    # The index --index-dir put outside the archive, else the archive's own.
+    index_file = Path(env.get("PYCOMEX_INDEX") or root / ".pycomex_index" / "index.sqlite3")
     started = time.perf_counter()
     launched = subprocess.run(
         command + ["daemon", "start", "--path", str(root)], env=env, capture_output=True, text=True
@@ -480,7 +487,7 @@ def main() -> int:
     parser.add_argument(
         "--index-dir",
         type=Path,
-        help="keep the first build's index in this folder (index-N.sqlite3) instead of inside the archive",
+        help="keep each size's index in this folder (index-N.sqlite3) instead of inside its archive",
     )
     parser.add_argument(
         "--startup-only",
@@ -536,6 +543,7 @@ def main() -> int:
             archives=options.archives,
             idle_seconds=3.0 if options.quick else 30.0,
             daemon_only=options.daemon_only,
+            index_dir=options.index_dir,
         ) + [""]
         if not options.quick and not options.daemon_only:
             (HERE / f"results-{count}.md").write_text("\n".join(report) + "\n")

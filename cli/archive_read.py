@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterator
 
 import click
@@ -323,53 +324,121 @@ def scan_command(ctx, group_expression, select, explain, archive_path, index_loc
         _nothing_found(select)
 
 
+#: scan's columns; the first is left-aligned, the others right-aligned.
+SCAN_COLUMNS = ("Group", "Experiments", "Success Rate", "Last Completed", "Avg Runtime", "Disk Usage")
+#: How wide scan's output is when stdout is no terminal (rich's own default would be 80).
+SCAN_PIPE_WIDTH = 200
+
+
 def _print_scan_table(index, result, select, group_expression) -> None:
     """The scan table, rendered whole, then written like every other command's output.
 
     rich ends the process with status 1 when stdout closes under it (``scan | head -1``);
     captured text goes through ``write_lines``, so a closed pipe ends scan as it ends list.
+    Into a pipe or a file, a table rich would draw plainly is drawn here, the same bytes
+    without importing rich (a fifth of scan's time at 100,000 runs); a test compares the two.
     """
     import sys
 
+    heading, rows, footer = _scan_text(index, result, select, group_expression)
+    if not sys.stdout.isatty():
+        lines = _plain_scan_lines(heading, rows, footer)
+        if lines is not None:
+            write_lines(lines)
+            return
     from rich.console import Console
 
-    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200, highlight=False)
+    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else SCAN_PIPE_WIDTH, highlight=False)
     with console.capture() as captured:
-        _render_scan_table(console, index, result, select, group_expression)
+        _render_scan_table(console, heading, rows, footer)
     write_lines([captured.get().rstrip("\n")])
 
 
-def _render_scan_table(console, index, result, select, group_expression) -> None:
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
+def _scan_text(index, result, select, group_expression) -> tuple[list[str], list[list[str]], list[str]]:
+    """scan's lines above the table, the table's cells (row by row) and its lines below, as text."""
     from pycomex_index.formatting import format_age, format_duration, format_size, printable
 
-    console.print(f"Experiment Archive Scan @ {printable(index.root)}", markup=False)
+    heading = [f"Experiment Archive Scan @ {printable(index.root)}"]
     if select:
-        console.print(f"Filtered by: {printable(select)}", markup=False)
-    console.print(f"Grouped by: {printable(group_expression)}", markup=False)
-    table = Table(box=box.HORIZONTALS, show_header=True, header_style="bold")
-    table.add_column("Group", justify="left", no_wrap=True)
-    for column in ("Experiments", "Success Rate", "Last Completed", "Avg Runtime", "Disk Usage"):
-        table.add_column(column, justify="right", no_wrap=True)
-    for group in result.groups:
-        table.add_row(
-            Text(printable(group.key) or "(empty)"),
+        heading.append(f"Filtered by: {printable(select)}")
+    heading.append(f"Grouped by: {printable(group_expression)}")
+    rows = [
+        [
+            printable(group.key) or "(empty)",
             str(group.count),
             f"{group.successful}/{group.count} ({group.success_rate:.1f}%)",
             format_age(result.now - group.last_end_time if group.last_end_time is not None else None),
             format_duration(group.average_runtime) if group.average_runtime is not None else "N/A",
             format_size(group.disk_usage),
-        )
-    console.print(table)
-    console.print(
-        f"Summary: {len(result.groups)} group(s), {sum(group.count for group in result.groups)} experiment(s)"
-    )
+        ]
+        for group in result.groups
+    ]
+    footer = [f"Summary: {len(result.groups)} group(s), {sum(group.count for group in result.groups)} experiment(s)"]
     if result.interrupted:
-        console.print(
-            f"💀 {result.interrupted} interrupted: status 'running', but the process is gone "
-            "(select them with --select \"m['state'] == 'interrupted'\")",
-            markup=False,
+        footer.append(
+            f"{INTERRUPTED_ICON} {result.interrupted} interrupted: status 'running', but the process is gone "
+            "(select them with --select \"m['state'] == 'interrupted'\")"
         )
+    return heading, rows, footer
+
+
+INTERRUPTED_ICON = "💀"
+
+
+def _render_scan_table(console, heading: list[str], rows: list[list[str]], footer: list[str]) -> None:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    for line in heading:
+        console.print(line, markup=False)
+    table = Table(box=box.HORIZONTALS, show_header=True, header_style="bold")
+    table.add_column(SCAN_COLUMNS[0], justify="left", no_wrap=True)
+    for column in SCAN_COLUMNS[1:]:
+        table.add_column(column, justify="right", no_wrap=True)
+    for key, *figures in rows:
+        table.add_row(Text(key), *figures)
+    console.print(table)
+    for line in footer:
+        console.print(line, markup=False)
+
+
+#: What rich would turn into an emoji (``:smile:``) in a line it prints: such output is left to rich.
+_EMOJI_CODE = re.compile(r":\S*?:")
+#: Environment variables under which rich styles output that is not a terminal.
+_RICH_FORCING_VARIABLES = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
+
+
+def _plain_scan_lines(heading: list[str], rows: list[list[str]], footer: list[str]) -> list[str] | None:
+    """scan's output into a pipe, as rich draws it there; None where rich might draw it otherwise.
+
+    That is printable ASCII text that fits :data:`SCAN_PIPE_WIDTH` (rich would
+    wrap longer lines and measure wide characters), no emoji codes, and no
+    variable that makes rich style a pipe, and no space at either end of a
+    text. The interrupted line's icon (two cells wide) is the one non-ASCII
+    text allowed, below the table.
+    """
+    import os
+
+    from pycomex_index.formatting import ruled_table_lines
+
+    if any(variable in os.environ for variable in _RICH_FORCING_VARIABLES):
+        return None
+    texts = heading + [cell for row in rows for cell in row] + [line.replace(INTERRUPTED_ICON, "XX") for line in footer]
+    if not all(_plain(text) for text in texts):
+        return None
+    table = ruled_table_lines(SCAN_COLUMNS, rows)
+    if len(table[0]) > SCAN_PIPE_WIDTH:
+        return None
+    return heading + table + footer
+
+
+def _plain(text: str) -> bool:
+    # Spaces at either end: rich strips some of them.
+    return (
+        text.isascii()
+        and text.isprintable()
+        and len(text) <= SCAN_PIPE_WIDTH
+        and text.strip() == text
+        and not _EMOJI_CODE.search(text)
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Sequence
 
 from pycomex_index.discovery import Outcome
 
@@ -103,3 +104,21 @@ def printable(text: str) -> str:
         character if character.isprintable() else character.encode("unicode_escape").decode("ascii")
         for character in text
     )
+
+
+def ruled_table_lines(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A table between horizontal rules, laid out as rich's ``box.HORIZONTALS`` lays out text one cell per character.
+
+    Each column is as wide as its widest cell plus a space each side; the first
+    column is left-aligned, the others right-aligned; every line starts and
+    ends with a space, where rich puts the box's (blank) edges.
+    """
+    widths = [max([len(header), *(len(row[column]) for row in rows)]) for column, header in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        first, *others = cells
+        aligned = [first.ljust(widths[0]), *(cell.rjust(width) for cell, width in zip(others, widths[1:], strict=True))]
+        return "  " + "   ".join(aligned) + "  "
+
+    rule = " " + "─" * (sum(widths) + 3 * len(widths) - 1) + " "
+    return [rule, line(headers), rule, *(line(row) for row in rows), rule]

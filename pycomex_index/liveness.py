@@ -358,6 +358,42 @@ class RunStates:
         return last_record
 
 
+class InterruptedCount:
+    """How many of ``rel_paths`` (runs whose status says running) are interrupted, judged on a thread of its own.
+
+    Judging is disk work (a pid check and three stats a run: ~0.08 s for the
+    5,000 running runs of a 100,000-run archive), and a database query lets
+    other threads run while it works: started before scan's GROUP BY, the two
+    overlap on a second core. The thread touches the disk and ``run_states``
+    alone, which the caller leaves alone until :meth:`result`; the database is
+    read before it starts.
+    """
+
+    def __init__(self, run_states: RunStates, rel_paths: list[str]) -> None:
+        import threading
+
+        run_states._load()
+        self._count = 0
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._judge, args=(run_states, rel_paths), name="judging running runs", daemon=True
+        )
+        self._thread.start()
+
+    def _judge(self, run_states: RunStates, rel_paths: list[str]) -> None:
+        try:
+            self._count = sum(run_states.judge(rel_path).state == INTERRUPTED for rel_path in rel_paths)
+        except BaseException as error:  # handed to the caller's thread by result()
+            self._error = error
+
+    def result(self) -> int:
+        """The count, once every run is judged; an error the judging raised is raised here."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._count
+
+
 _METADATA_IN_FOLDER = os.sep + METADATA_FILE_NAME
 _LOG_IN_FOLDER = os.sep + LOG_FILE_NAME
 

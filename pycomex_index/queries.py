@@ -162,11 +162,22 @@ def iter_selected(
         verdict_at = len(selected)
         selected.append(prefilter.verdict)
     # Python evaluates only the rows SQL left undecided: unless the caller wants every row's m or p,
-    # the sort need not carry the documents of the others.
+    # the others need none of the columns it reads.
     undecided_only = prefilter is not None and not with_parameters and also_evaluates is None
 
-    def document(column: str) -> str:
+    def for_python(column: str) -> str:
+        """``column`` where Python evaluates the row; NULL, carried through the sort for nothing, elsewhere."""
         return f"CASE WHEN {undecided} THEN {column} END" if undecided_only else column
+
+    def document(column: str) -> str:
+        """A column of ``experiment_fields`` (as ``f``), read only for the rows that need it.
+
+        Where Python evaluates few rows, a lookup per such row replaces a join for every row: the join
+        walked each selected row's documents to reach ``needs_python`` (a third of the benchmark's --select query).
+        """
+        if not undecided_only:
+            return column
+        return for_python(f"(SELECT {column} FROM experiment_fields f WHERE f.experiment_id = e.id)")
 
     if reads_parameters or with_parameters:
         parameters_at = len(selected)
@@ -177,11 +188,11 @@ def iter_selected(
     if parameters_at is not None or summary_at is not None:
         # Documents in Python's dialect (NaN, big integers...) are read by the json module; the rest by orjson.
         needs_python_at = len(selected)
-        selected.append(_NEEDS_PYTHON)
+        selected.append(document(_NEEDS_PYTHON))
     if reads_metadata != READS_NO_METADATA:
         path_at = len(selected)
-        selected += ["e.rel_path", "e.namespace", "e.outcome"]
-    if parameters_at is not None or summary_at is not None:
+        selected += [for_python("e.rel_path"), for_python("e.namespace"), for_python("e.outcome")]
+    if (parameters_at is not None or summary_at is not None) and not undecided_only:
         join = " LEFT JOIN experiment_fields f ON f.experiment_id = e.id"
     if prefilter is not None:
         join += "".join(" " + parameter_join for parameter_join in prefilter.joins)

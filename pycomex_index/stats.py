@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pycomex_index.discovery import DOCUMENT_ONLY_KEYS, Outcome, is_special_parameter
-from pycomex_index.liveness import INTERRUPTED, RunStates
+from pycomex_index.liveness import INTERRUPTED, InterruptedCount, RunStates
 from pycomex_index.queries import experiments_table, iter_selected
 from pycomex_index.selection import (
     METADATA_NAMES,
@@ -183,17 +183,22 @@ def count_interrupted(index: ArchiveIndex, where: str = _WHOLE_ARCHIVE, rel_path
     Only the rows whose status says running are read and judged (:mod:`pycomex_index.liveness`).
     """
     run_states = RunStates(index)
-    if rel_paths is None and where == _WHOLE_ARCHIVE:
-        rel_paths = run_states.running_rel_paths()  # the judge reads them anyway: one query, not two
-    elif rel_paths is None:
-        rel_paths = [
-            rel_path
-            for (rel_path,) in index.db.execute(
-                f"SELECT rel_path FROM experiments WHERE {where} AND outcome = '{Outcome.RUNNING.value}'",
-                {"archive_id": index.archive_id},
-            )
-        ]
+    if rel_paths is None:
+        rel_paths = _running_where(index, run_states, where)
     return sum(run_states.state(rel_path, Outcome.RUNNING) == INTERRUPTED for rel_path in rel_paths)
+
+
+def _running_where(index: ArchiveIndex, run_states: RunStates, where: str) -> list[str]:
+    """The experiments ``where`` keeps whose status says running."""
+    if where == _WHOLE_ARCHIVE:
+        return run_states.running_rel_paths()  # the judge reads them anyway: one query, not two
+    return [
+        rel_path
+        for (rel_path,) in index.db.execute(
+            f"SELECT rel_path FROM experiments WHERE {where} AND outcome = '{Outcome.RUNNING.value}'",
+            {"archive_id": index.archive_id},
+        )
+    ]
 
 
 @dataclass
@@ -277,8 +282,12 @@ def scan_groups(
     key_read = _single_key_read(group_by) if grouping_in_sql else None
     running: list[str] = []
     if key_read is not None:
-        where = _group_in_sql(index, key_read, selection, failures, groups, group_failures)
-        interrupted = count_interrupted(index, where)
+        where = _restrict_to_selection(index, selection, failures if failures is not None else EvaluationFailures())
+        # The running runs are judged on the disk while the database groups the rest: the two overlap.
+        run_states = RunStates(index)
+        judging = InterruptedCount(run_states, _running_where(index, run_states, where))
+        _group_in_sql(index, key_read, where, groups, group_failures)
+        interrupted = judging.result()
     else:
         _group_in_python(index, group_by, selection, failures, groups, group_failures, running)
         interrupted = count_interrupted(index, rel_paths=running)
@@ -370,7 +379,7 @@ def _single_key_read(expression: CompiledExpression) -> _KeyRead | None:
     return None
 
 
-def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_failures) -> str:
+def _group_in_sql(index, key_read: _KeyRead, where: str, groups, group_failures) -> None:
     """One GROUP BY on the value's JSON text; Python turns each distinct text into pycomex's ``str(value)``.
 
     Documents in Python's JSON dialect (NaN, big integers...), which SQL
@@ -386,7 +395,6 @@ def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_
 
     import orjson
 
-    where = _restrict_to_selection(index, selection, failures if failures is not None else EvaluationFailures())
     params = {
         "archive_id": index.archive_id,
         "path": '$."' + key_read.key.replace('"', '""') + '"',
@@ -436,7 +444,7 @@ def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_
             count, successful, last_end_time, duration_sum or 0.0, duration_count, int(disk_usage or 0)
         )
     if not in_python_dialect:
-        return where  # the selected experiments, for counting the interrupted ones
+        return
     documents = index.db.execute(
         f"SELECT {key_read.column}, outcome, end_time, duration, disk_usage "
         f"FROM experiments e JOIN experiment_fields f ON f.experiment_id = e.id "
@@ -456,7 +464,6 @@ def _group_in_sql(index, key_read: _KeyRead, selection, failures, groups, group_
         _group(groups, key).add(
             1, int(outcome == Outcome.DONE), end_time, duration if ran else 0.0, int(ran), disk_usage
         )
-    return where
 
 
 def _count_missing_key(key_read: _KeyRead, group_failures: EvaluationFailures, count: int) -> None:

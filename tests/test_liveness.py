@@ -173,6 +173,10 @@ def test_a_run_without_the_plugin_is_guessed_interrupted_only_after_the_file_age
         _backdate(archive / rel_path, 2 * 3600)
     assert _states(run_cli, archive) == {guessed: "interrupted", reused: "interrupted", own: "live", unnamed: "live"}
     assert "Interrupted: 2 (50.0%)" in run_cli("archive", "overview", "--path", str(archive)).stdout.splitlines()
+    # scan judges them on a thread while SQL groups (one key read), or after Python grouped them.
+    for options in ([], ["--select", "m['status'] == 'running'"], ["--group", "m['name'] + '!'"]):
+        scan = run_cli("archive", "scan", "--path", str(archive), *options)
+        assert "💀 2 interrupted: status 'running'" in scan.stdout, (options, scan.output)
 
     # Only a guess: delete holds it back without --include-running.
     selection = "m['state'] == 'interrupted'"
@@ -356,3 +360,17 @@ def test_a_plain_stored_path_is_its_folder_below_the_root(root: str, rel_path: s
     from pycomex_index.paths import experiment_folder
 
     assert experiment_folder(root, rel_path) == folder
+
+
+def test_an_error_while_judging_on_a_thread_reaches_the_caller(archive: Path) -> None:
+    from pycomex_index.liveness import InterruptedCount, RunStates
+    from pycomex_index.store import open_archive_index
+    from pycomex_index.sync import sync_archive
+
+    with open_archive_index(str(archive)) as index:
+        sync_archive(index)
+        run_states = RunStates(index)
+        killed = run_states.running_rel_paths()
+        assert InterruptedCount(run_states, killed).result() == 1
+        with pytest.raises(AttributeError):
+            InterruptedCount(RunStates(index), [None]).result()  # type: ignore[list-item] - no path: it raises

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pycomex_index.selection import compile_expression
 from pycomex_index.stats import scan_groups
@@ -102,3 +104,98 @@ def test_only_single_key_reads_are_grouped_in_sql() -> None:
     assert _single_key_read(compile_expression("m['name']")) is None  # derived when missing
     assert _single_key_read(compile_expression("p.get('MODEL', 'x') + '!'")) is None
     assert _single_key_read(compile_expression("str(p.get('MODEL'))")) is None
+
+
+# ------------------------------------------------------------------ the table, drawn without rich into a pipe
+
+TEXT = st.one_of(
+    st.from_regex(r"[a-z0-9(%/.\[-]([a-zA-Z0-9 ()%/.\[\]'_-]{0,14}[a-z0-9)%.\]])?", fullmatch=True),  # drawn plainly
+    st.text(alphabet=st.sampled_from("ab:_ -/.()%[]é漢\U0001f480"), max_size=12),
+    st.text(alphabet=st.characters(codec="ascii", min_codepoint=32), max_size=120),
+)
+FOOTER_LINE = st.builds(lambda icon, text: f"{icon}Summary: {text}", st.sampled_from(["", "\U0001f480 "]), TEXT)
+
+
+def _drawn_by_rich(heading: list[str], rows: list[list[str]], footer: list[str]) -> list[str]:
+    import io
+
+    from rich.console import Console
+
+    from pycomex_index.cli.archive_read import SCAN_PIPE_WIDTH, _render_scan_table
+
+    console = Console(file=io.StringIO(), width=SCAN_PIPE_WIDTH, highlight=False)
+    with console.capture() as captured:
+        _render_scan_table(console, heading, rows, footer)
+    return captured.get().rstrip("\n").split("\n")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    heading=st.lists(TEXT, min_size=1, max_size=3),
+    rows=st.lists(st.lists(TEXT, min_size=6, max_size=6), max_size=5),
+    footer=st.lists(FOOTER_LINE, min_size=1, max_size=2),
+)
+def test_the_table_drawn_for_a_pipe_is_what_rich_draws(
+    monkeypatch: pytest.MonkeyPatch, heading: list[str], rows: list[list[str]], footer: list[str]
+) -> None:
+    from pycomex_index.cli.archive_read import _plain_scan_lines
+
+    for variable in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "NO_COLOR"):
+        monkeypatch.delenv(variable, raising=False)
+    plain = _plain_scan_lines(heading, rows, footer)
+    if plain is not None:
+        assert plain == _drawn_by_rich(heading, rows, footer)
+
+
+ROW = ["(empty)", "7", "3/7 (42.9%)", "6.7 days ago", "0.12s", "531.7 KB"]
+
+
+@pytest.mark.parametrize(
+    ("heading", "cell", "forcing"),
+    [
+        ("Grouped by: p.get('x', ':smile:')", "ablation", None),  # rich would print an emoji
+        ("Grouped by: m['namespace']", "größe", None),  # rich measures what is not ASCII
+        ("Grouped by: m['namespace']", "x" * 150, None),  # rich would shrink the table to the width
+        ("Filtered by: " + "x" * 200, "ablation", None),  # rich would wrap the line
+        ("Grouped by: m['namespace']", "ablation", "FORCE_COLOR"),  # rich would style the header
+    ],
+)
+def test_what_rich_would_draw_otherwise_is_left_to_rich(
+    monkeypatch: pytest.MonkeyPatch, heading: str, cell: str, forcing: str | None
+) -> None:
+    from pycomex_index.cli.archive_read import _plain_scan_lines
+
+    for variable in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(variable, raising=False)
+    assert _plain_scan_lines(["Grouped by: m['namespace']"], [ROW], ["Summary"]) is not None
+    if forcing:
+        monkeypatch.setenv(forcing, "1")
+    assert _plain_scan_lines([heading], [[cell, *ROW[1:]]], ["Summary"]) is None
+
+
+def test_scan_into_a_pipe_does_not_import_rich(archive: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    program = (
+        "import sys\n"
+        "from pycomex_index.cli import main\n"
+        f"sys.argv = ['pycomex-index', 'archive', 'scan', '--path', {str(archive)!r}]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('rich imported' if 'rich' in sys.modules else 'rich not imported', file=sys.stderr)\n"
+    )
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        env={**environment, "PYCOMEX_INDEX_NO_PROGRESS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Summary: 2 group(s), 8 experiment(s)" in result.stdout
+    assert result.stderr.strip().endswith("rich not imported")
