@@ -27,8 +27,6 @@ from pycomex_index.db import IndexDatabase
 from pycomex_index.discovery import (
     ExperimentRecord,
     FolderStat,
-    iter_folder_listings,
-    listing_digest,
     measure_assets,
     namespace_of,
     prefetch_metadata,
@@ -40,6 +38,7 @@ from pycomex_index.heartbeat import has_fresh_watcher
 from pycomex_index.paths import experiment_folder
 from pycomex_index.rows import remove_experiments, rows_below, store_records, update_assets
 from pycomex_index.store import ArchiveIndex, open_archive_index, recover_damaged_index
+from pycomex_index.walk import iter_folder_listings, listing_digest
 
 #: ``on_progress(done, total)`` is called after each batch of files read. Reading starts while the archive is
 #: still being walked, so total is None while unknown; a first build counts the archive first, so it is known.

@@ -722,7 +722,7 @@ def test_the_upgrade_that_types_parameters_takes_the_smallest_64_bit_integer(tmp
 def test_an_index_from_revision_0005_reads_again_what_it_stored_lossily(tmp_path: Path, run_cli) -> None:
     """Revision 0005 wrote Infinity as null and kept absurd times; the upgrade makes the next sync re-read such runs."""
     from pycomex_index.db import SqliteFileDatabase
-    from pycomex_index.discovery import iter_folder_listings, listing_digest
+    from pycomex_index.walk import iter_folder_listings, listing_digest
 
     root = _hostile_archive(tmp_path, {"odd": make_metadata(parameters={"V": float("inf")}, duration=1e300)})
     old = sqlite_index_at_revision(tmp_path / "old.sqlite3", "0005", root)

@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "paths": 0,
     "atomic": 0,
     "discovery": 0,
+    "walk": 0,
     # 1: the index: connection, schema, rows, keeping it in step with the disk
     "db": 1,
     "postgresql": 1,

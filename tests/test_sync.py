@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pycomex_index.discovery import iter_folder_listings
 from pycomex_index.store import open_archive_index
 from pycomex_index.sync import sync_archive
+from pycomex_index.walk import iter_folder_listings
 from tests.conftest import make_metadata, write_meta
 
 
@@ -156,9 +156,9 @@ def test_a_big_folder_is_statted_in_threads_and_listed_exactly_as_a_plain_walk_l
 ) -> None:
     import threading
 
-    import pycomex_index.discovery as discovery
+    import pycomex_index.walk as walk
 
-    monkeypatch.setattr(discovery, "WALK_CHUNK", chunk)  # 3: many rounds of threads even in a small archive
+    monkeypatch.setattr(walk, "WALK_CHUNK", chunk)  # 3: many rounds of threads even in a small archive
     root = tmp_path / "results"
     for number in range(700):
         write_meta(root / "big" / f"run{number:04d}", make_metadata(start_time=1700000000.0 + number))
