@@ -195,6 +195,7 @@ def test_scan_into_a_pipe_does_not_import_rich(archive: Path) -> None:
         capture_output=True,
         text=True,
         env={**environment, "PYCOMEX_INDEX_NO_PROGRESS": "1"},
+        cwd=archive.parent,  # not the checkout: `python -c` imports from its working directory first
     )
     assert result.returncode == 0, result.stderr
     assert "Summary: 2 group(s), 8 experiment(s)" in result.stdout
