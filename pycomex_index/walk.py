@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -31,13 +32,17 @@ class FolderListing(NamedTuple):
 # resolving the whole path again for each of thousands of runs (about 15% of a walk).
 _STAT_RELATIVE = os.stat in os.supports_dir_fd and os.scandir in os.supports_fd
 
-#: Threads statting the entries of a big folder. From a cold cache each stat waits for two or three random
+#: Threads statting the entries of a big folder whose disk is cold. Then each stat waits for two or three random
 #: reads, and a virtual disk serves eight at a time about three times as fast as one: a cold walk of 100,000
-#: runs took 13 s in one thread, 4.5-5 s in eight (4 and 16 were slower); a warm one 1.3 s against 0.8 s.
+#: runs took 13 s in one thread, 4.5-5 s in eight (4 and 16 were slower).
 WALK_THREADS = 8
 #: Entries one walk thread stats per task. A folder's entries are statted this many times WALK_THREADS at a
 #: time, so a walk holds at most that many directory entries; smaller folders are statted in the walking thread.
 WALK_CHUNK = 256
+#: Seconds per entry above which the first chunk of a batch tells a cold disk, and the rest goes to the threads.
+#: From the page cache a stat takes a few microseconds and threads only contend for the GIL: a warm walk of
+#: 100,000 runs took 0.54 s in one thread and 1.1-1.2 s in eight; from a cold disk one takes ~130 us.
+COLD_STAT_SECONDS = 20e-6
 
 
 def iter_folder_listings(root: str, *, folder_times: bool = True) -> Iterator[FolderListing]:
@@ -156,16 +161,23 @@ class _EntryStatter:
         """Each entry with its folder's stat (a link's, or when asked for folder times) and its metadata file's.
 
         An entry that can no longer be statted is left out; the metadata stat is None where there is none.
+        The first chunk is statted here, timed: the rest goes to the threads only if the disk proved cold.
         """
-        if len(entries) <= WALK_CHUNK:
-            return self._stat_chunk(folder, folder_fd, entries)
+        started = time.perf_counter()
+        statted = self._stat_chunk(folder, folder_fd, entries[:WALK_CHUNK])
+        rest = entries[WALK_CHUNK:]
+        if not rest:
+            return statted
+        if time.perf_counter() - started < COLD_STAT_SECONDS * WALK_CHUNK:
+            return statted + self._stat_chunk(folder, folder_fd, rest)
         if self.threads is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self.threads = ThreadPoolExecutor(WALK_THREADS, thread_name_prefix="pycomex-index-walk")
-        chunks = [entries[at : at + WALK_CHUNK] for at in range(0, len(entries), WALK_CHUNK)]
-        statted = self.threads.map(lambda chunk: self._stat_chunk(folder, folder_fd, chunk), chunks)
-        return [item for chunk in statted for item in chunk]
+        chunks = [rest[at : at + WALK_CHUNK] for at in range(0, len(rest), WALK_CHUNK)]
+        for chunk in self.threads.map(lambda chunk: self._stat_chunk(folder, folder_fd, chunk), chunks):
+            statted += chunk
+        return statted
 
     def _stat_chunk(
         self, folder: str, folder_fd: int | None, entries: list[tuple[os.DirEntry, os.stat_result | None]]

@@ -150,15 +150,20 @@ def _walked_one_at_a_time(root: Path) -> dict[str, list[tuple]]:
     return {folder: runs for folder, runs in found.items() if runs}
 
 
-@pytest.mark.parametrize("chunk", [3, 256])
-def test_a_big_folder_is_statted_in_threads_and_listed_exactly_as_a_plain_walk_lists_it(
-    tmp_path: Path, monkeypatch, chunk: int
+@pytest.mark.parametrize(
+    ("chunk", "disk", "threaded"),
+    [(3, "cold", True), (256, "cold", True), (3, "warm", False)],
+)
+def test_a_big_folder_on_a_cold_disk_is_statted_in_threads_and_listed_exactly_as_a_plain_walk_lists_it(
+    tmp_path: Path, monkeypatch, chunk: int, disk: str, threaded: bool
 ) -> None:
     import threading
 
     import pycomex_index.walk as walk
 
     monkeypatch.setattr(walk, "WALK_CHUNK", chunk)  # 3: many rounds of threads even in a small archive
+    # A stat slower than 0 s (every one) is what a cold disk looks like; none takes a second.
+    monkeypatch.setattr(walk, "COLD_STAT_SECONDS", 0.0 if disk == "cold" else 1.0)
     root = tmp_path / "results"
     for number in range(700):
         write_meta(root / "big" / f"run{number:04d}", make_metadata(start_time=1700000000.0 + number))
@@ -174,7 +179,7 @@ def test_a_big_folder_is_statted_in_threads_and_listed_exactly_as_a_plain_walk_l
             listings[listing.rel_dir] = [tuple(folder) for folder in listing.experiments]
             assert len(listing.inodes) == len(listing.experiments)
     assert listings == _walked_one_at_a_time(root)
-    assert any(walk_threads_seen), "a folder of 700 entries is statted in threads"
+    assert any(walk_threads_seen) == threaded  # from the page cache, threads would only contend for the GIL
     assert not any(t.name.startswith("pycomex-index-walk") for t in threading.enumerate()), "stopped after the walk"
 
 
