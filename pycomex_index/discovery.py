@@ -18,6 +18,8 @@ from typing import Any, NamedTuple
 from pycomex_index.paths import experiment_folder, holds_surrogates, path_in_index, path_on_disk
 
 METADATA_FILE_NAME = "experiment_meta.json"
+#: Appended to an experiment folder's path: concatenated, not os.path.join'ed, in loops over every run.
+METADATA_IN_FOLDER = os.sep + METADATA_FILE_NAME
 #: The folder inside the archive root where the index lives by default; never an experiment.
 INDEX_FOLDER_NAME = ".pycomex_index"
 
@@ -330,7 +332,7 @@ def prefetch_metadata(root: str, folders: list[FolderStat]) -> None:
         return
     for folder in folders:
         try:
-            descriptor = os.open(experiment_folder(root, folder.rel_path) + _METADATA_IN_FOLDER, os.O_RDONLY)
+            descriptor = os.open(experiment_folder(root, folder.rel_path) + METADATA_IN_FOLDER, os.O_RDONLY)
         except (OSError, ValueError):
             continue
         try:
@@ -339,9 +341,6 @@ def prefetch_metadata(root: str, folders: list[FolderStat]) -> None:
             pass
         finally:
             os.close(descriptor)
-
-
-_METADATA_IN_FOLDER = os.sep + METADATA_FILE_NAME
 
 
 def read_experiment(root: str, folder_stat: FolderStat) -> ExperimentRecord:

@@ -41,7 +41,7 @@ from datetime import datetime
 from typing import Any
 
 from pycomex_index.db import IndexDatabase
-from pycomex_index.discovery import METADATA_FILE_NAME
+from pycomex_index.discovery import METADATA_IN_FOLDER
 from pycomex_index.lease import database_now
 from pycomex_index.paths import UnsafePathError, experiment_folder, process_is_alive, process_start_ticks, this_host
 from pycomex_index.store import ArchiveIndex
@@ -316,7 +316,7 @@ class RunStates:
             return None
         # Concatenated, not os.path.join'ed: this runs for every running row a listing shows.
         log_path = folder + _LOG_IN_FOLDER
-        folder_stat, metadata, log = _stat(folder), _stat(folder + _METADATA_IN_FOLDER), _stat(log_path)
+        folder_stat, metadata, log = _stat(folder), _stat(folder + METADATA_IN_FOLDER), _stat(log_path)
         mtimes = [found.st_mtime for found in (folder_stat, metadata, log) if found is not None]
         if not mtimes:
             return None
@@ -394,7 +394,6 @@ class InterruptedCount:
         return self._count
 
 
-_METADATA_IN_FOLDER = os.sep + METADATA_FILE_NAME
 _LOG_IN_FOLDER = os.sep + LOG_FILE_NAME
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from pycomex_index.discovery import INDEX_FOLDER_NAME, METADATA_FILE_NAME, UNKNOWN_MTIME, FolderStat
+from pycomex_index.discovery import INDEX_FOLDER_NAME, METADATA_IN_FOLDER, UNKNOWN_MTIME, FolderStat
 from pycomex_index.paths import path_in_index, path_on_disk
 
 
@@ -183,7 +183,6 @@ class _EntryStatter:
         self, folder: str, folder_fd: int | None, entries: list[tuple[os.DirEntry, os.stat_result | None]]
     ) -> list[_StattedEntry]:
         stat_path = os.stat
-        meta_suffix = "/" + METADATA_FILE_NAME
         folder_times = self.folder_times
         statted: list[_StattedEntry] = []
         for entry, folder_stat in entries:
@@ -194,9 +193,9 @@ class _EntryStatter:
                 continue
             try:
                 if folder_fd is not None:
-                    meta_stat: os.stat_result | None = stat_path(entry.name + meta_suffix, dir_fd=folder_fd)
+                    meta_stat: os.stat_result | None = stat_path(entry.name + METADATA_IN_FOLDER, dir_fd=folder_fd)
                 else:
-                    meta_stat = stat_path(entry.path + meta_suffix)
+                    meta_stat = stat_path(entry.path + METADATA_IN_FOLDER)
             except OSError:
                 meta_stat = None
             statted.append((entry, folder_stat, meta_stat))
