@@ -50,8 +50,10 @@ _ADD_PARAMETER_NAMES_SQL = (
 )
 #: json_each's atom is SQLite's own reading of the value: the same json_extract gave the pushdown before.
 #: An integer a float cannot hold exactly keeps no number (SQL leaves it to Python).
+#: Both bounds, not ABS(): SQLite's ABS(-2**63) raises "integer overflow".
 PARAMETER_VALUES_SQL = (
-    f"CASE WHEN j.type = 'text' OR (j.type = 'integer' AND (j.atom >= {EXACT_FLOAT_INTEGER} OR j.atom <= -{EXACT_FLOAT_INTEGER})) THEN NULL "
+    f"CASE WHEN j.type = 'text' OR (j.type = 'integer' AND "
+    f"(j.atom >= {EXACT_FLOAT_INTEGER} OR j.atom <= -{EXACT_FLOAT_INTEGER})) THEN NULL "
     "ELSE j.atom END, CASE WHEN j.type = 'text' THEN j.atom END"
 )
 _ADD_PARAMETERS_SQL = (
