@@ -60,7 +60,8 @@ CATCH_UP_GATE = """
 import os, sys, threading, time
 gate, root = os.environ.get("PYCOMEX_INDEX_TEST_GATE"), os.environ.get("PYCOMEX_INDEX_TEST_ARCHIVE")
 def hold_the_catch_up(event, args):
-    if event not in ("open", "os.scandir") or threading.current_thread().name != "pycomex-index-watcher":
+    # The process the watcher catches up in (pycomex_index.sync_process) names its thread so.
+    if event not in ("open", "os.scandir") or threading.current_thread().name != "pycomex-index-sync":
         return
     if not args or not isinstance(args[0], (str, bytes)) or os.path.realpath(os.fsdecode(args[0])) != root:
         return

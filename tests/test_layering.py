@@ -46,6 +46,7 @@ LAYERS: dict[str, int] = {
     "heartbeat": 1,
     "liveness": 1,
     "sync": 1,
+    "sync_process": 1,
     "bulk_load": 1,
     # 2: questions asked of the index
     "selection": 2,
@@ -129,7 +130,8 @@ def test_no_library_file_is_too_long_to_read() -> None:
 INTERNAL_SIGNALS = {
     "selection.ExpressionExit": "user code called exit(): counted as a failed evaluation",
     "modify.ModificationFailed": "one experiment's change failed: reported in the modify report",
-    "watcher/reconcile.Stopping": "abandons a sync when the watcher stops",
+    "sync_process.Stopping": "abandons a sync when the watcher stops",
+    "sync_process.SyncProcessError": "a full sync failed in its child process: logged, and retried",
     "watcher/watches.WatchLimitReached": "switches the watcher to polling",
 }
 

@@ -7,8 +7,9 @@ experiment whose status is ``running`` (pycomex rewrites its metadata at the
 end). An archive of a million runs in a hundred namespaces needs about a
 hundred watches, all on one inotify file descriptor read by one thread.
 Finished experiments are not watched: a slow periodic re-walk
-(:func:`~pycomex_index.sync.sync_archive`) catches later edits and assets
-added to them. Nor are running experiments unchanged for
+(:func:`~pycomex_index.sync.sync_archive`, in a child process:
+:mod:`pycomex_index.sync_process`) catches later edits and assets added to
+them. Nor are running experiments unchanged for
 ``WatchSettings.quiet_after`` (a day: killed runs stay ``running`` forever);
 they are stat-polled every minute, and watched again once they change.
 

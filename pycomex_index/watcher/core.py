@@ -3,7 +3,8 @@
 ``start()`` returns at once; the worker thread opens the index, takes the
 archive's lease (one watcher per archive, across hosts: see
 :mod:`pycomex_index.lease`; a :class:`~.keeper.LeaseKeeper` renews it), catches up
-with one sync (the only walk of the archive at start), sets up the watches
+with one sync (the only walk of the archive at start, in a child process:
+:mod:`pycomex_index.sync_process`), sets up the watches
 from what the sync stored, applies what changed since the walk, and only
 then lets the heartbeat vouch for the index (until then it says
 ``starting`` and read commands sync themselves). Then it loops: take a settled
@@ -37,10 +38,11 @@ from pycomex_index.lease import Holder, acquire_lease
 from pycomex_index.rows import rows_below
 from pycomex_index.store import ArchiveIndex, is_database_url, open_archive_index
 from pycomex_index.sync import sync_archive
+from pycomex_index.sync_process import Stopping, SyncProcessError, sync_in_child_process
 from pycomex_index.watcher.applier import ChangeApplier
 from pycomex_index.watcher.changes import Batch, ChangeQueue
 from pycomex_index.watcher.keeper import LeaseKeeper
-from pycomex_index.watcher.reconcile import Reconciler, Stopping, abandon_on_stop
+from pycomex_index.watcher.reconcile import Reconciler
 from pycomex_index.watcher.settings import WatchSettings
 from pycomex_index.watcher.state import WatcherState, WatcherStatus
 from pycomex_index.watcher.system import default_watch_limit, filesystem_type, is_network_filesystem
@@ -215,14 +217,13 @@ class ArchiveWatcher:
         if self._watches.active:
             try:
                 self._watches.watch_namespaces(self._indexed_children)
-                running = [
-                    (rel, meta_mtime_ns, meta_size)
-                    for rel, meta_mtime_ns, meta_size in index.db.execute(
-                        "SELECT rel_path, meta_mtime_ns, meta_size FROM experiments "
-                        f"WHERE archive_id = :archive_id AND outcome = '{Outcome.RUNNING.value}'",
-                        {"archive_id": index.archive_id},
-                    )
-                ]
+                # Streamed, not listed: 50,000 runs still marked running at 1,000,000 (setting their watches
+                # reads the index only, so the query may stay open meanwhile).
+                running = index.db.execute(
+                    "SELECT rel_path, meta_mtime_ns, meta_size FROM experiments "
+                    f"WHERE archive_id = :archive_id AND outcome = '{Outcome.RUNNING.value}'",
+                    {"archive_id": index.archive_id},
+                )
                 self._watches.watch_running_experiments(running)
             except WatchLimitReached as reason:
                 self._fall_back_to_polling(str(reason))
@@ -250,20 +251,23 @@ class ArchiveWatcher:
             self._apply(batch)
 
     def _catch_up(self) -> None:
-        """The first sync; retried with a growing pause (the index busy, a disk hiccup) until it succeeds."""
+        """The first sync, in a child process (see :mod:`pycomex_index.sync_process`); retried with a growing pause (the index
+        busy, a disk hiccup) until it succeeds."""
         assert self._index is not None
         pause = 1.0
         while True:
             try:
-                report = sync_archive(self._index, on_progress=abandon_on_stop(self._queue))
+                report = sync_in_child_process(self._index.root, self._index.location, lambda: self._queue.stopping)
                 break
             except Stopping:
                 raise
+            except SyncProcessError as error:  # its traceback is in the log already, from the child
+                logger.error("catching up with the archive failed (%s); retrying in %g s", error, pause)
             except Exception:  # noqa: BLE001 - log and retry; commands sync themselves meanwhile
                 logger.exception("catching up with the archive failed; retrying in %g s", pause)
-                if self._queue.wait_for_stop(pause):
-                    raise Stopping() from None
-                pause = min(pause * 2, 60.0)
+            if self._queue.wait_for_stop(pause):
+                raise Stopping() from None
+            pause = min(pause * 2, 60.0)
         logger.info(
             "caught up in %.2f s: %d added, %d updated, %d removed, %d with new assets, %d unchanged",
             report.seconds,
@@ -328,7 +332,9 @@ class ArchiveWatcher:
         if reason is not None:
             logger.info("re-walking the archive: %s", reason)
         assert self._reconcile_index is not None
-        self._reconciler.run_in_background(self._reconcile_index, period)
+        # Re-walks minutes apart run in a child process; polling's, seconds apart, here (see :mod:`pycomex_index.sync_process`).
+        in_child = self._state.mode != MODE_POLLING
+        self._reconciler.run_in_background(self._reconcile_index, period, in_child=in_child)
 
     def _on_overflow(self) -> None:
         """Called on the observer's thread: the kernel dropped events, so nothing but a re-walk is certain."""

@@ -3,7 +3,7 @@
 In inotify mode it catches what no watch sees (edits to finished runs,
 events lost to a queue overflow) every ``reconcile_interval``; in polling
 mode it *is* the watcher, every ``poll_interval``. It runs on its own index
-connection while the worker keeps applying events; the folders the worker
+connection (in inotify mode, in a child process: :mod:`pycomex_index.sync_process`) while the worker keeps applying events; the folders the worker
 applied meanwhile are applied again after it, so a sync that read a folder
 just before an event can never leave the older state behind.
 """
@@ -17,14 +17,11 @@ import time
 from collections.abc import Callable
 
 from pycomex_index.store import ArchiveIndex
-from pycomex_index.sync import sync_archive
+from pycomex_index.sync import SyncReport, sync_archive
+from pycomex_index.sync_process import Stopping, SyncProcessError, sync_in_child_process
 from pycomex_index.watcher.changes import ChangeQueue
 
 logger = logging.getLogger("pycomex_index.watcher")
-
-
-class Stopping(Exception):
-    """Raised from a sync's progress callback to abandon it (between two committed batches) on stop."""
 
 
 def abandon_on_stop(queue: ChangeQueue) -> Callable[[int, int | None], None]:
@@ -105,10 +102,13 @@ class Reconciler:
             self._touched = set()
         return reason, rewatch
 
-    def run_in_background(self, index: ArchiveIndex, period: float) -> None:
-        """Start the re-walk :meth:`begin` marked running, on its own thread and index connection."""
+    def run_in_background(self, index: ArchiveIndex, period: float, *, in_child: bool) -> None:
+        """Start the re-walk :meth:`begin` marked running, on its own thread and index connection.
+
+        ``in_child``: the sync runs in a child process the thread waits for (see :mod:`pycomex_index.sync_process`).
+        """
         self._thread = threading.Thread(
-            target=self._run, args=(index, period), name="pycomex-index-reconcile", daemon=True
+            target=self._run, args=(index, period, in_child), name="pycomex-index-reconcile", daemon=True
         )
         self._thread.start()
 
@@ -119,11 +119,15 @@ class Reconciler:
             return not self._thread.is_alive()
         return True
 
-    def _run(self, index: ArchiveIndex, period: float) -> None:
+    def _run(self, index: ArchiveIndex, period: float, in_child: bool) -> None:
         started = time.monotonic()
         seconds = None
         try:
-            report = sync_archive(index, on_progress=abandon_on_stop(self._queue))
+            report: SyncReport
+            if in_child:
+                report = sync_in_child_process(index.root, index.location, lambda: self._queue.stopping)
+            else:
+                report = sync_archive(index, on_progress=abandon_on_stop(self._queue))
             seconds = report.seconds
             if report.changed:
                 self._on_change()
@@ -137,6 +141,8 @@ class Reconciler:
                 )
         except Stopping:
             pass
+        except SyncProcessError as error:  # its traceback is in the log already, from the child
+            logger.error("re-walking the archive failed (%s); trying again in %g s", error, period)
         except Exception:  # noqa: BLE001 - log and try again at the next period
             logger.exception("re-walking the archive failed; trying again in %g s", period)
         finally:

@@ -1,0 +1,97 @@
+"""The watcher's full syncs in a child process (pycomex_index.sync_process): a real child, a real index."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+import pycomex_index.sync_process as sync_process
+from pycomex_index.store import open_archive_index
+from pycomex_index.sync import sync_archive
+from pycomex_index.sync_process import Stopping, SyncProcessError, sync_in_child_process
+
+from .test_daemon import CATCH_UP_GATE
+
+
+def stored_rows(archive: Path, location: str | None = None) -> dict[str, tuple]:
+    with open_archive_index(str(archive), location) as index:
+        rows = index.db.execute(
+            "SELECT rel_path, outcome, status, meta_mtime_ns, meta_size, asset_count, disk_usage FROM experiments "
+            "WHERE archive_id = :archive_id",
+            {"archive_id": index.archive_id},
+        )
+        return {row[0]: tuple(row[1:]) for row in rows}
+
+
+def index_of(archive: Path) -> tuple[str, str]:
+    """The archive's root and index location, as the watcher passes them on."""
+    with open_archive_index(str(archive)) as index:
+        return index.root, index.location
+
+
+def test_a_sync_in_a_child_process_stores_what_a_sync_here_stores(archive, tmp_path):
+    root, location = index_of(archive)
+    report = sync_in_child_process(root, location, lambda: False)
+    assert (report.added, report.removed, report.unchanged) == (8, 0, 0)
+
+    here = str(tmp_path / "synced-here.sqlite3")
+    with open_archive_index(str(archive), here) as index:
+        sync_archive(index)
+    assert stored_rows(archive) == stored_rows(archive, here)
+    again = sync_in_child_process(root, location, lambda: False)
+    assert (again.added, again.updated, again.unchanged) == (0, 0, 8)
+
+
+def test_a_failed_sync_raises_its_error_here_and_logs_its_traceback_here(archive, tmp_path, caplog):
+    unusable = tmp_path / "a-file"
+    unusable.write_text("not a folder")
+    with caplog.at_level(logging.INFO, logger="pycomex_index"):
+        with pytest.raises(SyncProcessError, match="cannot use the index .*: Not a directory"):
+            sync_in_child_process(os.path.realpath(archive), str(unusable / "index.sqlite3"), lambda: False)
+    (record,) = [record for record in caplog.records if record.name == "pycomex_index.sync_process"]
+    assert record.levelno == logging.ERROR
+    assert "Traceback" in record.getMessage() and "IndexUnavailableError" in record.getMessage()
+
+
+@pytest.fixture
+def gate(tmp_path: Path, archive: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder whose ``release`` file lets the child's walk of ``archive`` go on; ``blocked`` says it waits."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "sitecustomize.py").write_text(CATCH_UP_GATE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(gate), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PYCOMEX_INDEX_TEST_GATE", str(gate))
+    monkeypatch.setenv("PYCOMEX_INDEX_TEST_ARCHIVE", os.path.realpath(archive))
+    yield gate
+    (gate / "release").touch()
+
+
+def test_a_stop_ends_the_childs_sync_at_its_next_batch_boundary(archive, gate, monkeypatch):
+    monkeypatch.setattr(sync_process, "STOP_GRACE_SECONDS", 120.0)  # not terminated: it stops by itself
+    root, location = index_of(archive)
+
+    def stop_once_it_walks() -> bool:
+        if not (gate / "blocked").exists():
+            return False
+        (gate / "release").touch()  # its stdin is closed at once: the walk goes on, and stops at the first batch
+        return True
+
+    started = time.monotonic()
+    with pytest.raises(Stopping):
+        sync_in_child_process(root, location, stop_once_it_walks)
+    assert time.monotonic() - started < 60
+    assert stored_rows(archive) == {}  # a first build stops before its first batch is read
+
+
+def test_a_child_that_does_not_stop_in_time_is_terminated(archive, gate, monkeypatch):
+    monkeypatch.setattr(sync_process, "STOP_GRACE_SECONDS", 0.5)
+    root, location = index_of(archive)
+    started = time.monotonic()
+    with pytest.raises(Stopping):
+        sync_in_child_process(root, location, (gate / "blocked").exists)  # the gate is never released
+    assert time.monotonic() - started < 30  # the gate holds the child for 60 s
+    assert stored_rows(archive) == {}
