@@ -64,10 +64,11 @@ class Reconciler:
             self._rewatch = self._rewatch or rewatch
         self._queue.wake()
 
-    def caught_up(self) -> None:
-        """A full sync just ran (the worker's catch-up): the next periodic one is a period away."""
+    def caught_up(self, seconds: float) -> None:
+        """A full sync that took ``seconds`` just ran (the worker's catch-up): the next periodic one is a period away."""
         with self._lock:
             self._last_at = time.monotonic()
+            self._last_seconds = seconds
 
     def note_applied(self, targets: set[str]) -> None:
         """The worker applies these folders now: applied again after a re-walk that runs meanwhile."""
@@ -82,7 +83,7 @@ class Reconciler:
 
     @property
     def last_seconds(self) -> float | None:
-        """How long the last re-walk took (None before the first)."""
+        """How long the last full sync (re-walk or catch-up) took; None before the first."""
         with self._lock:
             return self._last_seconds
 
