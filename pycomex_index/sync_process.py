@@ -114,7 +114,11 @@ def _follow(child: subprocess.Popen[bytes], stopping: Callable[[], bool]) -> dic
                 break
             *lines, pending = (pending + data).split(b"\n")
             for line in lines:
-                message = json.loads(line)
+                try:
+                    message = json.loads(line)
+                except ValueError:  # written before the child took its stdout over: a module's print, say
+                    logger.warning("the sync process wrote: %s", line.decode(errors="backslashreplace"))
+                    continue
                 if "log" in message:
                     name, level, text = message["log"]
                     logging.getLogger(name).log(level, "%s", text)

@@ -95,3 +95,17 @@ def test_a_child_that_does_not_stop_in_time_is_terminated(archive, gate, monkeyp
         sync_in_child_process(root, location, (gate / "blocked").exists)  # the gate is never released
     assert time.monotonic() - started < 30  # the gate holds the child for 60 s
     assert stored_rows(archive) == {}
+
+
+def test_lines_the_child_prints_before_it_takes_its_stdout_over_are_logged_not_fatal(
+    archive, tmp_path, monkeypatch, caplog
+):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("print('hello from sitecustomize')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    root, location = index_of(archive)
+    with caplog.at_level(logging.WARNING, logger="pycomex_index"):
+        report = sync_in_child_process(root, location, lambda: False)
+    assert report.added == 8
+    assert "the sync process wrote: hello from sitecustomize" in caplog.messages
