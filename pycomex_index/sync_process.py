@@ -140,9 +140,12 @@ class _Channel(logging.Handler):
         self.stream = stream
 
     def send(self, message: dict[str, Any]) -> None:
-        with self.lock or threading.Lock():
+        self.acquire()  # the handler's own (re-entrant) lock: records may come from the sync's reader threads
+        try:
             self.stream.write(json.dumps(message).encode() + b"\n")
             self.stream.flush()
+        finally:
+            self.release()
 
     def emit(self, record: logging.LogRecord) -> None:
         text = record.getMessage()
