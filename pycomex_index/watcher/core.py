@@ -257,8 +257,8 @@ class ArchiveWatcher:
             self._apply(batch)
 
     def _catch_up(self) -> None:
-        """The first sync, in a child process (see :mod:`pycomex_index.sync_process`); retried with a growing pause (the index
-        busy, a disk hiccup) until it succeeds."""
+        """The first sync, in a child process (see :mod:`pycomex_index.sync_process`); retried with a growing
+        pause (the index busy, a disk hiccup) until it succeeds."""
         assert self._index is not None
         pause = 1.0
         while True:
@@ -341,7 +341,7 @@ class ArchiveWatcher:
         if reason is not None:
             logger.info("re-walking the archive: %s", reason)
         assert self._reconcile_index is not None
-        # Re-walks minutes apart run in a child process; polling's, seconds apart, here (see :mod:`pycomex_index.sync_process`).
+        # Re-walks minutes apart run in a child process; polling's, seconds apart, here (see sync_process).
         in_child = self._state.mode != MODE_POLLING
         self._reconciler.run_in_background(self._reconcile_index, period, in_child=in_child)
 

@@ -3,9 +3,11 @@
 In inotify mode it catches what no watch sees (edits to finished runs,
 events lost to a queue overflow) every ``reconcile_interval``; in polling
 mode it *is* the watcher, every ``poll_interval``. It runs on its own index
-connection (in inotify mode, in a child process: :mod:`pycomex_index.sync_process`) while the worker keeps applying events; the folders the worker
-applied meanwhile are applied again after it, so a sync that read a folder
-just before an event can never leave the older state behind.
+connection (in inotify mode, in a child process:
+:mod:`pycomex_index.sync_process`) while the worker keeps applying events;
+the folders the worker applied meanwhile are applied again after it, so a
+sync that read a folder just before an event can never leave the older state
+behind.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ class Reconciler:
         self._queue.wake()
 
     def caught_up(self, seconds: float) -> None:
-        """A full sync that took ``seconds`` just ran (the worker's catch-up): the next periodic one is a period away."""
+        """A full sync that took ``seconds`` just ran (the worker's catch-up): the next periodic one is a
+        period away."""
         with self._lock:
             self._last_at = time.monotonic()
             self._last_seconds = seconds
