@@ -11,6 +11,7 @@ Experiments whose metadata could not be read are selected by nothing but
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -152,48 +153,44 @@ def iter_selected(
     if not include_unreadable or expressions:
         where += f" AND e.outcome <> '{Outcome.ERROR.value}'"
     prefilter = prefilter_for(selection) if selection else None
-    verdict_at = parameters_at = summary_at = path_at = needs_python_at = None
-    undecided = ""
+    verdict_at = None
     if prefilter is not None:
-        undecided = f"{prefilter.verdict} IS NULL"
         where += f" AND {prefilter.condition}"
         params.update(prefilter.params)
         failures.pushed_down, failures.sql_condition = prefilter.pushed, prefilter.condition
         verdict_at = len(selected)
         selected.append(prefilter.verdict)
-    # Python evaluates only the rows SQL left undecided: unless the caller wants every row's m or p,
-    # the others need none of the columns it reads.
-    undecided_only = prefilter is not None and not with_parameters and also_evaluates is None
-
-    def for_python(column: str) -> str:
-        """``column`` where Python evaluates the row; NULL, carried through the sort for nothing, elsewhere."""
-        return f"CASE WHEN {undecided} THEN {column} END" if undecided_only else column
-
-    def document(column: str) -> str:
-        """A column of ``experiment_fields`` (as ``f``), read only for the rows that need it.
-
-        Where Python evaluates few rows, a lookup per such row replaces a join for every row: the join
-        walked each selected row's documents to reach ``needs_python`` (a third of the benchmark's --select query).
-        """
-        if not undecided_only:
-            return column
-        return for_python(f"(SELECT {column} FROM experiment_fields f WHERE f.experiment_id = e.id)")
-
+    # The columns Python reads to build m and p, at these positions among them.
+    for_python: list[str] = []
+    parameters_at = summary_at = path_at = needs_python_at = None
     if reads_parameters or with_parameters:
-        parameters_at = len(selected)
-        selected.append(document("f.parameters_json"))
+        parameters_at = len(for_python)
+        for_python.append("f.parameters_json")
     if reads_metadata == READS_SUMMARY:
-        summary_at = len(selected)
-        selected.append(document("f.summary_json"))
+        summary_at = len(for_python)
+        for_python.append("f.summary_json")
     if parameters_at is not None or summary_at is not None:
         # Documents in Python's dialect (NaN, big integers...) are read by the json module; the rest by orjson.
-        needs_python_at = len(selected)
-        selected.append(document(_NEEDS_PYTHON))
+        needs_python_at = len(for_python)
+        for_python.append(_NEEDS_PYTHON)
     if reads_metadata != READS_NO_METADATA:
-        path_at = len(selected)
-        selected += [for_python("e.rel_path"), for_python("e.namespace"), for_python("e.outcome")]
-    if (parameters_at is not None or summary_at is not None) and not undecided_only:
-        join = " LEFT JOIN experiment_fields f ON f.experiment_id = e.id"
+        path_at = len(for_python)
+        for_python += ["e.rel_path", "e.namespace", "e.outcome"]
+    documents_join = " LEFT JOIN experiment_fields f ON f.experiment_id = e.id" if needs_python_at is not None else ""
+    # Python evaluates only the rows SQL left undecided: unless the caller wants every row's m or p, the
+    # others need none of the columns it reads, which a second query fetches for the undecided rows alone
+    # (see _PythonColumns).
+    python_columns = None
+    if verdict_at is not None and not with_parameters and also_evaluates is None and for_python:
+        python_columns = _PythonColumns(index, for_python, documents_join, verdict_at=verdict_at, id_at=len(selected))
+        selected.append("e.id")
+    else:
+        offset = len(selected)
+        parameters_at, summary_at, path_at, needs_python_at = (
+            None if at is None else offset + at for at in (parameters_at, summary_at, path_at, needs_python_at)
+        )
+        selected += for_python
+        join = documents_join
     if prefilter is not None:
         join += "".join(" " + parameter_join for parameter_join in prefilter.joins)
     direction = "DESC" if newest_first else "ASC"
@@ -225,7 +222,10 @@ def iter_selected(
     # Each column position is set exactly when its column was selected (parameters_at: reads_parameters or
     # with_parameters; summary_at: READS_SUMMARY; path_at: any metadata), so the tests below are on the
     # positions themselves.
-    for values in index.db.execute(sql, params):
+    rows: Iterator[Row] = index.db.execute(sql, params)
+    if python_columns is not None:
+        rows = python_columns.alongside(rows, limit)
+    for values in rows:
         if columns_alone_at is not None and values[columns_alone_at] == 1:
             failures.selected_in_sql += 1
             yield values[:width], None, None
@@ -237,17 +237,20 @@ def iter_selected(
         decided = verdict_at is not None and values[verdict_at] == 1
         evaluates_selection = selection is not None and not decided
         builds_namespace = evaluates_selection or evaluates_also
+        read = values if python_columns is None else python_columns.of(values)
+        if read is None:
+            continue  # removed from the index since the rows were read
         parameters = None
-        loads = exact_loads if needs_python_at is not None and values[needs_python_at] else fast_loads
+        loads = exact_loads if needs_python_at is not None and read[needs_python_at] else fast_loads
         if parameters_at is not None and (with_parameters or builds_namespace):
-            text = values[parameters_at]
+            text = read[parameters_at]
             parameters = loads(text) if text else {}
         if builds_namespace:
             metadata = None
             if path_at is not None:
-                rel_path = values[path_at]
+                rel_path = read[path_at]
                 if summary_at is not None:
-                    summary = values[summary_at]
+                    summary = read[summary_at]
                     metadata = loads(summary) if summary else {}
                 else:
                     # The whole document is not in the index: read the file, after SQL has narrowed the rows.
@@ -258,9 +261,9 @@ def iter_selected(
                         continue
                 if builds_metadata:
                     path = folder_prefix + path_on_disk(rel_path)
-                    metadata = build_metadata(metadata, path=path, namespace=values[path_at + 1])
+                    metadata = build_metadata(metadata, path=path, namespace=read[path_at + 1])
                 if derives_state:
-                    _derive_state(metadata, run_states, rel_path, values[path_at + 2])
+                    _derive_state(metadata, run_states, rel_path, read[path_at + 2])
             namespace = rebind_evaluation_globals(namespace, metadata, parameters)
             if selection is not None and not decided:  # evaluates_selection, spelled out for the type checker
                 failures.evaluated += 1
@@ -276,6 +279,45 @@ def iter_selected(
         kept += 1
         if limit is not None and kept >= limit:
             return
+
+
+class _PythonColumns:
+    """The columns Python reads for the rows SQL left undecided, fetched by id a batch of rows at a time.
+
+    Selected in the main query, they were computed for every row and carried
+    through its sort (NULL where the verdict is known, but only after working
+    the verdict out once more per column): at 100,000 runs a quarter of the
+    benchmark's ``--select`` query. A batch's undecided rows are looked up in
+    one query. A row removed between the two queries (a sync on another
+    connection) has none, and is skipped as if it had been gone already.
+    """
+
+    #: Rows per batch; a limited read starts smaller, so ``tail -n 5`` looks up a few rows, not a batch's worth.
+    BATCH_ROWS = 1000
+
+    def __init__(self, index: ArchiveIndex, columns: list[str], join: str, *, verdict_at: int, id_at: int) -> None:
+        """``columns`` (over ``e`` and the ``join``) for the rows whose ``verdict_at`` is NULL, by their ``id_at``."""
+        self.db = index.db
+        self.sql = f"SELECT e.id, {', '.join(columns)} FROM experiments e{join} WHERE e.id IN "
+        self.verdict_at, self.id_at = verdict_at, id_at
+        self.by_id: dict[int, Row] = {}
+
+    def alongside(self, rows: Iterator[Row], limit: int | None) -> Iterator[Row]:
+        """``rows`` as they come, with :meth:`of` answering for the undecided ones among each batch."""
+        size = self.BATCH_ROWS if limit is None else min(max(limit, 1), self.BATCH_ROWS)
+        verdict_at, id_at = self.verdict_at, self.id_at
+        while batch := list(itertools.islice(rows, size)):
+            undecided = [values[id_at] for values in batch if values[verdict_at] is None]
+            if undecided:
+                # Integers the database itself gave, written into the SQL: no limit on bound parameters applies.
+                ids = ", ".join(str(int(identifier)) for identifier in undecided)
+                self.by_id = {values[0]: values[1:] for values in self.db.execute(f"{self.sql}({ids})")}
+            yield from batch
+            size = min(2 * size, self.BATCH_ROWS)
+
+    def of(self, values: Row) -> Row | None:
+        """The columns for an undecided row of the current batch (None: it is no longer in the index)."""
+        return self.by_id.get(values[self.id_at])
 
 
 def _derive_state(metadata: dict[str, Any], run_states: RunStates, rel_path: str, outcome: str) -> None:
