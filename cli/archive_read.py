@@ -85,10 +85,12 @@ def _listing_lines(index, rows, run_states) -> Iterator[str]:
     from pycomex_index.discovery import Outcome
     from pycomex_index.formatting import STATUS_ICONS, format_duration, printable, shown_status
 
-    prefix = index.display_root + "/"
+    # printable() escapes character by character: the root's part is worked out once, not on every line.
+    prefix = printable(index.display_root + "/")
     # The plain values: a str compares with a str faster than with an enum member, and this runs per row.
     error, running = Outcome.ERROR.value, Outcome.RUNNING.value
     for rel_path, outcome, duration in rows:
+        shown_path = rel_path if rel_path.isprintable() else printable(rel_path)
         if outcome == error:
             suffix = " (metadata error)"
         elif outcome == running:
@@ -98,7 +100,7 @@ def _listing_lines(index, rows, run_states) -> Iterator[str]:
             suffix = f" ({format_duration(duration)})"
         else:
             suffix = ""
-        yield f"{STATUS_ICONS[outcome]} {printable(prefix + rel_path)}{suffix}"
+        yield f"{STATUS_ICONS[outcome]} {prefix}{shown_path}{suffix}"
 
 
 @click.command("tail")
