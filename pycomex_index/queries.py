@@ -16,6 +16,7 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, overload
 
 from pycomex_index.db import Row
@@ -222,63 +223,63 @@ def iter_selected(
     # Each column position is set exactly when its column was selected (parameters_at: reads_parameters or
     # with_parameters; summary_at: READS_SUMMARY; path_at: any metadata), so the tests below are on the
     # positions themselves.
-    rows: Iterator[Row] = index.db.execute(sql, params)
-    if python_columns is not None:
-        rows = python_columns.alongside(rows, limit)
-    for values in rows:
-        if columns_alone_at is not None and values[columns_alone_at] == 1:
-            failures.selected_in_sql += 1
-            yield values[:width], None, None
+    for batch in _batches(index.db.execute(sql, params), limit):
+        if python_columns is not None:
+            python_columns.look_up(batch)
+        for values in batch:
+            if columns_alone_at is not None and values[columns_alone_at] == 1:
+                failures.selected_in_sql += 1
+                yield values[:width], None, None
+                kept += 1
+                if limit is not None and kept >= limit:
+                    return
+                continue
+            # Where SQL found the selection true for certain, Python need not evaluate it again.
+            decided = verdict_at is not None and values[verdict_at] == 1
+            evaluates_selection = selection is not None and not decided
+            builds_namespace = evaluates_selection or evaluates_also
+            read = values if python_columns is None else python_columns.of(values)
+            if read is None:
+                continue  # removed from the index since the rows were read
+            parameters = None
+            loads = exact_loads if needs_python_at is not None and read[needs_python_at] else fast_loads
+            if parameters_at is not None and (with_parameters or builds_namespace):
+                text = read[parameters_at]
+                parameters = loads(text) if text else {}
+            if builds_namespace:
+                metadata = None
+                if path_at is not None:
+                    rel_path = read[path_at]
+                    if summary_at is not None:
+                        summary = read[summary_at]
+                        metadata = loads(summary) if summary else {}
+                    else:
+                        # The whole document is not in the index: read the file, after SQL has narrowed the rows.
+                        try:
+                            metadata = read_metadata(folder_prefix + path_on_disk(rel_path))
+                        except ValueError as error:
+                            failures.record(error)
+                            continue
+                    if builds_metadata:
+                        path = folder_prefix + path_on_disk(rel_path)
+                        metadata = build_metadata(metadata, path=path, namespace=read[path_at + 1])
+                    if derives_state:
+                        _derive_state(metadata, run_states, rel_path, read[path_at + 2])
+                namespace = rebind_evaluation_globals(namespace, metadata, parameters)
+                if selection is not None and not decided:  # evaluates_selection, spelled out for the type checker
+                    failures.evaluated += 1
+                    try:
+                        if not evaluate(selection, namespace):
+                            continue
+                    except Exception as error:
+                        failures.record(error)
+                        continue
+            if decided:
+                failures.selected_in_sql += 1
+            yield values[:width], (parameters if with_parameters else None), (namespace if also_evaluates else None)
             kept += 1
             if limit is not None and kept >= limit:
                 return
-            continue
-        # Where SQL found the selection true for certain, Python need not evaluate it again.
-        decided = verdict_at is not None and values[verdict_at] == 1
-        evaluates_selection = selection is not None and not decided
-        builds_namespace = evaluates_selection or evaluates_also
-        read = values if python_columns is None else python_columns.of(values)
-        if read is None:
-            continue  # removed from the index since the rows were read
-        parameters = None
-        loads = exact_loads if needs_python_at is not None and read[needs_python_at] else fast_loads
-        if parameters_at is not None and (with_parameters or builds_namespace):
-            text = read[parameters_at]
-            parameters = loads(text) if text else {}
-        if builds_namespace:
-            metadata = None
-            if path_at is not None:
-                rel_path = read[path_at]
-                if summary_at is not None:
-                    summary = read[summary_at]
-                    metadata = loads(summary) if summary else {}
-                else:
-                    # The whole document is not in the index: read the file, after SQL has narrowed the rows.
-                    try:
-                        metadata = read_metadata(folder_prefix + path_on_disk(rel_path))
-                    except ValueError as error:
-                        failures.record(error)
-                        continue
-                if builds_metadata:
-                    path = folder_prefix + path_on_disk(rel_path)
-                    metadata = build_metadata(metadata, path=path, namespace=read[path_at + 1])
-                if derives_state:
-                    _derive_state(metadata, run_states, rel_path, read[path_at + 2])
-            namespace = rebind_evaluation_globals(namespace, metadata, parameters)
-            if selection is not None and not decided:  # evaluates_selection, spelled out for the type checker
-                failures.evaluated += 1
-                try:
-                    if not evaluate(selection, namespace):
-                        continue
-                except Exception as error:
-                    failures.record(error)
-                    continue
-        if decided:
-            failures.selected_in_sql += 1
-        yield values[:width], (parameters if with_parameters else None), (namespace if also_evaluates else None)
-        kept += 1
-        if limit is not None and kept >= limit:
-            return
 
 
 class _PythonColumns:
@@ -292,9 +293,6 @@ class _PythonColumns:
     connection) has none, and is skipped as if it had been gone already.
     """
 
-    #: Rows per batch; a limited read starts smaller, so ``tail -n 5`` looks up a few rows, not a batch's worth.
-    BATCH_ROWS = 1000
-
     def __init__(self, index: ArchiveIndex, columns: list[str], join: str, *, verdict_at: int, id_at: int) -> None:
         """``columns`` (over ``e`` and the ``join``) for the rows whose ``verdict_at`` is NULL, by their ``id_at``."""
         self.db = index.db
@@ -302,22 +300,34 @@ class _PythonColumns:
         self.verdict_at, self.id_at = verdict_at, id_at
         self.by_id: dict[int, Row] = {}
 
-    def alongside(self, rows: Iterator[Row], limit: int | None) -> Iterator[Row]:
-        """``rows`` as they come, with :meth:`of` answering for the undecided ones among each batch."""
-        size = self.BATCH_ROWS if limit is None else min(max(limit, 1), self.BATCH_ROWS)
+    def look_up(self, batch: list[Row]) -> None:
+        """Fetch the columns of the batch's undecided rows, for :meth:`of`."""
         verdict_at, id_at = self.verdict_at, self.id_at
-        while batch := list(itertools.islice(rows, size)):
-            undecided = [values[id_at] for values in batch if values[verdict_at] is None]
-            if undecided:
-                # Integers the database itself gave, written into the SQL: no limit on bound parameters applies.
-                ids = ", ".join(str(int(identifier)) for identifier in undecided)
-                self.by_id = {values[0]: values[1:] for values in self.db.execute(f"{self.sql}({ids})")}
-            yield from batch
-            size = min(2 * size, self.BATCH_ROWS)
+        undecided = [values[id_at] for values in batch if values[verdict_at] is None]
+        if undecided:
+            # Integers the database itself gave, written into the SQL: no limit on bound parameters applies.
+            ids = ", ".join(str(int(identifier)) for identifier in undecided)
+            self.by_id = {values[0]: values[1:] for values in self.db.execute(f"{self.sql}({ids})")}
 
     def of(self, values: Row) -> Row | None:
         """The columns for an undecided row of the current batch (None: it is no longer in the index)."""
         return self.by_id.get(values[self.id_at])
+
+
+#: Rows per batch (see _batches).
+_BATCH_ROWS = 1000
+
+
+def _batches(rows: Iterator[Row], limit: int | None) -> Iterator[list[Row]]:
+    """``rows`` in lists of up to :data:`_BATCH_ROWS`, so the loop over them runs in a list, not a generator.
+
+    A limited read starts with ``limit`` rows and doubles, so ``tail -n 5``
+    looks a few undecided rows up (:class:`_PythonColumns`), not a batch's worth.
+    """
+    size = _BATCH_ROWS if limit is None else min(max(limit, 1), _BATCH_ROWS)
+    while batch := list(itertools.islice(rows, size)):
+        yield batch
+        size = min(2 * size, _BATCH_ROWS)
 
 
 def _derive_state(metadata: dict[str, Any], run_states: RunStates, rel_path: str, outcome: str) -> None:
@@ -355,7 +365,7 @@ def iter_listing(
     """
     if selection is not None:
         rows = iter_selected(index, _LISTING_COLUMNS, selection, include_unreadable=False, failures=failures)
-        return (values for values, _, _ in rows)
+        return map(itemgetter(0), rows)  # the values alone; a C loop, not a generator frame per row
     return index.db.execute(
         "SELECT rel_path, outcome, duration FROM experiments "
         f"WHERE archive_id = :archive_id AND outcome <> '{Outcome.ERROR.value}' ORDER BY start_time NULLS FIRST, rel_path",

@@ -10,9 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pycomex_index import queries
 from pycomex_index.discovery import parameter_values
 from pycomex_index.pushdown import prefilter_for
-from pycomex_index.queries import _PythonColumns, iter_experiments, iter_selected
+from pycomex_index.queries import iter_experiments, iter_selected
 from pycomex_index.selection import (
     EvaluationFailures,
     build_metadata,
@@ -315,7 +316,7 @@ def test_rows_left_to_python_are_read_in_batches_of_any_size(
     archive: Path, run_cli, monkeypatch: pytest.MonkeyPatch, batch_rows: int
 ) -> None:
     # Batches far smaller than the archive: undecided rows in several batches, and in none of some.
-    monkeypatch.setattr(_PythonColumns, "BATCH_ROWS", batch_rows)
+    monkeypatch.setattr(queries, "_BATCH_ROWS", batch_rows)
     source = "m['status'] == 'failed' and 'sweep' in m['path'] + m['name'] or m['status'] == 'done' and len(p) > 3"
     assert prefilter_for(compile_expression(source)) is not None
 
