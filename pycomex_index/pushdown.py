@@ -31,7 +31,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from pycomex_index.discovery import EXACT_FLOAT_INTEGER
 from pycomex_index.selection import METADATA_NAMES, PARAMETER_NAMES, CompiledExpression
@@ -91,8 +91,7 @@ def prefilter_for(expression: CompiledExpression) -> Prefilter | None:
     return prefilter
 
 
-@dataclass(frozen=True)
-class _Verdict:
+class _Verdict(NamedTuple):
     """SQL giving 1 / 0 / NULL for one part of the expression (see :class:`Prefilter`).
 
     ``can_be_false`` is False when the SQL is never 0, so it cannot drop a row.

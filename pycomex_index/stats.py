@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pycomex_index.discovery import DOCUMENT_ONLY_KEYS, Outcome, is_special_parameter
 from pycomex_index.liveness import INTERRUPTED, InterruptedCount, RunStates
@@ -338,8 +338,7 @@ def _group_in_python(
         _group(groups, key).add(1, int(outcome == done), end_time, duration if ran else 0.0, int(ran), disk_usage)
 
 
-@dataclass(frozen=True)
-class _KeyRead:
+class _KeyRead(NamedTuple):
     """``p.get('NAME', default)``, ``p['NAME']``, ``m['KEY']``...: the one value a group expression reads."""
 
     column: str
