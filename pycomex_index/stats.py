@@ -400,12 +400,15 @@ def _group_in_sql(index, key_read: _KeyRead, where: str, groups, group_failures)
         "key": key_read.key,
     }
     readable = f"outcome <> '{Outcome.ERROR.value}'"
+    table, archive_condition = experiments_table(index)
+    # The whole archive, in an index that holds it alone, needs no condition but readability.
+    grouped_where = readable if where == _WHOLE_ARCHIVE and archive_condition is None else f"{where} AND {readable}"
     if key_read.column == "f.parameters_json" and is_special_parameter(key_read.key):
-        column, table = "e.special_parameters_json", experiments_table(index)
+        column = "e.special_parameters_json"
         python_rows = f"{column} IS NULL"
     else:
         column = key_read.column
-        table = f"{experiments_table(index)} JOIN experiment_fields f ON f.experiment_id = e.id"
+        table += " JOIN experiment_fields f ON f.experiment_id = e.id"
         python_rows = "f.needs_python"
     if index.db.url.startswith("sqlite"):
         # Grouping by an expression, SQLite computes it once for the sort and again for the result column:
@@ -423,7 +426,7 @@ def _group_in_sql(index, key_read: _KeyRead, where: str, groups, group_failures)
         f"FROM (SELECT CASE WHEN {python_rows} THEN NULL ELSE COALESCE({value}, '') END AS value, "
         f"CASE WHEN outcome = '{Outcome.DONE.value}' THEN 1 ELSE 0 END AS succeeded, end_time, "
         "CASE WHEN duration > 0 THEN duration END AS runtime, disk_usage "
-        f"FROM {table} WHERE {where} AND {readable}{unmerged}) AS grouped GROUP BY value",
+        f"FROM {table} WHERE {grouped_where}{unmerged}) AS grouped GROUP BY value",
         params,
     )
     in_python_dialect = False
