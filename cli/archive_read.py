@@ -85,20 +85,23 @@ def _listing_lines(index, rows, run_states) -> Iterator[str]:
     from pycomex_index.discovery import Outcome
     from pycomex_index.formatting import STATUS_ICONS, format_duration, printable, shown_status
 
-    prefix = index.display_root + "/"
+    # printable() escapes character by character: the root's part is worked out once, not on every line.
+    prefix = printable(index.display_root + "/")
     # The plain values: a str compares with a str faster than with an enum member, and this runs per row.
     error, running = Outcome.ERROR.value, Outcome.RUNNING.value
     for rel_path, outcome, duration in rows:
+        shown_path = rel_path if rel_path.isprintable() else printable(rel_path)
+        # What the parentheses at the end say, put into the line in one piece.
         if outcome == error:
-            suffix = " (metadata error)"
+            detail = "metadata error"
         elif outcome == running:
-            outcome = shown_status(outcome, run_states.state(rel_path, outcome))
-            suffix = f" ({outcome})"
+            outcome = detail = shown_status(outcome, run_states.state(rel_path, outcome))
         elif duration is not None and duration > 0:
-            suffix = f" ({format_duration(duration)})"
+            detail = format_duration(duration)
         else:
-            suffix = ""
-        yield f"{STATUS_ICONS[outcome]} {printable(prefix + rel_path)}{suffix}"
+            yield f"{STATUS_ICONS[outcome]} {prefix}{shown_path}"
+            continue
+        yield f"{STATUS_ICONS[outcome]} {prefix}{shown_path} ({detail})"
 
 
 @click.command("tail")

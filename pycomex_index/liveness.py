@@ -36,9 +36,8 @@ import os
 import re
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from pycomex_index.db import IndexDatabase
 from pycomex_index.discovery import METADATA_IN_FOLDER
@@ -186,8 +185,7 @@ def forget_run(db: IndexDatabase, archive_id: int, rel_path: str) -> None:
 # ---------------------------------------------------------------------------------- judging a run
 
 
-@dataclass(frozen=True, slots=True)
-class Judgement:
+class Judgement(NamedTuple):
     """The state of a run whose status says running; ``certain`` when the plugin's record proves its death."""
 
     state: str

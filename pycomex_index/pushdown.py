@@ -31,7 +31,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from pycomex_index.discovery import EXACT_FLOAT_INTEGER
 from pycomex_index.selection import METADATA_NAMES, PARAMETER_NAMES, CompiledExpression
@@ -91,21 +91,31 @@ def prefilter_for(expression: CompiledExpression) -> Prefilter | None:
     return prefilter
 
 
-@dataclass(frozen=True)
-class _Verdict:
+class _Verdict(NamedTuple):
     """SQL giving 1 / 0 / NULL for one part of the expression (see :class:`Prefilter`).
 
     ``can_be_false`` is False when the SQL is never 0, so it cannot drop a row.
     Python evaluates ``a and b`` from the left and stops at the first part
     that is false or raises, so ``a and b`` is b's verdict where a's is 1, 0
     where a's is 0, and undecided where a's is; ``or`` likewise.
+
+    The SQL is a CASE kept as its ``(test, result)`` branches (no ELSE: NULL
+    where no test holds), so ``and``/``or`` put the rest into the first part's
+    branches instead of wrapping a CASE around it: SQLite then tests each row
+    once per comparison, not once more per level.
     """
 
-    sql: str
+    branches: tuple[tuple[str, str], ...]
     can_be_false: bool = True
 
+    @property
+    def sql(self) -> str:
+        if not self.branches:
+            return "NULL"
+        return "CASE" + "".join(f" WHEN {test} THEN {result}" for test, result in self.branches) + " END"
 
-_UNDECIDED = _Verdict("NULL", can_be_false=False)
+
+_UNDECIDED = _Verdict((), can_be_false=False)
 
 
 class _Translator:
@@ -163,7 +173,7 @@ class _Translator:
             # The column holds the value whenever it is a string, the only kind that can equal one;
             # NULL (missing, which raises, or another kind) is left to Python.
             column, value = _TEXT_COLUMNS[key], self._bind(constant)
-            return _Verdict(f"CASE WHEN {column} = {value} THEN 1 WHEN {column} IS NOT NULL THEN 0 END")
+            return _Verdict(((f"{column} = {value}", "1"), (f"{column} IS NOT NULL", "0")))
         if key not in _NUMBER_COLUMNS:
             return _UNDECIDED
         if isinstance(constant, str) and key in _DATE_COMPARABLE:
@@ -177,7 +187,7 @@ class _Translator:
         true_test, false_test = self._number_tests(column, operator_type, float(constant))
         # NULL: the file's value is no number (Python may compare, or raise); huge: the float column is inexact.
         inexact = f"ABS({column}) >= {float(EXACT_FLOAT_INTEGER)!r}"
-        return _Verdict(f"CASE WHEN {inexact} THEN NULL{_when(true_test, false_test)} END")
+        return _Verdict(((inexact, "NULL"), *_when(true_test, false_test)))
 
     def _parameter_verdict(self, name: str, operator_type: type, constant: Any) -> _Verdict:
         if isinstance(constant, str):
@@ -191,14 +201,12 @@ class _Translator:
         number, text = self._typed_parameter(name)
         if isinstance(constant, str):
             value = self._bind(constant)
-            return _Verdict(
-                f"CASE WHEN {text} = {value} THEN 1 WHEN {text} IS NOT NULL OR {number} IS NOT NULL THEN 0 END"
-            )
+            return _Verdict(((f"{text} = {value}", "1"), (f"{text} IS NOT NULL OR {number} IS NOT NULL", "0")))
         true_test, false_test = self._number_tests(number, operator_type, float(constant))
         if operator_type is ast.Eq:
             # A string is merely unequal to a number; on < and > Python raises, so a string stays undecided.
             false_test = f"({false_test} OR {text} IS NOT NULL)"
-        return _Verdict(f"CASE{_when(true_test, false_test)} END")
+        return _Verdict(_when(true_test, false_test))
 
     def _typed_parameter(self, name: str) -> tuple[str, str]:
         """The number and text columns of parameter ``name``, joined once however often the expression reads it."""
@@ -225,24 +233,34 @@ class _Translator:
         return f"{column} > {high}", f"{column} < {low}"
 
 
-def _when(true_test: str | None, false_test: str) -> str:
-    """The WHEN branches of a verdict: 1 where ``true_test`` holds, 0 where ``false_test`` does."""
-    return (f" WHEN {true_test} THEN 1" if true_test else "") + f" WHEN {false_test} THEN 0"
+def _when(true_test: str | None, false_test: str) -> tuple[tuple[str, str], ...]:
+    """The branches of a verdict: 1 where ``true_test`` holds, 0 where ``false_test`` does."""
+    return (((true_test, "1"),) if true_test else ()) + ((false_test, "0"),)
 
 
 def _and(first: _Verdict, rest: _Verdict) -> _Verdict:
     if first is _UNDECIDED:
         return _UNDECIDED  # Python may raise on the first part before it reaches the rest
-    return _Verdict(
-        f"CASE {first.sql} WHEN 1 THEN {rest.sql} WHEN 0 THEN 0 END", first.can_be_false or rest.can_be_false
-    )
+    return _Verdict(_then(first, when_true=rest.sql, when_false="0"), first.can_be_false or rest.can_be_false)
 
 
 def _or(first: _Verdict, rest: _Verdict) -> _Verdict:
     if first is _UNDECIDED:
         return _UNDECIDED
-    return _Verdict(
-        f"CASE {first.sql} WHEN 0 THEN {rest.sql} WHEN 1 THEN 1 END", first.can_be_false and rest.can_be_false
+    return _Verdict(_then(first, when_true="1", when_false=rest.sql), first.can_be_false and rest.can_be_false)
+
+
+def _then(first: _Verdict, *, when_true: str, when_false: str) -> tuple[tuple[str, str], ...]:
+    """``CASE <first> WHEN 1 THEN when_true WHEN 0 THEN when_false END``, as ``first``'s own branches.
+
+    A branch giving 1 gives ``when_true`` instead, one giving 0 ``when_false``,
+    one giving NULL still NULL; a branch giving a verdict of its own (a part
+    that was an ``and``/``or`` itself) has it mapped by a CASE of its own.
+    """
+    mapped = {"1": when_true, "0": when_false, "NULL": "NULL"}
+    return tuple(
+        (test, mapped.get(result) or f"CASE {result} WHEN 1 THEN {when_true} WHEN 0 THEN {when_false} END")
+        for test, result in first.branches
     )
 
 

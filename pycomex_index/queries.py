@@ -11,10 +11,12 @@ Experiments whose metadata could not be read are selected by nothing but
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, overload
 
 from pycomex_index.db import Row
@@ -147,65 +149,64 @@ def iter_selected(
     failures = failures if failures is not None else EvaluationFailures()
     selected: list[str] = list(columns)
     join = ""
-    where = "e.archive_id = :archive_id"
-    params: dict[str, Any] = {"archive_id": index.archive_id}
-    if not include_unreadable or expressions:
-        where += f" AND e.outcome <> '{Outcome.ERROR.value}'"
-    prefilter = prefilter_for(selection) if selection else None
-    verdict_at = parameters_at = summary_at = path_at = needs_python_at = None
-    undecided = ""
-    if prefilter is not None:
-        undecided = f"{prefilter.verdict} IS NULL"
-        where += f" AND {prefilter.condition}"
-        params.update(prefilter.params)
-        failures.pushed_down, failures.sql_condition = prefilter.pushed, prefilter.condition
-        verdict_at = len(selected)
-        selected.append(prefilter.verdict)
-    # Python evaluates only the rows SQL left undecided: unless the caller wants every row's m or p,
-    # the others need none of the columns it reads.
-    undecided_only = prefilter is not None and not with_parameters and also_evaluates is None
-
-    def for_python(column: str) -> str:
-        """``column`` where Python evaluates the row; NULL, carried through the sort for nothing, elsewhere."""
-        return f"CASE WHEN {undecided} THEN {column} END" if undecided_only else column
-
-    def document(column: str) -> str:
-        """A column of ``experiment_fields`` (as ``f``), read only for the rows that need it.
-
-        Where Python evaluates few rows, a lookup per such row replaces a join for every row: the join
-        walked each selected row's documents to reach ``needs_python`` (a third of the benchmark's --select query).
-        """
-        if not undecided_only:
-            return column
-        return for_python(f"(SELECT {column} FROM experiment_fields f WHERE f.experiment_id = e.id)")
-
-    if reads_parameters or with_parameters:
-        parameters_at = len(selected)
-        selected.append(document("f.parameters_json"))
-    if reads_metadata == READS_SUMMARY:
-        summary_at = len(selected)
-        selected.append(document("f.summary_json"))
-    if parameters_at is not None or summary_at is not None:
-        # Documents in Python's dialect (NaN, big integers...) are read by the json module; the rest by orjson.
-        needs_python_at = len(selected)
-        selected.append(document(_NEEDS_PYTHON))
-    if reads_metadata != READS_NO_METADATA:
-        path_at = len(selected)
-        selected += [for_python("e.rel_path"), for_python("e.namespace"), for_python("e.outcome")]
-    if (parameters_at is not None or summary_at is not None) and not undecided_only:
-        join = " LEFT JOIN experiment_fields f ON f.experiment_id = e.id"
-    if prefilter is not None:
-        join += "".join(" " + parameter_join for parameter_join in prefilter.joins)
-    direction = "DESC" if newest_first else "ASC"
     # Reading every row, it is faster to let SQLite sort them than to walk the start-time index, which
     # fetches each row out of storage order (+ keeps the index from serving the ORDER BY); a limited
     # read walks the index, so it stops as soon as it has enough.
     if limit is None:
-        table, sort_key = experiments_table(index), "+e.start_time"
+        (table, archive_condition), sort_key = experiments_table(index), "+e.start_time"
     else:
-        table, sort_key = "experiments e", "e.start_time"
+        table, archive_condition, sort_key = "experiments e", _ARCHIVE_CONDITION, "e.start_time"
+    conditions = [archive_condition] if archive_condition else []
+    params: dict[str, Any] = {"archive_id": index.archive_id}
+    prefilter = prefilter_for(selection) if selection else None
+    verdict_at = None
+    if prefilter is not None:
+        conditions.append(prefilter.condition)
+        params.update(prefilter.params)
+        failures.pushed_down, failures.sql_condition = prefilter.pushed, prefilter.condition
+        verdict_at = len(selected)
+        selected.append(prefilter.verdict)
+    # The columns Python reads to build m and p, at these positions among them.
+    for_python: list[str] = []
+    parameters_at = summary_at = path_at = needs_python_at = None
+    if reads_parameters or with_parameters:
+        parameters_at = len(for_python)
+        for_python.append("f.parameters_json")
+    if reads_metadata == READS_SUMMARY:
+        summary_at = len(for_python)
+        for_python.append("f.summary_json")
+    if parameters_at is not None or summary_at is not None:
+        # Documents in Python's dialect (NaN, big integers...) are read by the json module; the rest by orjson.
+        needs_python_at = len(for_python)
+        for_python.append(_NEEDS_PYTHON)
+    if reads_metadata != READS_NO_METADATA:
+        path_at = len(for_python)
+        for_python += ["e.rel_path", "e.namespace", "e.outcome"]
+    documents_join = " LEFT JOIN experiment_fields f ON f.experiment_id = e.id" if needs_python_at is not None else ""
+    # Python evaluates only the rows SQL left undecided: unless the caller wants every row's m or p, the
+    # others need none of the columns it reads, which a second query fetches for the undecided rows alone
+    # (see _PythonColumns).
+    python_columns = None
+    if verdict_at is not None and not with_parameters and also_evaluates is None and for_python:
+        python_columns = _PythonColumns(index, for_python, documents_join, verdict_at=verdict_at, id_at=len(selected))
+        selected.append("e.id")
+    else:
+        offset = len(selected)
+        parameters_at, summary_at, path_at, needs_python_at = (
+            None if at is None else offset + at for at in (parameters_at, summary_at, path_at, needs_python_at)
+        )
+        selected += for_python
+        join = documents_join
+    if prefilter is not None:
+        join += "".join(" " + parameter_join for parameter_join in prefilter.joins)
+    if not include_unreadable or expressions:
+        # After the prefilter's condition: SQLite tests the conditions in this order, and a row the
+        # prefilter drops is not read for its outcome too.
+        conditions.append(f"e.outcome <> '{Outcome.ERROR.value}'")
+    direction = "DESC" if newest_first else "ASC"
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
     sql = (
-        f"SELECT {', '.join(selected)} FROM {table}{join} WHERE {where} "
+        f"SELECT {', '.join(selected)} FROM {table}{join}{where} "
         f"ORDER BY {sort_key} {direction} {_NULLS[direction]}, e.rel_path {direction}"
     )
     if limit is not None and selection is None:
@@ -225,57 +226,111 @@ def iter_selected(
     # Each column position is set exactly when its column was selected (parameters_at: reads_parameters or
     # with_parameters; summary_at: READS_SUMMARY; path_at: any metadata), so the tests below are on the
     # positions themselves.
-    for values in index.db.execute(sql, params):
-        if columns_alone_at is not None and values[columns_alone_at] == 1:
-            failures.selected_in_sql += 1
-            yield values[:width], None, None
+    for batch in _batches(index.db.execute(sql, params), limit):
+        if python_columns is not None:
+            python_columns.look_up(batch)
+        for values in batch:
+            if columns_alone_at is not None and values[columns_alone_at] == 1:
+                failures.selected_in_sql += 1
+                yield values[:width], None, None
+                kept += 1
+                if limit is not None and kept >= limit:
+                    return
+                continue
+            # Where SQL found the selection true for certain, Python need not evaluate it again.
+            decided = verdict_at is not None and values[verdict_at] == 1
+            evaluates_selection = selection is not None and not decided
+            builds_namespace = evaluates_selection or evaluates_also
+            read = values if python_columns is None else python_columns.of(values)
+            if read is None:
+                continue  # removed from the index since the rows were read
+            parameters = None
+            loads = exact_loads if needs_python_at is not None and read[needs_python_at] else fast_loads
+            if parameters_at is not None and (with_parameters or builds_namespace):
+                text = read[parameters_at]
+                parameters = loads(text) if text else {}
+            if builds_namespace:
+                metadata = None
+                if path_at is not None:
+                    rel_path = read[path_at]
+                    if summary_at is not None:
+                        summary = read[summary_at]
+                        metadata = loads(summary) if summary else {}
+                    else:
+                        # The whole document is not in the index: read the file, after SQL has narrowed the rows.
+                        try:
+                            metadata = read_metadata(folder_prefix + path_on_disk(rel_path))
+                        except ValueError as error:
+                            failures.record(error)
+                            continue
+                    if builds_metadata:
+                        path = folder_prefix + path_on_disk(rel_path)
+                        metadata = build_metadata(metadata, path=path, namespace=read[path_at + 1])
+                    if derives_state:
+                        _derive_state(metadata, run_states, rel_path, read[path_at + 2])
+                namespace = rebind_evaluation_globals(namespace, metadata, parameters)
+                if selection is not None and not decided:  # evaluates_selection, spelled out for the type checker
+                    failures.evaluated += 1
+                    try:
+                        if not evaluate(selection, namespace):
+                            continue
+                    except Exception as error:
+                        failures.record(error)
+                        continue
+            if decided:
+                failures.selected_in_sql += 1
+            yield values[:width], (parameters if with_parameters else None), (namespace if also_evaluates else None)
             kept += 1
             if limit is not None and kept >= limit:
                 return
-            continue
-        # Where SQL found the selection true for certain, Python need not evaluate it again.
-        decided = verdict_at is not None and values[verdict_at] == 1
-        evaluates_selection = selection is not None and not decided
-        builds_namespace = evaluates_selection or evaluates_also
-        parameters = None
-        loads = exact_loads if needs_python_at is not None and values[needs_python_at] else fast_loads
-        if parameters_at is not None and (with_parameters or builds_namespace):
-            text = values[parameters_at]
-            parameters = loads(text) if text else {}
-        if builds_namespace:
-            metadata = None
-            if path_at is not None:
-                rel_path = values[path_at]
-                if summary_at is not None:
-                    summary = values[summary_at]
-                    metadata = loads(summary) if summary else {}
-                else:
-                    # The whole document is not in the index: read the file, after SQL has narrowed the rows.
-                    try:
-                        metadata = read_metadata(folder_prefix + path_on_disk(rel_path))
-                    except ValueError as error:
-                        failures.record(error)
-                        continue
-                if builds_metadata:
-                    path = folder_prefix + path_on_disk(rel_path)
-                    metadata = build_metadata(metadata, path=path, namespace=values[path_at + 1])
-                if derives_state:
-                    _derive_state(metadata, run_states, rel_path, values[path_at + 2])
-            namespace = rebind_evaluation_globals(namespace, metadata, parameters)
-            if selection is not None and not decided:  # evaluates_selection, spelled out for the type checker
-                failures.evaluated += 1
-                try:
-                    if not evaluate(selection, namespace):
-                        continue
-                except Exception as error:
-                    failures.record(error)
-                    continue
-        if decided:
-            failures.selected_in_sql += 1
-        yield values[:width], (parameters if with_parameters else None), (namespace if also_evaluates else None)
-        kept += 1
-        if limit is not None and kept >= limit:
-            return
+
+
+class _PythonColumns:
+    """The columns Python reads for the rows SQL left undecided, fetched by id a batch of rows at a time.
+
+    Selected in the main query, they were computed for every row and carried
+    through its sort (NULL where the verdict is known, but only after working
+    the verdict out once more per column): at 100,000 runs a quarter of the
+    benchmark's ``--select`` query. A batch's undecided rows are looked up in
+    one query. A row removed between the two queries (a sync on another
+    connection) has none, and is skipped as if it had been gone already.
+    """
+
+    def __init__(self, index: ArchiveIndex, columns: list[str], join: str, *, verdict_at: int, id_at: int) -> None:
+        """``columns`` (over ``e`` and the ``join``) for the rows whose ``verdict_at`` is NULL, by their ``id_at``."""
+        self.db = index.db
+        self.sql = f"SELECT e.id, {', '.join(columns)} FROM experiments e{join} WHERE e.id IN "
+        self.verdict_at, self.id_at = verdict_at, id_at
+        self.by_id: dict[int, Row] = {}
+
+    def look_up(self, batch: list[Row]) -> None:
+        """Fetch the columns of the batch's undecided rows, for :meth:`of`."""
+        verdict_at, id_at = self.verdict_at, self.id_at
+        undecided = [values[id_at] for values in batch if values[verdict_at] is None]
+        if undecided:
+            # Integers the database itself gave, written into the SQL: no limit on bound parameters applies.
+            ids = ", ".join(str(int(identifier)) for identifier in undecided)
+            self.by_id = {values[0]: values[1:] for values in self.db.execute(f"{self.sql}({ids})")}
+
+    def of(self, values: Row) -> Row | None:
+        """The columns for an undecided row of the current batch (None: it is no longer in the index)."""
+        return self.by_id.get(values[self.id_at])
+
+
+#: Rows per batch (see _batches).
+_BATCH_ROWS = 1000
+
+
+def _batches(rows: Iterator[Row], limit: int | None) -> Iterator[list[Row]]:
+    """``rows`` in lists of up to :data:`_BATCH_ROWS`, so the loop over them runs in a list, not a generator.
+
+    A limited read starts with ``limit`` rows and doubles, so ``tail -n 5``
+    looks a few undecided rows up (:class:`_PythonColumns`), not a batch's worth.
+    """
+    size = _BATCH_ROWS if limit is None else min(max(limit, 1), _BATCH_ROWS)
+    while batch := list(itertools.islice(rows, size)):
+        yield batch
+        size = min(2 * size, _BATCH_ROWS)
 
 
 def _derive_state(metadata: dict[str, Any], run_states: RunStates, rel_path: str, outcome: str) -> None:
@@ -287,17 +342,24 @@ def _derive_state(metadata: dict[str, Any], run_states: RunStates, rel_path: str
         metadata["state"] = run_states.state(rel_path, outcome)
 
 
-def experiments_table(index: ArchiveIndex) -> str:
-    """The table (as ``e``) for a query that reads all of the archive's experiments.
+#: The rows of the archive (``:archive_id``) among the experiments ``e``.
+_ARCHIVE_CONDITION = "e.archive_id = :archive_id"
+
+
+def experiments_table(index: ArchiveIndex) -> tuple[str, str | None]:
+    """The table (as ``e``) for a query that reads all of the archive's experiments, and the condition that keeps
+    the archive's rows among them (None: every row is the archive's).
 
     When the index holds this archive alone, SQLite is told to scan the table
     in storage order: the same rows as the archive index gives, without a
-    lookup per row (a fifth to a half faster at 100,000). With several
-    archives in the index, the index keeps the others' rows out.
+    lookup per row (a fifth to a half faster at 100,000); and as every row is
+    the archive's, no row is tested for it (2% of the benchmark's --select
+    query). With several archives in the index, the index keeps the others'
+    rows out.
     """
     if index.db.url.startswith("sqlite") and index.db.fetch_row("SELECT COUNT(*) FROM archives")[0] == 1:
-        return "experiments e NOT INDEXED"
-    return "experiments e"
+        return "experiments e NOT INDEXED", None
+    return "experiments e", _ARCHIVE_CONDITION
 
 
 def iter_listing(
@@ -313,7 +375,7 @@ def iter_listing(
     """
     if selection is not None:
         rows = iter_selected(index, _LISTING_COLUMNS, selection, include_unreadable=False, failures=failures)
-        return (values for values, _, _ in rows)
+        return map(itemgetter(0), rows)  # the values alone; a C loop, not a generator frame per row
     return index.db.execute(
         "SELECT rel_path, outcome, duration FROM experiments "
         f"WHERE archive_id = :archive_id AND outcome <> '{Outcome.ERROR.value}' ORDER BY start_time NULLS FIRST, rel_path",

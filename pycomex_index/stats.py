@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pycomex_index.discovery import DOCUMENT_ONLY_KEYS, Outcome, is_special_parameter
 from pycomex_index.liveness import INTERRUPTED, InterruptedCount, RunStates
@@ -338,8 +338,7 @@ def _group_in_python(
         _group(groups, key).add(1, int(outcome == done), end_time, duration if ran else 0.0, int(ran), disk_usage)
 
 
-@dataclass(frozen=True)
-class _KeyRead:
+class _KeyRead(NamedTuple):
     """``p.get('NAME', default)``, ``p['NAME']``, ``m['KEY']``...: the one value a group expression reads."""
 
     column: str
@@ -401,12 +400,15 @@ def _group_in_sql(index, key_read: _KeyRead, where: str, groups, group_failures)
         "key": key_read.key,
     }
     readable = f"outcome <> '{Outcome.ERROR.value}'"
+    table, archive_condition = experiments_table(index)
+    # The whole archive, in an index that holds it alone, needs no condition but readability.
+    grouped_where = readable if where == _WHOLE_ARCHIVE and archive_condition is None else f"{where} AND {readable}"
     if key_read.column == "f.parameters_json" and is_special_parameter(key_read.key):
-        column, table = "e.special_parameters_json", experiments_table(index)
+        column = "e.special_parameters_json"
         python_rows = f"{column} IS NULL"
     else:
         column = key_read.column
-        table = f"{experiments_table(index)} JOIN experiment_fields f ON f.experiment_id = e.id"
+        table += " JOIN experiment_fields f ON f.experiment_id = e.id"
         python_rows = "f.needs_python"
     if index.db.url.startswith("sqlite"):
         # Grouping by an expression, SQLite computes it once for the sort and again for the result column:
@@ -417,14 +419,14 @@ def _group_in_sql(index, key_read: _KeyRead, where: str, groups, group_failures)
         # PostgreSQL: json (not jsonb) hands back the value's text as the document spells it, as SQLite's
         # -> does; jsonb would re-spell numbers (1e+20 as 100000000000000000000), changing str(value).
         value, unmerged = f"CAST(CAST({column} AS json) -> CAST(:key AS text) AS text)", ""
+    # The GROUP BY sorts a record per row: the subquery hands it the figures the sums need, not the columns
+    # they are worked out from (a tenth fewer instructions for the query at 100,000 runs).
     rows = index.db.execute(
-        "SELECT value, COUNT(*), "
-        f"SUM(CASE WHEN outcome = '{Outcome.DONE.value}' THEN 1 ELSE 0 END), MAX(end_time), "
-        "SUM(CASE WHEN duration > 0 THEN duration END), SUM(CASE WHEN duration > 0 THEN 1 ELSE 0 END), "
-        "SUM(disk_usage) "
+        "SELECT value, COUNT(*), SUM(succeeded), MAX(end_time), SUM(runtime), COUNT(runtime), SUM(disk_usage) "
         f"FROM (SELECT CASE WHEN {python_rows} THEN NULL ELSE COALESCE({value}, '') END AS value, "
-        f"outcome, end_time, duration, disk_usage "
-        f"FROM {table} WHERE {where} AND {readable}{unmerged}) AS grouped GROUP BY value",
+        f"CASE WHEN outcome = '{Outcome.DONE.value}' THEN 1 ELSE 0 END AS succeeded, end_time, "
+        "CASE WHEN duration > 0 THEN duration END AS runtime, disk_usage "
+        f"FROM {table} WHERE {grouped_where}{unmerged}) AS grouped GROUP BY value",
         params,
     )
     in_python_dialect = False

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pycomex_index import queries
 from pycomex_index.discovery import parameter_values
 from pycomex_index.pushdown import prefilter_for
 from pycomex_index.queries import iter_experiments, iter_selected
@@ -308,6 +309,24 @@ def test_each_backend_selects_in_sql_what_python_alone_selects(archive: Path, ru
 
     assert prefilter_for(compile_expression(source)) is not None
     assert listing(source) == listing(f"bool({source})")
+
+
+@pytest.mark.parametrize("batch_rows", [1, 2, 3])
+def test_rows_left_to_python_are_read_in_batches_of_any_size(
+    archive: Path, run_cli, monkeypatch: pytest.MonkeyPatch, batch_rows: int
+) -> None:
+    # Batches far smaller than the archive: undecided rows in several batches, and in none of some.
+    monkeypatch.setattr(queries, "_BATCH_ROWS", batch_rows)
+    source = "m['status'] == 'failed' and 'sweep' in m['path'] + m['name'] or m['status'] == 'done' and len(p) > 3"
+    assert prefilter_for(compile_expression(source)) is not None
+
+    def shown(*command: str, select: str) -> str:
+        result = run_cli("archive", *command, "--path", str(archive), "--select", select)
+        assert result.exit_code == 0, result.output
+        return result.stdout + result.stderr
+
+    for command in (("list",), ("tail", "-n", "1"), ("tail", "-n", "2"), ("tail", "-n", "9")):
+        assert shown(*command, select=source) == shown(*command, select=f"bool({source})"), command
 
 
 def test_typed_parameters_follow_a_rewritten_file(tmp_path: Path) -> None:

@@ -96,6 +96,28 @@ def test_sql_grouping_equals_python_grouping(
     assert in_sql.groups
 
 
+def test_scan_counts_its_own_archive_alone_in_an_index_that_holds_another(
+    mixed_archive: Path, tmp_path: Path, index_backend: str
+) -> None:
+    # With one archive in the index every row is its own and none is tested for it; with two, the other's stay out.
+    other = tmp_path / "other" / "results"
+    for number in range(5):
+        write_meta(other / f"run{number}", make_metadata(parameters={"MODEL": "other", "__PREFIX__": "other"}))
+    location = str(tmp_path / "shared-index.sqlite3") if index_backend == "sqlite" else None
+    group_by = compile_expression("p.get('__PREFIX__', 'unknown')", what="--group")
+
+    def scanned() -> dict[str, int]:
+        with open_archive_index(str(mixed_archive), location) as index:
+            sync_archive(index)
+            return {group.key: group.count for group in scan_groups(index, group_by).groups}
+
+    alone = scanned()
+    with open_archive_index(str(other), location) as index:
+        sync_archive(index)
+        assert index.db.fetch_row("SELECT COUNT(*) FROM archives")[0] == 2
+    assert scanned() == alone and "other" not in alone
+
+
 def test_only_single_key_reads_are_grouped_in_sql() -> None:
     from pycomex_index.stats import _single_key_read
 
