@@ -310,9 +310,17 @@ class SqliteFileDatabase(IndexDatabase):
             raise
 
     def enable_wal(self) -> None:
-        """WAL mode (readers never wait for the writer) with the matching sync level."""
-        for pragma in ("PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL"):
-            self._run(pragma)
+        """WAL mode (readers never wait for the writer) with the matching sync level.
+
+        Switching a file to WAL takes an exclusive lock. Processes opening a new index at once each hold a
+        shared lock when they ask for it, and SQLite fails all but one at once ("database is locked") rather
+        than let them wait on each other; so the switch is made under the migration lock, one at a time.
+        """
+        mode = self.fetch_one("PRAGMA journal_mode")
+        if mode is None or str(mode[0]).lower() != "wal":
+            with self.migration_lock():
+                self._run("PRAGMA journal_mode = WAL")
+        self._run("PRAGMA synchronous = NORMAL")
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> Iterator[Row]:
         try:

@@ -158,6 +158,34 @@ def test_the_index_is_in_wal_mode(archive: Path) -> None:
         assert index.db.fetch_one("PRAGMA busy_timeout")[0] > 0
 
 
+@pytest.mark.sqlite_only("SQLite's switch to WAL")
+def test_a_new_index_switches_to_wal_under_the_migration_lock(archive: Path, tmp_path: Path) -> None:
+    # Processes opening a new index at once all asked SQLite for the exclusive lock of the switch, and all but
+    # one failed at once with "database is locked" (test_concurrency met it one run in ten): they take turns.
+    import fcntl
+    import threading
+
+    location = tmp_path / "new.sqlite3"
+    sqlite3.connect(location).close()  # a new, empty file in rollback mode, as a first opener leaves it
+    opened: list[str] = []
+    with open(str(location) + ".lock", "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)  # a migration in progress elsewhere
+
+        def open_it() -> None:
+            with open_archive_index(str(archive), str(location)) as index:
+                opened.append(index.db.fetch_one("PRAGMA journal_mode")[0])
+
+        opener = threading.Thread(target=open_it)
+        opener.start()
+        opener.join(1.0)
+        assert opener.is_alive() and not opened  # waits for its turn...
+        peek = sqlite3.connect(location)
+        assert peek.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # ...before it switches
+        peek.close()
+    opener.join(30)
+    assert opened == ["wal"]
+
+
 @pytest.mark.sqlite_only("where the SQLite file is placed")
 def test_index_option_and_environment_variable_place_the_index(
     archive: Path, tmp_path: Path, run_cli, monkeypatch
