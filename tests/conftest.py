@@ -76,6 +76,43 @@ def archive(tmp_path: Path) -> Path:
     return _copy_writable(FIXTURE_ARCHIVE, tmp_path / "results")
 
 
+#: A ``sitecustomize`` that holds the watcher's catch-up: the first time the sync process opens or lists the
+#: archive root, it waits until the test creates ``release`` in the gate folder (at most 60 s).
+CATCH_UP_GATE = """
+import os, sys, threading, time
+gate, root = os.environ.get("PYCOMEX_INDEX_TEST_GATE"), os.environ.get("PYCOMEX_INDEX_TEST_ARCHIVE")
+def hold_the_catch_up(event, args):
+    # The process the watcher catches up in (pycomex_index.sync_process) names its thread so.
+    if event not in ("open", "os.scandir") or threading.current_thread().name != "pycomex-index-sync":
+        return
+    if not args or not isinstance(args[0], (str, bytes)) or os.path.realpath(os.fsdecode(args[0])) != root:
+        return
+    blocked = os.path.join(gate, "blocked")
+    if os.path.exists(blocked):
+        return
+    open(blocked, "w").close()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(os.path.join(gate, "release")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+if gate and root:
+    sys.addaudithook(hold_the_catch_up)
+"""
+
+
+@pytest.fixture
+def catch_up_gate(tmp_path: Path, archive: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A folder holding :data:`CATCH_UP_GATE` for every Python process started from the test: its ``blocked``
+    file says a sync process waits at the archive root, a ``release`` file lets it go on (made at the end too)."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "sitecustomize.py").write_text(CATCH_UP_GATE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(gate), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PYCOMEX_INDEX_TEST_GATE", str(gate))
+    monkeypatch.setenv("PYCOMEX_INDEX_TEST_ARCHIVE", os.path.realpath(archive))
+    yield gate
+    (gate / "release").touch()
+
+
 @pytest.fixture
 def run_cli(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
     """Invoke the CLI in-process: ``run_cli('archive', 'list', '--path', str(archive))``."""

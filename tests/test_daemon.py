@@ -54,29 +54,6 @@ finally:
 """
 
 
-#: A ``sitecustomize`` that holds the daemon's catch-up: the first time its worker thread opens or lists
-#: the archive root, it waits until the test creates ``release`` in the gate folder (at most 60 s).
-CATCH_UP_GATE = """
-import os, sys, threading, time
-gate, root = os.environ.get("PYCOMEX_INDEX_TEST_GATE"), os.environ.get("PYCOMEX_INDEX_TEST_ARCHIVE")
-def hold_the_catch_up(event, args):
-    # The process the watcher catches up in (pycomex_index.sync_process) names its thread so.
-    if event not in ("open", "os.scandir") or threading.current_thread().name != "pycomex-index-sync":
-        return
-    if not args or not isinstance(args[0], (str, bytes)) or os.path.realpath(os.fsdecode(args[0])) != root:
-        return
-    blocked = os.path.join(gate, "blocked")
-    if os.path.exists(blocked):
-        return
-    open(blocked, "w").close()
-    deadline = time.monotonic() + 60
-    while not os.path.exists(os.path.join(gate, "release")) and time.monotonic() < deadline:
-        time.sleep(0.02)
-if gate and root:
-    sys.addaudithook(hold_the_catch_up)
-"""
-
-
 def pycomex_index(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "pycomex_index", *args], capture_output=True, text=True, timeout=60)
     if check:
@@ -351,13 +328,8 @@ def test_changes_lost_to_a_kernel_queue_overflow_are_found_by_a_rewalk(archive, 
     assert "re-walking the archive: the kernel's inotify queue overflowed" in log
 
 
-def test_commands_sync_themselves_until_the_daemons_catch_up_is_done_then_trust_it(archive, tmp_path, monkeypatch):
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    (gate / "sitecustomize.py").write_text(CATCH_UP_GATE)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(gate), os.environ.get("PYTHONPATH")])))
-    monkeypatch.setenv("PYCOMEX_INDEX_TEST_GATE", str(gate))
-    monkeypatch.setenv("PYCOMEX_INDEX_TEST_ARCHIVE", os.path.realpath(archive))
+def test_commands_sync_themselves_until_the_daemons_catch_up_is_done_then_trust_it(archive, tmp_path, catch_up_gate):
+    gate = catch_up_gate
     pid = None
     try:
         pycomex_index("daemon", "start", "--path", str(archive))

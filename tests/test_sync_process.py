@@ -14,8 +14,6 @@ from pycomex_index.store import open_archive_index
 from pycomex_index.sync import sync_archive
 from pycomex_index.sync_process import Stopping, SyncProcessError, sync_in_child_process
 
-from .test_daemon import CATCH_UP_GATE
-
 
 def stored_rows(archive: Path, location: str | None = None) -> dict[str, tuple]:
     with open_archive_index(str(archive), location) as index:
@@ -57,21 +55,9 @@ def test_a_failed_sync_raises_its_error_here_and_logs_its_traceback_here(archive
     assert "Traceback" in record.getMessage() and "IndexUnavailableError" in record.getMessage()
 
 
-@pytest.fixture
-def gate(tmp_path: Path, archive: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A folder whose ``release`` file lets the child's walk of ``archive`` go on; ``blocked`` says it waits."""
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    (gate / "sitecustomize.py").write_text(CATCH_UP_GATE)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(gate), os.environ.get("PYTHONPATH")])))
-    monkeypatch.setenv("PYCOMEX_INDEX_TEST_GATE", str(gate))
-    monkeypatch.setenv("PYCOMEX_INDEX_TEST_ARCHIVE", os.path.realpath(archive))
-    yield gate
-    (gate / "release").touch()
-
-
-def test_a_stop_ends_the_childs_sync_at_its_next_batch_boundary(archive, gate, monkeypatch):
+def test_a_stop_ends_the_childs_sync_at_its_next_batch_boundary(archive, catch_up_gate, monkeypatch):
     monkeypatch.setattr(sync_process, "STOP_GRACE_SECONDS", 120.0)  # not terminated: it stops by itself
+    gate = catch_up_gate
     root, location = index_of(archive)
 
     def stop_once_it_walks() -> bool:
@@ -87,8 +73,9 @@ def test_a_stop_ends_the_childs_sync_at_its_next_batch_boundary(archive, gate, m
     assert stored_rows(archive) == {}  # a first build stops before its first batch is read
 
 
-def test_a_child_that_does_not_stop_in_time_is_terminated(archive, gate, monkeypatch):
+def test_a_child_that_does_not_stop_in_time_is_terminated(archive, catch_up_gate, monkeypatch):
     monkeypatch.setattr(sync_process, "STOP_GRACE_SECONDS", 0.5)
+    gate = catch_up_gate
     root, location = index_of(archive)
     started = time.monotonic()
     with pytest.raises(Stopping):
