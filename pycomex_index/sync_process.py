@@ -57,6 +57,16 @@ class SyncProcessError(Exception):
     """The sync failed in the child (its error is in the message, its traceback in the log), or the child died."""
 
 
+def abandon_when(stopping: Callable[[], bool]) -> Callable[[int, int | None], None]:
+    """A sync progress callback that raises :class:`Stopping` once ``stopping()`` is true."""
+
+    def check(done: int, total: int | None) -> None:
+        if stopping():
+            raise Stopping()
+
+    return check
+
+
 def sync_in_child_process(root: str, location: str, stopping: Callable[[], bool]) -> SyncReport:
     """:func:`~pycomex_index.sync.sync_archive` of the archive at ``root`` into the index at ``location``, in a child.
 
@@ -168,14 +178,9 @@ def main() -> None:
         raise SystemExit(f"{MODULE}: no request on stdin")
     stop = threading.Event()
     threading.Thread(target=_stop_at_end_of_input, args=(stop,), name="pycomex-index-sync-stdin", daemon=True).start()
-
-    def stop_when_asked(done: int, total: int | None) -> None:
-        if stop.is_set():
-            raise Stopping()
-
     try:
         with open_archive_index(request["root"], request["location"]) as index:
-            report = sync_archive(index, on_progress=stop_when_asked)
+            report = sync_archive(index, on_progress=abandon_when(stop.is_set))
     except Stopping:
         channel.send({"stopped": True})
     except Exception as error:  # noqa: BLE001 - the parent decides what a failed sync means

@@ -20,20 +20,10 @@ from collections.abc import Callable
 
 from pycomex_index.store import ArchiveIndex
 from pycomex_index.sync import SyncReport, sync_archive
-from pycomex_index.sync_process import Stopping, SyncProcessError, sync_in_child_process
+from pycomex_index.sync_process import Stopping, SyncProcessError, abandon_when, sync_in_child_process
 from pycomex_index.watcher.changes import ChangeQueue
 
 logger = logging.getLogger("pycomex_index.watcher")
-
-
-def abandon_on_stop(queue: ChangeQueue) -> Callable[[int, int | None], None]:
-    """A sync progress callback that raises :class:`Stopping` once the watcher is asked to stop."""
-
-    def check(done: int, total: int | None) -> None:
-        if queue.stopping:
-            raise Stopping()
-
-    return check
 
 
 class Reconciler:
@@ -131,7 +121,7 @@ class Reconciler:
             if in_child:
                 report = sync_in_child_process(index.root, index.location, lambda: self._queue.stopping)
             else:
-                report = sync_archive(index, on_progress=abandon_on_stop(self._queue))
+                report = sync_archive(index, on_progress=abandon_when(lambda: self._queue.stopping))
             seconds = report.seconds
             if report.changed:
                 self._on_change()
