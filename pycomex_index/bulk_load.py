@@ -46,6 +46,7 @@ SECONDARY_INDEXES: dict[str, tuple[str, ...]] = {
     "ix_experiments_asset_count": ("archive_id", "asset_count"),
     "ix_experiments_namespace": ("archive_id", "namespace"),
     "ix_experiments_stamps": ("archive_id", "rel_path", "meta_mtime_ns", "meta_size", "folder_mtime_ns"),
+    "ix_experiments_prefix": ("archive_id", "prefix", "outcome", "end_time", "duration", "disk_usage"),
 }
 #: Beside the index file: held (``flock``) by the process loading without indexes.
 LOCK_SUFFIX = ".bulk-load"

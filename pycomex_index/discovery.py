@@ -98,6 +98,10 @@ class ExperimentColumns:
     #: JSON object, so that grouping by one of them reads neither experiment_fields nor the whole parameter
     #: document. NULL where the documents need Python's JSON dialect (and for unreadable metadata).
     special_parameters_json: str | None
+    #: ``str()`` of the run's ``__PREFIX__`` parameter (:func:`shown_prefix`): ``scan``'s default group, which
+    #: SQL groups by off an index covering the figures a group adds up, reading no document. NULL where the run
+    #: has no such parameter, or its text cannot be stored (lone surrogates): those rows are grouped as before.
+    prefix: str | None
 
 
 #: The names of :class:`ExperimentColumns`, in table order.
@@ -312,6 +316,18 @@ def special_parameters(values: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in values.items() if is_special_parameter(name)}
 
 
+#: The parameter ``scan`` groups by unless told otherwise (``p.get('__PREFIX__', 'unknown')``).
+PREFIX_PARAMETER = "__PREFIX__"
+
+
+def shown_prefix(values: dict[str, Any]) -> str | None:
+    """``experiments.prefix`` for these parameter values: how ``str()`` shows ``__PREFIX__``, if it can be stored."""
+    if PREFIX_PARAMETER not in values:
+        return None
+    shown = str(values[PREFIX_PARAMETER])
+    return None if holds_surrogates(shown) else shown
+
+
 def namespace_of(rel_path: str) -> str:
     """The namespace a folder lies in: its parent below the archive root."""
     parent = rel_path.rpartition("/")[0]
@@ -376,6 +392,7 @@ def read_experiment(root: str, folder_stat: FolderStat) -> ExperimentRecord:
         folder_mtime_ns=folder_stat.folder_mtime_ns,
         read_error=None,
         special_parameters_json=None,
+        prefix=None,
         summary_json=None,
         parameters_json=None,
     )
@@ -417,5 +434,6 @@ def read_experiment(root: str, folder_stat: FolderStat) -> ExperimentRecord:
     record.parameters_json = parameters_json
     # Python's dialect is for Python alone: SQL reads such rows' parameters from experiment_fields, in Python.
     record.special_parameters_json = None if needs_python else special_json
+    record.prefix = shown_prefix(values)
     record.needs_python = needs_python
     return record

@@ -93,6 +93,8 @@ class Experiment(Base):
         Index("ix_experiments_namespace", "archive_id", "namespace"),
         # Serves the sync's comparison of every stored file stamp with the disk.
         Index("ix_experiments_stamps", "archive_id", "rel_path", "meta_mtime_ns", "meta_size", "folder_mtime_ns"),
+        # scan's default grouping, in the index's order and off the index alone (migration 0014).
+        Index("ix_experiments_prefix", "archive_id", "prefix", "outcome", "end_time", "duration", "disk_usage"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -116,6 +118,8 @@ class Experiment(Base):
     read_error: Mapped[str | None] = mapped_column(Text)
     #: pycomex's own ``__NAME__`` parameters, a small JSON object (NULL: needs Python's dialect; see migration 0009).
     special_parameters_json: Mapped[str | None] = mapped_column(Text)
+    #: ``str()`` of the ``__PREFIX__`` parameter (NULL: none, or not storable; see migration 0014).
+    prefix: Mapped[str | None] = mapped_column(Text)
 
 
 class ExperimentFields(Base):

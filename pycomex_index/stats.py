@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
-from pycomex_index.discovery import DOCUMENT_ONLY_KEYS, Outcome, is_special_parameter
+from pycomex_index.discovery import DOCUMENT_ONLY_KEYS, PREFIX_PARAMETER, Outcome, is_special_parameter
 from pycomex_index.liveness import INTERRUPTED, InterruptedCount, RunStates
 from pycomex_index.queries import experiments_table, iter_selected
 from pycomex_index.selection import (
@@ -388,7 +388,10 @@ def _group_in_sql(index, key_read: _KeyRead, where: str, groups, group_failures)
     pycomex's own parameters (``__PREFIX__``...) is read from the small
     ``experiments.special_parameters_json``: no join, and a document of a few
     values to parse instead of all of them; it is NULL exactly for the rows in
-    Python's dialect.
+    Python's dialect. ``__PREFIX__``, scan's default, is first grouped by
+    ``experiments.prefix``, which holds ``str(value)`` itself, off the index
+    that covers it (:func:`_group_by_prefix`); only the rows without one are
+    read as above.
     """
     import json
 
@@ -401,6 +404,10 @@ def _group_in_sql(index, key_read: _KeyRead, where: str, groups, group_failures)
     }
     readable = f"outcome <> '{Outcome.ERROR.value}'"
     table, archive_condition = experiments_table(index)
+    if key_read.column == "f.parameters_json" and key_read.key == PREFIX_PARAMETER:
+        _group_by_prefix(index, f"{where} AND {readable}", params, groups)
+        # What is left, the runs without a prefix, the index finds: no scan of the table.
+        table, where = "experiments e", f"{where} AND e.prefix IS NULL"
     # The whole archive, in an index that holds it alone, needs no condition but readability.
     grouped_where = readable if where == _WHOLE_ARCHIVE and archive_condition is None else f"{where} AND {readable}"
     if key_read.column == "f.parameters_json" and is_special_parameter(key_read.key):
@@ -419,32 +426,27 @@ def _group_in_sql(index, key_read: _KeyRead, where: str, groups, group_failures)
         # PostgreSQL: json (not jsonb) hands back the value's text as the document spells it, as SQLite's
         # -> does; jsonb would re-spell numbers (1e+20 as 100000000000000000000), changing str(value).
         value, unmerged = f"CAST(CAST({column} AS json) -> CAST(:key AS text) AS text)", ""
-    # The GROUP BY sorts a record per row: the subquery hands it the figures the sums need, not the columns
-    # they are worked out from (a tenth fewer instructions for the query at 100,000 runs).
     rows = index.db.execute(
-        "SELECT value, COUNT(*), SUM(succeeded), MAX(end_time), SUM(runtime), COUNT(runtime), SUM(disk_usage) "
-        f"FROM (SELECT CASE WHEN {python_rows} THEN NULL ELSE COALESCE({value}, '') END AS value, "
-        f"CASE WHEN outcome = '{Outcome.DONE.value}' THEN 1 ELSE 0 END AS succeeded, end_time, "
-        "CASE WHEN duration > 0 THEN duration END AS runtime, disk_usage "
-        f"FROM {table} WHERE {grouped_where}{unmerged}) AS grouped GROUP BY value",
+        _grouped_sql(
+            f"CASE WHEN {python_rows} THEN NULL ELSE COALESCE({value}, '') END",
+            f"{table} WHERE {grouped_where}",
+            unmerged,
+        ),
         params,
     )
     in_python_dialect = False
-    for value, count, successful, last_end_time, duration_sum, duration_count, disk_usage in rows:
+    for value, *figures in rows:
         if value is None:
             in_python_dialect = True
             continue
         if value == "" and key_read.raises_when_missing:
-            _count_missing_key(key_read, group_failures, count)
+            _count_missing_key(key_read, group_failures, figures[0])
             key = ERROR_GROUP
         elif value == "":
             key = str(key_read.default)
         else:
             key = str(orjson.loads(value))
-        # int(): PostgreSQL's SUM of a bigint is a numeric (a Decimal), which JSON output cannot write.
-        _group(groups, key).add(
-            count, successful, last_end_time, duration_sum or 0.0, duration_count, int(disk_usage or 0)
-        )
+        _add_sql_group(groups, key, figures)
     if not in_python_dialect:
         return
     documents = index.db.execute(
@@ -466,6 +468,39 @@ def _group_in_sql(index, key_read: _KeyRead, where: str, groups, group_failures)
         _group(groups, key).add(
             1, int(outcome == Outcome.DONE), end_time, duration if ran else 0.0, int(ran), disk_usage
         )
+
+
+def _grouped_sql(value: str, rows: str, unmerged: str = "") -> str:
+    """The figures of each group of ``value`` over ``rows`` (``FROM`` onwards), as :meth:`ScanGroup.add` takes them.
+
+    The GROUP BY sorts a record per row: the subquery hands it the figures the sums need, not the columns
+    they are worked out from (a tenth fewer instructions for the query at 100,000 runs).
+    """
+    return (
+        "SELECT value, COUNT(*), SUM(succeeded), MAX(end_time), SUM(runtime), COUNT(runtime), SUM(disk_usage) "
+        f"FROM (SELECT {value} AS value, CASE WHEN outcome = '{Outcome.DONE.value}' THEN 1 ELSE 0 END AS succeeded, "
+        f"end_time, CASE WHEN duration > 0 THEN duration END AS runtime, disk_usage FROM {rows}{unmerged}) AS grouped "
+        "GROUP BY value"
+    )
+
+
+def _group_by_prefix(index: ArchiveIndex, where: str, params: dict[str, Any], groups: dict[str, ScanGroup]) -> None:
+    """Add the groups of the runs (``where``) that have an ``experiments.prefix``: ``str(value)`` is the group's key.
+
+    ix_experiments_prefix holds the prefix and every figure a group adds up: SQLite walks it in its order and
+    sums each group as it passes, with no sort and no table row read (~27 ms at 100,000 runs, against ~96 ms
+    grouping by the value in special_parameters_json).
+    """
+    rows = index.db.execute(_grouped_sql("prefix", f"experiments e WHERE {where} AND prefix IS NOT NULL"), params)
+    for key, *figures in rows:
+        _add_sql_group(groups, key, figures)
+
+
+def _add_sql_group(groups: dict[str, ScanGroup], key: str, figures: list[Any]) -> None:
+    """Count in a group's figures from :func:`_grouped_sql` (after its value)."""
+    count, successful, last_end_time, duration_sum, duration_count, disk_usage = figures
+    # int(): PostgreSQL's SUM of a bigint is a numeric (a Decimal), which JSON output cannot write.
+    _group(groups, key).add(count, successful, last_end_time, duration_sum or 0.0, duration_count, int(disk_usage or 0))
 
 
 def _count_missing_key(key_read: _KeyRead, group_failures: EvaluationFailures, count: int) -> None:

@@ -49,7 +49,7 @@ from pycomex_index.postgresql import PostgresDatabase, serves_url
 logger = logging.getLogger("pycomex_index")
 
 #: The newest migration shipped in ``pycomex_index.migrations`` (a test keeps the two equal).
-HEAD_REVISION = "0013"
+HEAD_REVISION = "0014"
 INDEX_ENV_VARIABLE = "PYCOMEX_INDEX"
 INDEX_FILE_NAME = "index.sqlite3"
 #: Written into the SQLite header of every index we open (``PRAGMA application_id``, "PCXI"): the header

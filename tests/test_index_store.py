@@ -151,6 +151,43 @@ def test_an_index_at_0008_gets_its_parameter_columns_filled(archive: Path, tmp_p
     assert _schema_differences(path) == []
 
 
+@pytest.mark.sqlite_only("builds a SQLite file at an old revision")
+def test_an_index_at_0013_gets_each_runs_prefix_as_str_shows_it(archive: Path, tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    old = sqlite_index_at_revision(path, "0013", archive)
+    documents = {
+        7: ('{"__PREFIX__":"ablation","A":1}', 0),
+        8: ('{"__PREFIX__":1e-05}', 0),
+        9: ('{"__PREFIX__":null}', 0),
+        10: ('{"A":1}', 0),
+        11: ('{"__PREFIX__":NaN}', 1),
+        12: ('{"__PREFIX__":"lone \\udcff"}', 1),
+        13: ('{"__PREFIX__":[1, true]}', 0),
+    }
+    for id_, (parameters, needs_python) in documents.items():
+        old.execute(
+            "INSERT INTO experiments (id, archive_id, rel_path, namespace, outcome, asset_count, disk_usage, "
+            f"meta_mtime_ns, meta_size, folder_mtime_ns) VALUES ({id_}, 1, 'old/run{id_}', 'old', 'done', 1, 10, 1, 1, 1)"
+        )
+        old.execute(
+            "INSERT INTO experiment_fields (experiment_id, summary_json, parameters_json, needs_python) "
+            "VALUES (:id, '{}', :parameters, :needs_python)",
+            {"id": id_, "parameters": parameters, "needs_python": needs_python},
+        )
+    # A run whose metadata could not be read has no documents.
+    old.execute(
+        "INSERT INTO experiments (id, archive_id, rel_path, namespace, outcome, asset_count, disk_usage, "
+        "meta_mtime_ns, meta_size, folder_mtime_ns) VALUES (14, 1, 'old/broken', 'old', 'error', 1, 10, 1, 1, 1)"
+    )
+    old.close()
+
+    with open_archive_index(str(archive), str(path)) as index:
+        prefixes = dict(index.db.execute("SELECT id, prefix FROM experiments"))
+    # A missing parameter and text no database stores (a lone surrogate) stay NULL: scan reads those documents.
+    assert prefixes == {7: "ablation", 8: "1e-05", 9: "None", 10: None, 11: "nan", 12: None, 13: "[1, True]", 14: None}
+    assert _schema_differences(path) == []
+
+
 @pytest.mark.sqlite_only("SQLite's WAL and busy timeout")
 def test_the_index_is_in_wal_mode(archive: Path) -> None:
     with open_archive_index(str(archive)) as index:

@@ -32,6 +32,7 @@ VALUES = [
     "",  # the empty string is a value: not the missing key, which the GROUP BY spells as the empty text
     "naïve ünïcode",
     "nul\x00inside",
+    "lone \udcff surrogate",  # no database stores it: experiments.prefix stays NULL and Python reads the document
 ]
 
 
@@ -222,3 +223,22 @@ def test_scan_into_a_pipe_does_not_import_rich(archive: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "Summary: 2 group(s), 8 experiment(s)" in result.stdout
     assert result.stderr.strip().endswith("rich not imported")
+
+
+@pytest.mark.sqlite_only("SQLite's query plan")
+def test_the_default_grouping_walks_the_prefix_index_without_a_sort(mixed_archive: Path) -> None:
+    group_by = compile_expression("p.get('__PREFIX__', 'unknown')", what="--group")
+    with open_archive_index(str(mixed_archive)) as index:
+        sync_archive(index)
+        db = index.db
+        sent: list[tuple[str, dict]] = []
+        original = db.execute
+        db.execute = lambda sql, params=None: sent.append((sql, params)) or original(sql, params)  # type: ignore[method-assign]
+        try:
+            groups = {group.key: group.count for group in scan_groups(index, group_by).groups}
+        finally:
+            del db.execute
+        sql, params = next((sql, params) for sql, params in sent if "prefix IS NOT NULL" in sql)
+        plan = " ".join(str(row[-1]) for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+    assert "COVERING INDEX ix_experiments_prefix" in plan and "TEMP B-TREE" not in plan, plan
+    assert groups["resnet"] == 2 and groups["unknown"] == 2  # no_model and no_status have no prefix

@@ -57,6 +57,7 @@ def _record(
         folder_mtime_ns=1,
         read_error="unreadable" if outcome == "error" else None,
         special_parameters_json=None if outcome == "error" else "{}",
+        prefix=None,
         summary_json=None if outcome == "error" else "{}",
         parameters_json=None if outcome == "error" else "{}",
     )
