@@ -16,7 +16,19 @@ first build a third slower, for the rare expression that reads
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint, false
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -95,6 +107,16 @@ class Experiment(Base):
         Index("ix_experiments_stamps", "archive_id", "rel_path", "meta_mtime_ns", "meta_size", "folder_mtime_ns"),
         # scan's default grouping, in the index's order and off the index alone (migration 0014).
         Index("ix_experiments_prefix", "archive_id", "prefix", "outcome", "end_time", "duration", "disk_usage"),
+        # The runs whose status says running, which every command that shows their state judges (migration 0014).
+        Index(
+            "ix_experiments_running",
+            "archive_id",
+            "outcome",
+            "rel_path",
+            "start_time",
+            sqlite_where=text("outcome = 'running'"),
+            postgresql_where=text("outcome = 'running'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

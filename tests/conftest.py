@@ -438,6 +438,23 @@ def sqlite_index_at_revision(path: Path, revision: str, archive: Path) -> Any:
     return old
 
 
+@contextlib.contextmanager
+def statements_sent(db: Any) -> Iterator[list[tuple[str, Any]]]:
+    """The statements (with their parameters) the code under test sends through ``db.execute`` in the block."""
+    sent: list[tuple[str, Any]] = []
+    original = db.execute
+    db.execute = lambda sql, params=None: sent.append((sql, params)) or original(sql, params)
+    try:
+        yield sent
+    finally:
+        del db.execute
+
+
+def sqlite_plan(db: Any, sql: str, params: Any = None) -> str:
+    """SQLite's query plan of a statement, its steps in one line."""
+    return " ".join(str(row[-1]) for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+
+
 def index_query(archive: Path, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
     """Rows of a query on the archive's index, whichever backend holds it (``PYCOMEX_INDEX`` or the default file)."""
     from pycomex_index.store import open_archive_index

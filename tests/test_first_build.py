@@ -200,13 +200,22 @@ def test_a_first_build_ends_with_the_indexes_the_migrations_made(tmp_path: Path)
     assert set(_index_definitions(migrated)) == declared
 
 
-def _index_definitions(index_file: Path) -> dict[str, str]:
-    """name -> the index's key columns, as SQLite reads them from its definition."""
+def _index_definitions(index_file: Path) -> dict[str, tuple[str, str | None]]:
+    """name -> the index's key columns, as SQLite reads them from its definition, and a partial index's WHERE."""
     with sqlite3.connect(index_file) as connection:
         return {
-            name: ", ".join(row[2] for row in connection.execute(f"PRAGMA index_info({name})"))
+            name: (
+                ", ".join(row[2] for row in connection.execute(f"PRAGMA index_info({name})")),
+                _where_of(connection.execute("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).fetchone()[0]),
+            )
             for name in _experiment_indexes(index_file)
         }
+
+
+def _where_of(definition: str) -> str | None:
+    """The condition of a partial index's CREATE INDEX, spaced as one (None: not partial)."""
+    _, where, condition = definition.partition(" WHERE ")
+    return " ".join(condition.split()) if where else None
 
 
 @pytest.mark.sqlite_only("the bulk load drops and builds the indexes of a SQLite index file")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_metadata, read_meta, write_meta
+from tests.conftest import make_metadata, read_meta, sqlite_plan, statements_sent, write_meta
 
 NAMESPACE = "ns"
 
@@ -374,3 +374,21 @@ def test_an_error_while_judging_on_a_thread_reaches_the_caller(archive: Path) ->
         assert InterruptedCount(run_states, killed).result() == 1
         with pytest.raises(AttributeError):
             InterruptedCount(RunStates(index), [None]).result()  # type: ignore[list-item] - no path: it raises
+
+
+@pytest.mark.sqlite_only("SQLite's query plan")
+def test_the_running_runs_are_read_off_their_own_index(tmp_path: Path) -> None:
+    from pycomex_index.liveness import RunStates
+    from pycomex_index.store import open_archive_index
+    from pycomex_index.sync import sync_archive
+
+    archive = tmp_path / "results"
+    running = {_running_run(archive, f"run{number}") for number in range(3)}
+    _finished_run(archive)
+    with open_archive_index(str(archive)) as index:
+        sync_archive(index)
+        with statements_sent(index.db) as sent:
+            assert set(RunStates(index).running_rel_paths()) == running
+        sql, params = next((sql, params) for sql, params in sent if "FROM experiments" in sql)
+        # The partial index of the running runs alone: not a walk of every run's entry in a wider index.
+        assert "COVERING INDEX ix_experiments_running" in sqlite_plan(index.db, sql, params)

@@ -10,6 +10,7 @@ import pytest
 from pycomex_index.db import IndexDatabase
 from pycomex_index.rows import rows_below
 from pycomex_index.store import open_archive_index
+from tests.conftest import sqlite_plan, statements_sent
 
 #: Paths around folder "a/b": below it, beside it, and names that sort close to "a/b/" in some collation.
 PATHS = [
@@ -62,16 +63,11 @@ def _store(db: IndexDatabase, archive_id: int) -> None:
 
 def _plan(db: IndexDatabase, archive_id: int, folder: str) -> str:
     """How the database finds rows_below's rows (the query as rows_below sends it)."""
-    captured: list[tuple[str, dict]] = []
-    original = db.execute
-    db.execute = lambda sql, params=None: captured.append((sql, params)) or original(sql, params)  # type: ignore[method-assign]
-    try:
+    with statements_sent(db) as sent:
         list(rows_below(db, archive_id, folder))
-    finally:
-        del db.execute
-    sql, params = captured[-1]
+    sql, params = sent[-1]
     if db.url.startswith("sqlite"):
-        return " ".join(str(row[-1]) for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+        return sqlite_plan(db, sql, params)
     db.execute("ANALYZE experiments")  # without statistics the planner guesses which index is narrower
     with db.transaction():
         # A few rows: left to itself the planner scans the table; asked not to, it shows what an index can do.

@@ -12,7 +12,7 @@ from pycomex_index.selection import compile_expression
 from pycomex_index.stats import scan_groups
 from pycomex_index.store import open_archive_index
 from pycomex_index.sync import sync_archive
-from tests.conftest import make_metadata, write_meta
+from tests.conftest import make_metadata, sqlite_plan, statements_sent, write_meta
 
 VALUES = [
     "resnet",
@@ -230,15 +230,9 @@ def test_the_default_grouping_walks_the_prefix_index_without_a_sort(mixed_archiv
     group_by = compile_expression("p.get('__PREFIX__', 'unknown')", what="--group")
     with open_archive_index(str(mixed_archive)) as index:
         sync_archive(index)
-        db = index.db
-        sent: list[tuple[str, dict]] = []
-        original = db.execute
-        db.execute = lambda sql, params=None: sent.append((sql, params)) or original(sql, params)  # type: ignore[method-assign]
-        try:
+        with statements_sent(index.db) as sent:
             groups = {group.key: group.count for group in scan_groups(index, group_by).groups}
-        finally:
-            del db.execute
         sql, params = next((sql, params) for sql, params in sent if "prefix IS NOT NULL" in sql)
-        plan = " ".join(str(row[-1]) for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+        plan = sqlite_plan(index.db, sql, params)
     assert "COVERING INDEX ix_experiments_prefix" in plan and "TEMP B-TREE" not in plan, plan
     assert groups["resnet"] == 2 and groups["unknown"] == 2  # no_model and no_status have no prefix

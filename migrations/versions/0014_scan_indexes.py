@@ -1,4 +1,4 @@
-"""``experiments.prefix``: scan's default group, read off an index instead of a JSON document per run.
+"""``experiments.prefix``, scan's default group, read off an index; an index of the runs that say running.
 
 ``scan`` groups by ``p.get('__PREFIX__', 'unknown')`` unless told otherwise.
 It read the value out of ``special_parameters_json`` for every run and sorted
@@ -8,6 +8,12 @@ it, and ``ix_experiments_prefix`` holds it with the figures a group adds up
 (outcome, end time, duration, disk use), so the GROUP BY walks one index in
 its order (~27 ms). NULL where a run has no ``__PREFIX__``, or its text holds
 lone surrogates, which no database stores: such rows are grouped as before.
+
+``ix_experiments_running`` holds the runs whose status says running, which
+every command that shows a run's state (scan, overview, info, list...)
+reads to judge them: 2 ms at 100,000 runs (5,089 running), against 10-17 ms
+for a walk of the whole listing index. A partial index: it costs nothing for
+the runs that finished.
 
 The backfill reads the parameter documents in Python, Python's JSON dialect
 with the json module, as ``str()`` must see the values pycomex wrote.
@@ -29,7 +35,7 @@ depends_on = None
 
 # A migration is a snapshot: the rule is spelled out here (pycomex_index.discovery.shown_prefix).
 _PREFIX = "__PREFIX__"
-_INDEX_COLUMNS = ["archive_id", "prefix", "outcome", "end_time", "duration", "disk_usage"]
+_PREFIX_INDEX_COLUMNS = ["archive_id", "prefix", "outcome", "end_time", "duration", "disk_usage"]
 _BATCH = 5000
 
 
@@ -68,10 +74,19 @@ def upgrade() -> None:
         if prefixes:
             connection.execute(update, prefixes)
         after = batch[-1][0]
-    op.create_index("ix_experiments_prefix", "experiments", _INDEX_COLUMNS)
+    op.create_index("ix_experiments_prefix", "experiments", _PREFIX_INDEX_COLUMNS)
+    running = sa.text("outcome = 'running'")
+    op.create_index(
+        "ix_experiments_running",
+        "experiments",
+        ["archive_id", "outcome", "rel_path", "start_time"],
+        sqlite_where=running,
+        postgresql_where=running,
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_experiments_running", table_name="experiments")
     op.drop_index("ix_experiments_prefix", table_name="experiments")
     # Not a batch (a copy of the table): that would drop the summary triggers of 0005.
     op.drop_column("experiments", "prefix")
