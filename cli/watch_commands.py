@@ -216,10 +216,9 @@ def start_command(
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0),
-    default=60.0,
-    show_default=True,
+    default=None,
     metavar="SECONDS",
-    help="How long to wait for the daemon to finish its batch.",
+    help="How long to wait for the daemon to finish its batch (default a minute).",
 )
 @click.pass_context
 def stop_command(ctx, archive_path, index_location, timeout) -> None:

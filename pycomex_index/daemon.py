@@ -335,9 +335,10 @@ def _last_log_error(log_path: str, offset: int) -> str | None:
     return errors[-1].split("] ", 1)[-1]
 
 
-def stop_daemon(path: str, index: str | None = None, *, timeout: float = STOP_TIMEOUT_SECONDS) -> int | None:
+def stop_daemon(path: str, index: str | None = None, *, timeout: float | None = None) -> int | None:
     """Ask this host's watcher of the archive to stop (SIGTERM) and wait until it has; returns its pid, or None
-    when none was running (a stale pid file is removed).
+    when none was running (a stale pid file is removed). It waits ``timeout`` seconds (None:
+    :data:`STOP_TIMEOUT_SECONDS`).
 
     Only a process of this host is ever signalled (the pid file is this
     host's): a watcher holding the lease on another host raises
@@ -362,6 +363,8 @@ def stop_daemon(path: str, index: str | None = None, *, timeout: float = STOP_TI
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         pass
+    if timeout is None:
+        timeout = STOP_TIMEOUT_SECONDS
     deadline = time.monotonic() + timeout
     while pid_file_owner(files.pid_path)[1]:
         if time.monotonic() > deadline:
