@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from pycomex_index.store import open_archive_index
+from pycomex_index.store import ArchiveIndex, open_archive_index
 from pycomex_index.sync import SyncReport, sync_archive
 
 #: Named, not ``__name__``: in the child this module runs as ``__main__``, outside the package's logger.
@@ -57,6 +57,15 @@ class SyncProcessError(Exception):
     """The sync failed in the child (its error is in the message, its traceback in the log), or the child died."""
 
 
+class SilentChild(SyncProcessError):
+    """The child could not be started, or ended without a word of the protocol: it may not be this package's."""
+
+
+#: Whether a child has ever answered in this process (None: none asked yet). A program that embeds Python has
+#: a ``sys.executable`` that is no interpreter: no child will ever answer, and full syncs run in the process.
+_children_answer: bool | None = None
+
+
 def abandon_when(stopping: Callable[[], bool]) -> Callable[[int, int | None], None]:
     """A sync progress callback that raises :class:`Stopping` once ``stopping()`` is true."""
 
@@ -67,26 +76,55 @@ def abandon_when(stopping: Callable[[], bool]) -> Callable[[int, int | None], No
     return check
 
 
+def full_sync(index: ArchiveIndex, stopping: Callable[[], bool], *, in_child: bool = True) -> SyncReport:
+    """:func:`~pycomex_index.sync.sync_archive` of ``index``, abandoned once ``stopping()``; in a child process
+    (:func:`sync_in_child_process`) when ``in_child`` and a child answers here, else in this process."""
+    global _children_answer
+    if in_child and _children_answer is not False:
+        try:
+            report = sync_in_child_process(index.root, index.location, stopping)
+        except SilentChild as error:
+            if _children_answer:
+                raise  # children answered before: this one died
+            _children_answer = False
+            logger.warning("no sync process answered (%s); full syncs run in this process", error)
+        except SyncProcessError:
+            _children_answer = True
+            raise
+        else:
+            _children_answer = True
+            return report
+    return sync_archive(index, on_progress=abandon_when(stopping))
+
+
 def sync_in_child_process(root: str, location: str, stopping: Callable[[], bool]) -> SyncReport:
     """:func:`~pycomex_index.sync.sync_archive` of the archive at ``root`` into the index at ``location``, in a child.
 
     The child's log records are logged here as they come. Raises
     :class:`Stopping` when ``stopping()`` turned true before the sync ended,
-    :class:`SyncProcessError` when it failed.
+    :class:`SyncProcessError` when it failed (:class:`SilentChild` when no child answered).
     """
     # cwd "/": ``-m`` puts the working directory first on the child's path, where a checkout of this project
-    # would shadow the installed package.
-    child = subprocess.Popen(
-        [sys.executable, "-m", MODULE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd="/", close_fds=True
-    )
+    # would shadow the installed package. Unbuffered: the request is written at once, and closing stdin has
+    # nothing left to flush into a child that died.
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", MODULE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd="/",
+            close_fds=True,
+            bufsize=0,
+        )
+    except OSError as error:
+        raise SilentChild(f"{sys.executable!r} cannot be started: {error.strerror or error}") from None
     assert child.stdin is not None and child.stdout is not None
     try:
         try:
             child.stdin.write(json.dumps({"root": root, "location": location}).encode() + b"\n")
-            child.stdin.flush()
         except OSError:
             pass  # it died at start: its exit status says so below
-        outcome = _follow(child, stopping)
+        outcome, answered = _follow(child, stopping)
     finally:
         if child.poll() is None:
             child.kill()  # only on an error of our own while following it
@@ -99,13 +137,16 @@ def sync_in_child_process(root: str, location: str, stopping: Callable[[], bool]
         raise Stopping()
     if "error" in outcome:
         raise SyncProcessError(outcome["error"])
-    raise SyncProcessError(f"the sync process exited with status {child.returncode} before it reported")
+    failure = SyncProcessError if answered else SilentChild
+    raise failure(f"the sync process exited with status {child.returncode} before it reported")
 
 
-def _follow(child: subprocess.Popen[bytes], stopping: Callable[[], bool]) -> dict[str, Any]:
-    """Relay the child's log records until it exits; its last message (report, stopped, error), or {} if none."""
+def _follow(child: subprocess.Popen[bytes], stopping: Callable[[], bool]) -> tuple[dict[str, Any], bool]:
+    """Relay the child's log records until it exits: its last message (report, stopped, error; {} if none), and
+    whether it wrote any message of the protocol at all."""
     assert child.stdin is not None and child.stdout is not None
     outcome: dict[str, Any] = {}
+    answered = False
     pending = b""
     stop_asked_at: float | None = None
     with selectors.DefaultSelector() as selector:
@@ -129,14 +170,15 @@ def _follow(child: subprocess.Popen[bytes], stopping: Callable[[], bool]) -> dic
                 except ValueError:  # written before the child took its stdout over: a module's print, say
                     logger.warning("the sync process wrote: %s", line.decode(errors="backslashreplace"))
                     continue
+                answered = True
                 if "log" in message:
                     name, level, text = message["log"]
                     logging.getLogger(name).log(level, "%s", text)
                 else:
                     outcome = message
     if stop_asked_at is not None and "report" not in outcome:
-        return {"stopped": True}  # terminated, or stopped: either way the stop was asked for
-    return outcome
+        return {"stopped": True}, answered  # terminated, or stopped: either way the stop was asked for
+    return outcome, answered
 
 
 # ---------------------------------------------------------------- the child

@@ -12,7 +12,7 @@ import pytest
 import pycomex_index.sync_process as sync_process
 from pycomex_index.store import open_archive_index
 from pycomex_index.sync import sync_archive
-from pycomex_index.sync_process import Stopping, SyncProcessError, sync_in_child_process
+from pycomex_index.sync_process import Stopping, SyncProcessError, full_sync, sync_in_child_process
 
 
 def stored_rows(archive: Path, location: str | None = None) -> dict[str, tuple]:
@@ -96,3 +96,26 @@ def test_lines_the_child_prints_before_it_takes_its_stdout_over_are_logged_not_f
         report = sync_in_child_process(root, location, lambda: False)
     assert report.added == 8
     assert "the sync process wrote: hello from sitecustomize" in caplog.messages
+
+
+@pytest.mark.parametrize("interpreter", ["/bin/true", "/no/such/python"])
+def test_where_no_child_answers_full_syncs_run_in_this_process(archive, interpreter, monkeypatch, caplog):
+    # A program embedding Python has a sys.executable that is no interpreter: its child says nothing, or none starts.
+    monkeypatch.setattr(sync_process, "_children_answer", None)
+    monkeypatch.setattr(sync_process.sys, "executable", interpreter)
+    with pytest.raises(sync_process.SilentChild):
+        sync_in_child_process(*index_of(archive), lambda: False)
+    with open_archive_index(str(archive)) as index, caplog.at_level(logging.WARNING, logger="pycomex_index"):
+        assert full_sync(index, lambda: False).added == 8
+        assert full_sync(index, lambda: False).unchanged == 8  # no child is tried again, nor warned about
+    (warning,) = [record.getMessage() for record in caplog.records if record.name == "pycomex_index.sync_process"]
+    assert "no sync process answered" in warning and "run in this process" in warning
+
+
+def test_a_silent_child_after_children_answered_is_an_error_not_a_fallback(archive, monkeypatch):
+    with open_archive_index(str(archive)) as index:
+        monkeypatch.setattr(sync_process, "_children_answer", None)
+        assert full_sync(index, lambda: False).added == 8  # a real child answers
+        monkeypatch.setattr(sync_process.sys, "executable", "/bin/true")
+        with pytest.raises(sync_process.SilentChild):
+            full_sync(index, lambda: False)

@@ -38,7 +38,7 @@ from pycomex_index.lease import Holder, acquire_lease
 from pycomex_index.rows import rows_below
 from pycomex_index.store import ArchiveIndex, is_database_url, open_archive_index
 from pycomex_index.sync import sync_archive
-from pycomex_index.sync_process import Stopping, SyncProcessError, sync_in_child_process
+from pycomex_index.sync_process import Stopping, SyncProcessError, full_sync
 from pycomex_index.watcher.applier import ChangeApplier
 from pycomex_index.watcher.changes import Batch, ChangeQueue
 from pycomex_index.watcher.keeper import LeaseKeeper
@@ -263,7 +263,7 @@ class ArchiveWatcher:
         pause = 1.0
         while True:
             try:
-                report = sync_in_child_process(self._index.root, self._index.location, lambda: self._queue.stopping)
+                report = full_sync(self._index, lambda: self._queue.stopping)
                 break
             except Stopping:
                 raise

@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 
 from pycomex_index.store import ArchiveIndex
-from pycomex_index.sync import SyncReport, sync_archive
-from pycomex_index.sync_process import Stopping, SyncProcessError, abandon_when, sync_in_child_process
+from pycomex_index.sync import SyncReport
+from pycomex_index.sync_process import Stopping, SyncProcessError, full_sync
 from pycomex_index.watcher.changes import ChangeQueue
 
 logger = logging.getLogger("pycomex_index.watcher")
@@ -118,10 +118,7 @@ class Reconciler:
         seconds = None
         try:
             report: SyncReport
-            if in_child:
-                report = sync_in_child_process(index.root, index.location, lambda: self._queue.stopping)
-            else:
-                report = sync_archive(index, on_progress=abandon_when(lambda: self._queue.stopping))
+            report = full_sync(index, lambda: self._queue.stopping, in_child=in_child)
             seconds = report.seconds
             if report.changed:
                 self._on_change()
