@@ -168,6 +168,8 @@ def _follow(child: subprocess.Popen[bytes], stopping: Callable[[], bool]) -> tup
                 try:
                     message = json.loads(line)
                 except ValueError:  # written before the child took its stdout over: a module's print, say
+                    message = None
+                if not isinstance(message, dict):  # such a print may be JSON, too ("1")
                     logger.warning("the sync process wrote: %s", line.decode(errors="backslashreplace"))
                     continue
                 answered = True

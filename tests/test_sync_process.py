@@ -89,13 +89,14 @@ def test_lines_the_child_prints_before_it_takes_its_stdout_over_are_logged_not_f
 ):
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text("print('hello from sitecustomize')\n")
+    (site / "sitecustomize.py").write_text("print('hello from sitecustomize')\nprint(1)  # JSON, but no message\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
     root, location = index_of(archive)
     with caplog.at_level(logging.WARNING, logger="pycomex_index"):
         report = sync_in_child_process(root, location, lambda: False)
     assert report.added == 8
     assert "the sync process wrote: hello from sitecustomize" in caplog.messages
+    assert "the sync process wrote: 1" in caplog.messages
 
 
 @pytest.mark.parametrize("interpreter", ["/bin/true", "/no/such/python"])
