@@ -775,6 +775,26 @@ def test_modify_and_undo_show_in_list_and_overview_without_a_sync(modify_archive
     assert_index_matches_disk(modify_archive)
 
 
+def test_a_modified_prefix_moves_the_run_to_its_new_scan_group_without_a_sync(modify_archive: Path, run_cli) -> None:
+    def groups() -> dict[str, int]:
+        scanned = run_cli("archive", "scan", "--path", str(modify_archive), "--json")
+        return {group["group"]: group["count"] for group in json.loads(scanned.stdout)}
+
+    assert groups() == {"unknown": 4}  # no run has a __PREFIX__
+    freeze_index(modify_archive)  # from here on no command looks at the disk: the write itself updates the index
+    changed = run_cli(
+        "archive", "modify", "--path", str(modify_archive), "--select", "p.get('MODEL') == 'resnet'",
+        "--modify-parameters", "p['__PREFIX__'] = 'ablation'",
+    )  # fmt: skip
+    assert changed.exit_code == 0, changed.output
+    assert groups() == {"ablation": 2, "unknown": 2}
+    prefixed = "SELECT COUNT(*) FROM experiments WHERE prefix = 'ablation'"
+    assert index_query(modify_archive, prefixed) == [(2,)]  # grouped off the prefix index, not the documents
+    assert run_cli("archive", "undo", "--path", str(modify_archive), "--yes").exit_code == 0
+    assert groups() == {"unknown": 4}
+    assert index_query(modify_archive, prefixed) == [(0,)]
+
+
 def test_metadata_code_sees_the_parameters_the_parameter_code_set() -> None:
     written, _ = _modified(
         make_metadata(parameters={"LEARNING_RATE": 0.001}),
