@@ -132,6 +132,7 @@ INTERNAL_SIGNALS = {
     "modify.ModificationFailed": "one experiment's change failed: reported in the modify report",
     "sync_process.Stopping": "abandons a sync when the watcher stops",
     "sync_process.SyncProcessError": "a full sync failed in its child process: logged, and retried",
+    "sync_process.SilentChild": "no sync child answered: full syncs run in the watcher's process instead",
     "watcher/watches.WatchLimitReached": "switches the watcher to polling",
 }
 
