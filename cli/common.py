@@ -170,15 +170,26 @@ def write_lines(lines: Iterable[str], chunk_size: int = 5000) -> int:
     Per-line printing is what makes long listings slow; holding a million
     lines to write them at once is what makes them big.
     """
+    return write_line_batches(batched(lines, chunk_size))
+
+
+def write_line_batches(batches: Iterable[list[str]]) -> int:
+    """Lines on stdout, one write per batch of them, as the batches are produced; returns how many lines.
+
+    For a producer that makes its lines a batch at a time (``list``): no second
+    pass cuts them into chunks again.
+    """
     count = 0
-    for chunk in _chunks(lines, chunk_size):
-        sys.stdout.write("\n".join(chunk) + "\n")
-        count += len(chunk)
+    for batch in batches:
+        if batch:
+            sys.stdout.write("\n".join(batch) + "\n")
+            count += len(batch)
     sys.stdout.flush()
     return count
 
 
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """``items`` in lists of up to ``size``."""
     iterator = iter(items)
     while chunk := list(itertools.islice(iterator, size)):
         yield chunk
@@ -214,7 +225,7 @@ def write_json_array(items: Iterable[Any], chunk_size: int = 2000) -> int:
     out = sys.stdout
     out.write("[")
     count = 0
-    for chunk in _chunks(items, chunk_size):
+    for chunk in batched(items, chunk_size):
         out.write(("," if count else "") + ",".join(_json_text(item, pretty) for item in chunk))
         count += len(chunk)
     out.write("]\n")

@@ -366,21 +366,23 @@ def iter_listing(
     index: ArchiveIndex,
     selection: CompiledExpression | None = None,
     failures: EvaluationFailures | None = None,
-) -> Iterator[Row]:
-    """``(rel_path, outcome, duration)`` of every readable experiment that ``selection`` keeps, oldest first.
+) -> Iterator[list[Row]]:
+    """``(rel_path, outcome, duration)`` of every readable experiment that ``selection`` keeps, oldest first, in batches.
 
-    The hot path of ``list``: plain tuples, no per-row objects. Without a
-    selection it is served by one covering index (100,000 rows in well under
-    0.1 s).
+    The hot path of ``list``: plain tuples, no per-row objects, handed on a
+    list at a time so the caller formats them in one comprehension each.
+    Without a selection it is served by one covering index (100,000 rows in
+    well under 0.1 s).
     """
     if selection is not None:
         rows = iter_selected(index, _LISTING_COLUMNS, selection, include_unreadable=False, failures=failures)
-        return map(itemgetter(0), rows)  # the values alone; a C loop, not a generator frame per row
-    return index.db.execute(
+        return _batches(map(itemgetter(0), rows), None)  # the values alone; a C loop, not a generator frame per row
+    rows = index.db.execute(
         "SELECT rel_path, outcome, duration FROM experiments "
         f"WHERE archive_id = :archive_id AND outcome <> '{Outcome.ERROR.value}' ORDER BY start_time NULLS FIRST, rel_path",
         {"archive_id": index.archive_id},
     )
+    return _batches(rows, None)
 
 
 def unreadable_experiments(index: ArchiveIndex) -> Iterator[ExperimentRow]:
