@@ -20,8 +20,8 @@ from pycomex_index.cli.common import (
     select_option,
     write_json,
     write_json_array,
-    write_line_batches,
     write_lines,
+    write_utf8_chunks,
 )
 
 DEFAULT_GROUP_EXPRESSION = "p.get('__PREFIX__', 'unknown')"
@@ -73,7 +73,7 @@ def list_command(ctx, select, explain, archive_path, index_location, as_json) ->
             if selection is None:
                 unreadable = ((row.rel_path, row.outcome, row.duration) for row in unreadable_experiments(index))
                 batches = itertools.chain(batches, batched(unreadable, LISTING_BATCH_LINES))
-            count = write_line_batches(_listing_lines(index, batches, run_states))
+            count = write_utf8_chunks(_listing_text(index, batches, run_states))
     report_failures(failures, explain=explain and selection is not None)
     if not count and not as_json:
         _nothing_found(select)
@@ -83,10 +83,15 @@ def list_command(ctx, select, explain, archive_path, index_location, as_json) ->
 LISTING_BATCH_LINES = 1000
 
 
-def _listing_lines(index, batches, run_states) -> Iterator[list[str]]:
-    """``✅ results/neural_net/<run> (2m 15s)``: one line per experiment, as the spec shows, a batch of rows at a time.
+def _listing_text(index, batches, run_states) -> Iterator[bytes]:
+    """``✅ results/neural_net/<run> (2m 15s)``: one line per experiment, as the spec shows, in UTF-8 a batch at a time.
 
     A run whose status says running is judged (live or interrupted) here, and only such a run.
+    The lines are made with an ASCII control character standing for each icon,
+    which the encoded batch then gets instead: text with an icon in it takes
+    four bytes a character, to build, join and encode (at 100,000 runs, 7% of
+    list's instructions went to that). Nothing else in a line is a control
+    character: printable() escapes every one in a path.
     """
     import math
     from operator import itemgetter
@@ -108,12 +113,14 @@ def _listing_lines(index, batches, run_states) -> Iterator[list[str]]:
     error, running, done, failed = (
         outcome.value for outcome in (Outcome.ERROR, Outcome.RUNNING, Outcome.DONE, Outcome.FAILED)
     )
-    icons, whole_seconds, first = STATUS_ICONS, format_whole_seconds, itemgetter(0)
+    icons = {status: chr(1 + number) for number, status in enumerate(STATUS_ICONS)}  # the stand-ins
+    encoded_icons = [(code.encode(), STATUS_ICONS[status].encode()) for status, code in icons.items()]
+    whole_seconds, first = format_whole_seconds, itemgetter(0)
     # Floats, as the durations are: a float compares with a float much faster than with an int.
     whole_from, infinity = float(WHOLE_SECONDS_FROM), math.inf
 
     def line(rel_path, outcome, duration, path_as_it_is) -> str:
-        """Any row's line (``path_as_it_is``: known to be printable); the comprehension below writes the common case itself."""
+        """Any row's line (``path_as_it_is``: known printable); the comprehension below makes the common ones itself."""
         shown_path = rel_path if path_as_it_is or rel_path.isprintable() else printable(rel_path)
         # What the parentheses at the end say, put into the line in one piece.
         if outcome == error:
@@ -131,7 +138,7 @@ def _listing_lines(index, batches, run_states) -> Iterator[list[str]]:
     # durations. 100,000 runs: 19% fewer instructions than a generator calling line() per row.
     for rows in batches:
         paths_as_they_are = all_printable_ascii(map(first, rows))
-        yield [
+        lines = [
             # duration.__round__() is round(duration) without the builtin's look-up of __round__ (-550 instructions).
             f"{icons[outcome]} {prefix}{rel_path} ({whole_seconds(duration.__round__())})"
             if (outcome == done or outcome == failed)
@@ -141,6 +148,11 @@ def _listing_lines(index, batches, run_states) -> Iterator[list[str]]:
             else line(rel_path, outcome, duration, paths_as_they_are)
             for rel_path, outcome, duration in rows
         ]
+        if lines:
+            text = ("\n".join(lines) + "\n").encode()
+            for code, icon in encoded_icons:
+                text = text.replace(code, icon)
+            yield text
 
 
 @click.command("tail")

@@ -170,22 +170,36 @@ def write_lines(lines: Iterable[str], chunk_size: int = 5000) -> int:
     Per-line printing is what makes long listings slow; holding a million
     lines to write them at once is what makes them big.
     """
-    return write_line_batches(batched(lines, chunk_size))
-
-
-def write_line_batches(batches: Iterable[list[str]]) -> int:
-    """Lines on stdout, one write per batch of them, as the batches are produced; returns how many lines.
-
-    For a producer that makes its lines a batch at a time (``list``): no second
-    pass cuts them into chunks again.
-    """
     count = 0
-    for batch in batches:
-        if batch:
-            sys.stdout.write("\n".join(batch) + "\n")
-            count += len(batch)
+    for chunk in batched(lines, chunk_size):
+        sys.stdout.write("\n".join(chunk) + "\n")
+        count += len(chunk)
     sys.stdout.flush()
     return count
+
+
+def write_utf8_chunks(chunks: Iterable[bytes]) -> int:
+    """Text already encoded in UTF-8 on stdout, one write per chunk, as the chunks are produced; returns how many bytes.
+
+    Into stdout's binary buffer when stdout writes UTF-8 anyway; else each
+    chunk is decoded and written as text, so stdout's own encoding decides, as
+    for every other command.
+    """
+    out = sys.stdout
+    buffer = getattr(out, "buffer", None)
+    encoding = (getattr(out, "encoding", None) or "").lower().replace("_", "-")
+    if encoding not in ("utf-8", "utf8"):
+        buffer = None
+    out.flush()  # what was written as text before goes first
+    written = 0
+    for chunk in chunks:
+        if buffer is not None:
+            buffer.write(chunk)
+        else:
+            out.write(chunk.decode())
+        written += len(chunk)
+    (out if buffer is None else buffer).flush()
+    return written
 
 
 def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

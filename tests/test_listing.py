@@ -157,3 +157,21 @@ def test_printable_ascii_texts_are_the_ones_printable_leaves_alone(texts: list[s
     if all_printable_ascii(texts):
         assert all(printable(text) == text for text in texts)
     assert all_printable_ascii(texts) == all(text.isascii() and text.isprintable() for text in texts)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+def test_a_real_stdout_gets_the_same_text_in_its_own_encoding(
+    tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch, encoding: str
+) -> None:
+    """UTF-8 goes to stdout's binary buffer as it was encoded; any other encoding gets the text through stdout."""
+    archive = _listing_archive(tmp_path)
+    monkeypatch.setenv("PYCOMEX_INDEX_INTERRUPTED_AFTER", "3600")
+    expected = _expected_listing(run_cli, archive)
+    listed = subprocess.run(
+        [sys.executable, "-m", "pycomex_index", "archive", "list", "--path", str(archive)],
+        capture_output=True,
+        env={**os.environ, "PYTHONIOENCODING": encoding},
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.decode(encoding) == expected
