@@ -5,6 +5,8 @@ it runs one SQL query ordered by start time and, when an expression is
 given, lets SQL decide it where it can (see :mod:`pycomex_index.pushdown`);
 only the rows SQL cannot decide get ``m``/``p``, built from the narrowest
 columns the expression needs, and are kept when the expression is true.
+:func:`iter_selected_values` is the same road for a caller that wants the
+kept rows' columns alone, a list of them at a time (``list``).
 Experiments whose metadata could not be read are selected by nothing but
 "everything".
 """
