@@ -10,6 +10,7 @@ import click
 
 from pycomex_index.cli.common import (
     archive_options,
+    batched,
     compile_or_fail,
     explain_option,
     json_option,
@@ -20,6 +21,7 @@ from pycomex_index.cli.common import (
     write_json,
     write_json_array,
     write_lines,
+    write_utf8_chunks,
 )
 
 DEFAULT_GROUP_EXPRESSION = "p.get('__PREFIX__', 'unknown')"
@@ -67,30 +69,59 @@ def list_command(ctx, select, explain, archive_path, index_location, as_json) ->
                 experiments = itertools.chain(experiments, unreadable_experiments(index))
             count = write_json_array(experiment_as_json(index, row, run_states) for row in experiments)
         else:
-            rows = iter_listing(index, selection, failures)
+            batches = iter_listing(index, selection, failures)
             if selection is None:
                 unreadable = ((row.rel_path, row.outcome, row.duration) for row in unreadable_experiments(index))
-                rows = itertools.chain(rows, unreadable)
-            count = write_lines(_listing_lines(index, rows, run_states))
+                batches = itertools.chain(batches, batched(unreadable, LISTING_BATCH_LINES))
+            count = write_utf8_chunks(_listing_text(index, batches, run_states))
     report_failures(failures, explain=explain and selection is not None)
     if not count and not as_json:
         _nothing_found(select)
 
 
-def _listing_lines(index, rows, run_states) -> Iterator[str]:
-    """``✅ results/neural_net/<run> (2m 15s)``: one line per experiment, as the spec shows.
+#: Lines per write for the rows ``list`` gets one by one (those of unreadable experiments).
+LISTING_BATCH_LINES = 1000
+
+
+def _listing_text(index, batches, run_states) -> Iterator[bytes]:
+    """``✅ results/neural_net/<run> (2m 15s)``: one line per experiment, as the spec shows, in UTF-8 a batch at a time.
 
     A run whose status says running is judged (live or interrupted) here, and only such a run.
+    The lines are made with an ASCII control character standing for each icon,
+    which the encoded batch then gets instead: text with an icon in it takes
+    four bytes a character, to build, join and encode (at 100,000 runs, 7% of
+    list's instructions went to that). Nothing else in a line is a control
+    character: printable() escapes every one in a path.
     """
+    import math
+    from operator import itemgetter
+
     from pycomex_index.discovery import Outcome
-    from pycomex_index.formatting import STATUS_ICONS, format_duration, printable, shown_status
+    from pycomex_index.formatting import (
+        STATUS_ICONS,
+        WHOLE_SECONDS_FROM,
+        all_printable_ascii,
+        format_duration,
+        format_whole_seconds,
+        printable,
+        shown_status,
+    )
 
     # printable() escapes character by character: the root's part is worked out once, not on every line.
     prefix = printable(index.display_root + "/")
     # The plain values: a str compares with a str faster than with an enum member, and this runs per row.
-    error, running = Outcome.ERROR.value, Outcome.RUNNING.value
-    for rel_path, outcome, duration in rows:
-        shown_path = rel_path if rel_path.isprintable() else printable(rel_path)
+    error, running, done, failed = (
+        outcome.value for outcome in (Outcome.ERROR, Outcome.RUNNING, Outcome.DONE, Outcome.FAILED)
+    )
+    icons = {status: chr(1 + number) for number, status in enumerate(STATUS_ICONS)}  # the stand-ins
+    encoded_icons = [(code.encode(), STATUS_ICONS[status].encode()) for status, code in icons.items()]
+    whole_seconds, first = format_whole_seconds, itemgetter(0)
+    # Floats, as the durations are: a float compares with a float much faster than with an int.
+    whole_from, infinity = float(WHOLE_SECONDS_FROM), math.inf
+
+    def line(rel_path, outcome, duration, path_as_it_is) -> str:
+        """Any row's line (``path_as_it_is``: known printable); the comprehension below makes the common ones itself."""
+        shown_path = rel_path if path_as_it_is or rel_path.isprintable() else printable(rel_path)
         # What the parentheses at the end say, put into the line in one piece.
         if outcome == error:
             detail = "metadata error"
@@ -99,9 +130,29 @@ def _listing_lines(index, rows, run_states) -> Iterator[str]:
         elif duration is not None and duration > 0:
             detail = format_duration(duration)
         else:
-            yield f"{STATUS_ICONS[outcome]} {prefix}{shown_path}"
-            continue
-        yield f"{STATUS_ICONS[outcome]} {prefix}{shown_path} ({detail})"
+            return f"{icons[outcome]} {prefix}{shown_path}"
+        return f"{icons[outcome]} {prefix}{shown_path} ({detail})"
+
+    # One comprehension per batch, no call per row, for a finished run that took ten seconds or more and has a
+    # printable path (most lines of a listing): what line() makes of it, by format_duration's own rule for such
+    # durations. 100,000 runs: 19% fewer instructions than a generator calling line() per row.
+    for rows in batches:
+        paths_as_they_are = all_printable_ascii(map(first, rows))
+        lines = [
+            # duration.__round__() is round(duration) without the builtin's look-up of __round__ (-550 instructions).
+            f"{icons[outcome]} {prefix}{rel_path} ({whole_seconds(duration.__round__())})"
+            if (outcome == done or outcome == failed)
+            and duration is not None
+            and whole_from <= duration < infinity
+            and (paths_as_they_are or rel_path.isprintable())
+            else line(rel_path, outcome, duration, paths_as_they_are)
+            for rel_path, outcome, duration in rows
+        ]
+        if lines:
+            text = ("\n".join(lines) + "\n").encode()
+            for code, icon in encoded_icons:
+                text = text.replace(code, icon)
+            yield text
 
 
 @click.command("tail")

@@ -171,14 +171,39 @@ def write_lines(lines: Iterable[str], chunk_size: int = 5000) -> int:
     lines to write them at once is what makes them big.
     """
     count = 0
-    for chunk in _chunks(lines, chunk_size):
+    for chunk in batched(lines, chunk_size):
         sys.stdout.write("\n".join(chunk) + "\n")
         count += len(chunk)
     sys.stdout.flush()
     return count
 
 
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+def write_utf8_chunks(chunks: Iterable[bytes]) -> int:
+    """Text already encoded in UTF-8 on stdout, one write per chunk, as the chunks are produced; returns how many bytes.
+
+    Into stdout's binary buffer when stdout writes UTF-8 anyway; else each
+    chunk is decoded and written as text, so stdout's own encoding decides, as
+    for every other command.
+    """
+    out = sys.stdout
+    buffer = getattr(out, "buffer", None)
+    encoding = (getattr(out, "encoding", None) or "").lower().replace("_", "-")
+    if encoding not in ("utf-8", "utf8"):
+        buffer = None
+    out.flush()  # what was written as text before goes first
+    written = 0
+    for chunk in chunks:
+        if buffer is not None:
+            buffer.write(chunk)
+        else:
+            out.write(chunk.decode())
+        written += len(chunk)
+    (out if buffer is None else buffer).flush()
+    return written
+
+
+def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """``items`` in lists of up to ``size``."""
     iterator = iter(items)
     while chunk := list(itertools.islice(iterator, size)):
         yield chunk
@@ -214,7 +239,7 @@ def write_json_array(items: Iterable[Any], chunk_size: int = 2000) -> int:
     out = sys.stdout
     out.write("[")
     count = 0
-    for chunk in _chunks(items, chunk_size):
+    for chunk in batched(items, chunk_size):
         out.write(("," if count else "") + ",".join(_json_text(item, pretty) for item in chunk))
         count += len(chunk)
     out.write("]\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from pycomex_index.discovery import Outcome
 
@@ -25,17 +25,23 @@ def shown_status(outcome: str, state: str | None) -> str:
     return "interrupted" if outcome == Outcome.RUNNING and state == "interrupted" else outcome
 
 
+#: From here up, a finite duration is written in whole seconds: :func:`format_duration` of it is
+#: ``format_whole_seconds(round(seconds))``, which a loop over many durations may call directly.
+WHOLE_SECONDS_FROM = 10
+
+
 def format_duration(seconds: float | None) -> str:
     """``2m 15s``, ``5h 37m 30s``, ``45s``; fractions below ten seconds keep two decimals (``0.08s``)."""
     if seconds is None or not math.isfinite(seconds):
         return "unknown"
-    if seconds < 10 and seconds != int(seconds):
+    if seconds < WHOLE_SECONDS_FROM and seconds != int(seconds):
         return f"{seconds:.2f}s"
-    return _format_whole_seconds(round(seconds))
+    return format_whole_seconds(round(seconds))
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _format_whole_seconds(whole: int) -> str:
+def format_whole_seconds(whole: int) -> str:
+    """:func:`format_duration` of a whole number of seconds."""
     # Cached: a listing formats one duration per line, and a whole archive has far fewer distinct whole seconds
     # than runs (13,600 among 100,000): the lookup costs a third of the arithmetic and the f-string.
     hours, rest = divmod(whole, 3600)
@@ -104,6 +110,24 @@ def printable(text: str) -> str:
         character if character.isprintable() else character.encode("unicode_escape").decode("ascii")
         for character in text
     )
+
+
+#: The ASCII characters :meth:`str.isprintable` rejects.
+_ASCII_CONTROL = bytes(range(0x20)) + b"\x7f"
+
+
+def all_printable_ascii(texts: Iterable[str]) -> bool:
+    """Whether every one of ``texts`` is printable ASCII (so :func:`printable` leaves it as it is), tested at once.
+
+    ``isprintable()`` looks each character up in the Unicode tables (~25
+    instructions a character); here the texts are joined, encoded and swept
+    for control characters in C, about a third of that.
+    """
+    joined = "".join(texts)
+    if not joined.isascii():
+        return False
+    encoded = joined.encode("ascii")
+    return len(encoded.translate(None, _ASCII_CONTROL)) == len(encoded)
 
 
 def ruled_table_lines(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

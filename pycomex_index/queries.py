@@ -5,6 +5,8 @@ it runs one SQL query ordered by start time and, when an expression is
 given, lets SQL decide it where it can (see :mod:`pycomex_index.pushdown`);
 only the rows SQL cannot decide get ``m``/``p``, built from the narrowest
 columns the expression needs, and are kept when the expression is true.
+:func:`iter_selected_values` is the same road for a caller that wants the
+kept rows' columns alone, a list of them at a time (``list``).
 Experiments whose metadata could not be read are selected by nothing but
 "everything".
 """
@@ -16,7 +18,6 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any, overload
 
 from pycomex_index.db import Row
@@ -136,153 +137,234 @@ def iter_selected(
     yielded: a listing of many rows must not keep every m and p alive.
     ``failures`` counts rows on which ``selection`` raised (they are not selected).
     """
-    import json
-
-    import orjson
-
-    expressions = [expression for expression in (selection, also_evaluates) if expression is not None]
-    reads_metadata = max((expression.reads_metadata for expression in expressions), default=READS_NO_METADATA)
-    reads_parameters = any(expression.reads_parameters for expression in expressions)
-    # m['state'] judges a running run by its files (pycomex_index.liveness): only for an expression that can see it.
-    derives_state = any(expression.may_read_metadata_key("state") for expression in expressions)
-    builds_metadata = any(expression.may_read_metadata_key(key) for expression in expressions for key in BUILT_KEYS)
-    failures = failures if failures is not None else EvaluationFailures()
-    selected: list[str] = list(columns)
-    join = ""
-    # Reading every row, it is faster to let SQLite sort them than to walk the start-time index, which
-    # fetches each row out of storage order (+ keeps the index from serving the ORDER BY); a limited
-    # read walks the index, so it stops as soon as it has enough.
-    if limit is None:
-        (table, archive_condition), sort_key = experiments_table(index), "+e.start_time"
-    else:
-        table, archive_condition, sort_key = "experiments e", _ARCHIVE_CONDITION, "e.start_time"
-    conditions = [archive_condition] if archive_condition else []
-    params: dict[str, Any] = {"archive_id": index.archive_id}
-    prefilter = prefilter_for(selection) if selection else None
-    verdict_at = None
-    if prefilter is not None:
-        conditions.append(prefilter.condition)
-        params.update(prefilter.params)
-        failures.pushed_down, failures.sql_condition = prefilter.pushed, prefilter.condition
-        verdict_at = len(selected)
-        selected.append(prefilter.verdict)
-    # The columns Python reads to build m and p, at these positions among them.
-    for_python: list[str] = []
-    parameters_at = summary_at = path_at = needs_python_at = None
-    if reads_parameters or with_parameters:
-        parameters_at = len(for_python)
-        for_python.append("f.parameters_json")
-    if reads_metadata == READS_SUMMARY:
-        summary_at = len(for_python)
-        for_python.append("f.summary_json")
-    if parameters_at is not None or summary_at is not None:
-        # Documents in Python's dialect (NaN, big integers...) are read by the json module; the rest by orjson.
-        needs_python_at = len(for_python)
-        for_python.append(_NEEDS_PYTHON)
-    if reads_metadata != READS_NO_METADATA:
-        path_at = len(for_python)
-        for_python += ["e.rel_path", "e.namespace", "e.outcome"]
-    documents_join = " LEFT JOIN experiment_fields f ON f.experiment_id = e.id" if needs_python_at is not None else ""
-    # Python evaluates only the rows SQL left undecided: unless the caller wants every row's m or p, the
-    # others need none of the columns it reads, which a second query fetches for the undecided rows alone
-    # (see _PythonColumns).
-    python_columns = None
-    if verdict_at is not None and not with_parameters and also_evaluates is None and for_python:
-        python_columns = _PythonColumns(index, for_python, documents_join, verdict_at=verdict_at, id_at=len(selected))
-        selected.append("e.id")
-    else:
-        offset = len(selected)
-        parameters_at, summary_at, path_at, needs_python_at = (
-            None if at is None else offset + at for at in (parameters_at, summary_at, path_at, needs_python_at)
-        )
-        selected += for_python
-        join = documents_join
-    if prefilter is not None:
-        join += "".join(" " + parameter_join for parameter_join in prefilter.joins)
-    if not include_unreadable or expressions:
-        # After the prefilter's condition: SQLite tests the conditions in this order, and a row the
-        # prefilter drops is not read for its outcome too.
-        conditions.append(f"e.outcome <> '{Outcome.ERROR.value}'")
-    direction = "DESC" if newest_first else "ASC"
-    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-    sql = (
-        f"SELECT {', '.join(selected)} FROM {table}{join}{where} "
-        f"ORDER BY {sort_key} {direction} {_NULLS[direction]}, e.rel_path {direction}"
+    read = _SelectedRead(
+        index,
+        columns,
+        selection,
+        also_evaluates=also_evaluates,
+        newest_first=newest_first,
+        include_unreadable=include_unreadable,
+        limit=limit,
+        with_parameters=with_parameters,
+        failures=failures,
     )
-    if limit is not None and selection is None:
-        sql += f" LIMIT {int(limit)}"
-    if limit is not None and limit <= 0:
-        return  # the loop below checks the limit after each row it yields: "none at all" is settled here
-    width = len(columns)
-    fast_loads, exact_loads = orjson.loads, json.loads
-    folder_prefix = index.root.rstrip("/") + "/"
-    namespace = evaluation_globals(None, None)
-    run_states = RunStates(index)
-    evaluates_also = also_evaluates is not None
-    # Where SQL found the selection true for certain and the caller wants the columns alone (list, the ids of
-    # overview), the row is yielded as it came: nothing is parsed, built or evaluated for it.
-    columns_alone_at = verdict_at if not with_parameters and not evaluates_also else None
-    kept = 0
-    # Each column position is set exactly when its column was selected (parameters_at: reads_parameters or
-    # with_parameters; summary_at: READS_SUMMARY; path_at: any metadata), so the tests below are on the
-    # positions themselves.
-    for batch in _batches(index.db.execute(sql, params), limit):
-        if python_columns is not None:
-            python_columns.look_up(batch)
-        for values in batch:
-            if columns_alone_at is not None and values[columns_alone_at] == 1:
-                failures.selected_in_sql += 1
-                yield values[:width], None, None
-                kept += 1
-                if limit is not None and kept >= limit:
-                    return
-                continue
-            # Where SQL found the selection true for certain, Python need not evaluate it again.
-            decided = verdict_at is not None and values[verdict_at] == 1
-            evaluates_selection = selection is not None and not decided
-            builds_namespace = evaluates_selection or evaluates_also
-            read = values if python_columns is None else python_columns.of(values)
-            if read is None:
-                continue  # removed from the index since the rows were read
-            parameters = None
-            loads = exact_loads if needs_python_at is not None and read[needs_python_at] else fast_loads
-            if parameters_at is not None and (with_parameters or builds_namespace):
-                text = read[parameters_at]
-                parameters = loads(text) if text else {}
-            if builds_namespace:
-                metadata = None
-                if path_at is not None:
-                    rel_path = read[path_at]
-                    if summary_at is not None:
-                        summary = read[summary_at]
-                        metadata = loads(summary) if summary else {}
-                    else:
-                        # The whole document is not in the index: read the file, after SQL has narrowed the rows.
+    # Chained in C: no generator of this function's own steps in between the caller and each batch's rows. islice
+    # takes no row past the limit, so no row past the last one kept is evaluated (nor is the query run for none).
+    rows = itertools.chain.from_iterable(map(read.selected_in, read.batches()))
+    return rows if limit is None else itertools.islice(rows, max(limit, 0))
+
+
+def iter_selected_values(
+    index: ArchiveIndex,
+    columns: Sequence[str],
+    selection: CompiledExpression | None = None,
+    *,
+    include_unreadable: bool = True,
+    failures: EvaluationFailures | None = None,
+) -> Iterator[list[Row]]:
+    """The ``values`` :func:`iter_selected` yields (same arguments), a list of them at a time.
+
+    For a caller that wants every kept row's columns alone (``list``): each
+    batch's kept rows are gathered by ``list()``, not yielded one by one.
+    """
+    read = _SelectedRead(
+        index, columns, selection, include_unreadable=include_unreadable, failures=failures, values_alone=True
+    )
+    return map(list, map(read.selected_in, read.batches()))
+
+
+class _SelectedRead:
+    """One read of the rows a selection keeps: its SQL, and Python's part in the rows SQL leaves undecided.
+
+    The query is one SQL query ordered by start time; when an expression is
+    given SQL decides it where it can (:mod:`pycomex_index.pushdown`); only
+    the rows SQL cannot decide get ``m``/``p``, built from the narrowest
+    columns the expression needs (``selected_in``).
+    """
+
+    def __init__(
+        self,
+        index: ArchiveIndex,
+        columns: Sequence[str],
+        selection: CompiledExpression | None,
+        *,
+        also_evaluates: CompiledExpression | None = None,
+        newest_first: bool = False,
+        include_unreadable: bool = True,
+        limit: int | None = None,
+        with_parameters: bool = False,
+        failures: EvaluationFailures | None = None,
+        values_alone: bool = False,
+    ) -> None:
+        """``values_alone``: :meth:`selected_in` yields a kept row's values, not the triple :func:`iter_selected` yields."""
+        import json
+
+        import orjson
+
+        expressions = [expression for expression in (selection, also_evaluates) if expression is not None]
+        reads_metadata = max((expression.reads_metadata for expression in expressions), default=READS_NO_METADATA)
+        reads_parameters = any(expression.reads_parameters for expression in expressions)
+        # m['state'] judges a running run by its files (pycomex_index.liveness): only for an expression that can see it.
+        derives_state = any(expression.may_read_metadata_key("state") for expression in expressions)
+        builds_metadata = any(expression.may_read_metadata_key(key) for expression in expressions for key in BUILT_KEYS)
+        failures = failures if failures is not None else EvaluationFailures()
+        selected: list[str] = list(columns)
+        join = ""
+        # Reading every row, it is faster to let SQLite sort them than to walk the start-time index, which
+        # fetches each row out of storage order (+ keeps the index from serving the ORDER BY); a limited
+        # read walks the index, so it stops as soon as it has enough.
+        if limit is None:
+            (table, archive_condition), sort_key = experiments_table(index), "+e.start_time"
+        else:
+            table, archive_condition, sort_key = "experiments e", _ARCHIVE_CONDITION, "e.start_time"
+        conditions = [archive_condition] if archive_condition else []
+        params: dict[str, Any] = {"archive_id": index.archive_id}
+        prefilter = prefilter_for(selection) if selection else None
+        verdict_at = None
+        if prefilter is not None:
+            conditions.append(prefilter.condition)
+            params.update(prefilter.params)
+            failures.pushed_down, failures.sql_condition = prefilter.pushed, prefilter.condition
+            verdict_at = len(selected)
+            selected.append(prefilter.verdict)
+        # The columns Python reads to build m and p, at these positions among them.
+        for_python: list[str] = []
+        parameters_at = summary_at = path_at = needs_python_at = None
+        if reads_parameters or with_parameters:
+            parameters_at = len(for_python)
+            for_python.append("f.parameters_json")
+        if reads_metadata == READS_SUMMARY:
+            summary_at = len(for_python)
+            for_python.append("f.summary_json")
+        if parameters_at is not None or summary_at is not None:
+            # Documents in Python's dialect (NaN, big integers...) are read by the json module; the rest by orjson.
+            needs_python_at = len(for_python)
+            for_python.append(_NEEDS_PYTHON)
+        if reads_metadata != READS_NO_METADATA:
+            path_at = len(for_python)
+            for_python += ["e.rel_path", "e.namespace", "e.outcome"]
+        documents_join = (
+            " LEFT JOIN experiment_fields f ON f.experiment_id = e.id" if needs_python_at is not None else ""
+        )
+        # Python evaluates only the rows SQL left undecided: unless the caller wants every row's m or p, the
+        # others need none of the columns it reads, which a second query fetches for the undecided rows alone
+        # (see _PythonColumns).
+        python_columns = None
+        if verdict_at is not None and not with_parameters and also_evaluates is None and for_python:
+            python_columns = _PythonColumns(
+                index, for_python, documents_join, verdict_at=verdict_at, id_at=len(selected)
+            )
+            selected.append("e.id")
+        else:
+            offset = len(selected)
+            parameters_at, summary_at, path_at, needs_python_at = (
+                None if at is None else offset + at for at in (parameters_at, summary_at, path_at, needs_python_at)
+            )
+            selected += for_python
+            join = documents_join
+        if prefilter is not None:
+            join += "".join(" " + parameter_join for parameter_join in prefilter.joins)
+        if not include_unreadable or expressions:
+            # After the prefilter's condition: SQLite tests the conditions in this order, and a row the
+            # prefilter drops is not read for its outcome too.
+            conditions.append(f"e.outcome <> '{Outcome.ERROR.value}'")
+        direction = "DESC" if newest_first else "ASC"
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        sql = (
+            f"SELECT {', '.join(selected)} FROM {table}{join}{where} "
+            f"ORDER BY {sort_key} {direction} {_NULLS[direction]}, e.rel_path {direction}"
+        )
+        if limit is not None and selection is None:
+            sql += f" LIMIT {int(limit)}"
+        self.db, self.sql, self.params, self.limit = index.db, sql, params, limit
+        self.width = width = len(columns)
+        self.failures = failures
+        #: Where the row's SQL verdict is (1: selected for certain; NULL: Python decides), when SQL gives one.
+        self.verdict_at = verdict_at
+        self.python_columns = python_columns
+        fast_loads, exact_loads = orjson.loads, json.loads
+        folder_prefix = index.root.rstrip("/") + "/"
+        namespace = evaluation_globals(None, None)
+        run_states = RunStates(index)
+        evaluates_also = also_evaluates is not None
+        # Where SQL found the selection true for certain and the caller wants the columns alone (list, the ids of
+        # overview), the row is yielded as it came: nothing is parsed, built or evaluated for it.
+        columns_alone_at = verdict_at if not with_parameters and not evaluates_also else None
+
+        # Each column position is set exactly when its column was selected (parameters_at: reads_parameters or
+        # with_parameters; summary_at: READS_SUMMARY; path_at: any metadata), so the tests below are on the
+        # positions themselves.
+        def selected_in(batch: list[Row]) -> Iterator[Any]:
+            """What :func:`iter_selected` yields for each selected row of a :meth:`batches` list, in order.
+
+            One generator per batch, not a call per row: a call to a closure this
+            size costs ~1,100 instructions in CPython 3.11 (2% of ``scan --group``).
+            """
+            nonlocal namespace
+            for values in batch:
+                if columns_alone_at is not None and values[columns_alone_at] == 1:
+                    failures.selected_in_sql += 1
+                    yield values[:width] if values_alone else (values[:width], None, None)
+                    continue
+                # Where SQL found the selection true for certain, Python need not evaluate it again.
+                decided = verdict_at is not None and values[verdict_at] == 1
+                evaluates_selection = selection is not None and not decided
+                builds_namespace = evaluates_selection or evaluates_also
+                read = values if python_columns is None else python_columns.of(values)
+                if read is None:
+                    continue  # removed from the index since the rows were read
+                parameters = None
+                loads = exact_loads if needs_python_at is not None and read[needs_python_at] else fast_loads
+                if parameters_at is not None and (with_parameters or builds_namespace):
+                    text = read[parameters_at]
+                    parameters = loads(text) if text else {}
+                if builds_namespace:
+                    metadata = None
+                    if path_at is not None:
+                        rel_path = read[path_at]
+                        if summary_at is not None:
+                            summary = read[summary_at]
+                            metadata = loads(summary) if summary else {}
+                        else:
+                            # The whole document is not in the index: read the file, after SQL has narrowed the rows.
+                            try:
+                                metadata = read_metadata(folder_prefix + path_on_disk(rel_path))
+                            except ValueError as error:
+                                failures.record(error)
+                                continue
+                        if builds_metadata:
+                            path = folder_prefix + path_on_disk(rel_path)
+                            metadata = build_metadata(metadata, path=path, namespace=read[path_at + 1])
+                        if derives_state:
+                            _derive_state(metadata, run_states, rel_path, read[path_at + 2])
+                    namespace = rebind_evaluation_globals(namespace, metadata, parameters)
+                    if selection is not None and not decided:  # evaluates_selection, spelled out for the type checker
+                        failures.evaluated += 1
                         try:
-                            metadata = read_metadata(folder_prefix + path_on_disk(rel_path))
-                        except ValueError as error:
+                            if not evaluate(selection, namespace):
+                                continue
+                        except Exception as error:
                             failures.record(error)
                             continue
-                    if builds_metadata:
-                        path = folder_prefix + path_on_disk(rel_path)
-                        metadata = build_metadata(metadata, path=path, namespace=read[path_at + 1])
-                    if derives_state:
-                        _derive_state(metadata, run_states, rel_path, read[path_at + 2])
-                namespace = rebind_evaluation_globals(namespace, metadata, parameters)
-                if selection is not None and not decided:  # evaluates_selection, spelled out for the type checker
-                    failures.evaluated += 1
-                    try:
-                        if not evaluate(selection, namespace):
-                            continue
-                    except Exception as error:
-                        failures.record(error)
-                        continue
-            if decided:
-                failures.selected_in_sql += 1
-            yield values[:width], (parameters if with_parameters else None), (namespace if also_evaluates else None)
-            kept += 1
-            if limit is not None and kept >= limit:
-                return
+                if decided:
+                    failures.selected_in_sql += 1
+                if values_alone:
+                    yield values[:width]
+                else:
+                    yield (
+                        values[:width],
+                        (parameters if with_parameters else None),
+                        (namespace if also_evaluates else None),
+                    )
+
+        self.selected_in = selected_in
+
+    def batches(self) -> Iterator[list[Row]]:
+        """The query's rows, a list at a time, with the columns Python reads looked up for each list."""
+        for batch in _batches(self.db.execute(self.sql, self.params), self.limit):
+            if self.python_columns is not None:
+                self.python_columns.look_up(batch)
+            yield batch
 
 
 class _PythonColumns:
@@ -366,21 +448,22 @@ def iter_listing(
     index: ArchiveIndex,
     selection: CompiledExpression | None = None,
     failures: EvaluationFailures | None = None,
-) -> Iterator[Row]:
-    """``(rel_path, outcome, duration)`` of every readable experiment that ``selection`` keeps, oldest first.
+) -> Iterator[list[Row]]:
+    """``(rel_path, outcome, duration)`` of every readable experiment that ``selection`` keeps, oldest first, in batches.
 
-    The hot path of ``list``: plain tuples, no per-row objects. Without a
-    selection it is served by one covering index (100,000 rows in well under
-    0.1 s).
+    The hot path of ``list``: plain tuples, no per-row objects, handed on a
+    list at a time so the caller formats them in one comprehension each.
+    Without a selection it is served by one covering index (100,000 rows in
+    well under 0.1 s).
     """
     if selection is not None:
-        rows = iter_selected(index, _LISTING_COLUMNS, selection, include_unreadable=False, failures=failures)
-        return map(itemgetter(0), rows)  # the values alone; a C loop, not a generator frame per row
-    return index.db.execute(
+        return iter_selected_values(index, _LISTING_COLUMNS, selection, include_unreadable=False, failures=failures)
+    rows = index.db.execute(
         "SELECT rel_path, outcome, duration FROM experiments "
         f"WHERE archive_id = :archive_id AND outcome <> '{Outcome.ERROR.value}' ORDER BY start_time NULLS FIRST, rel_path",
         {"archive_id": index.archive_id},
     )
+    return _batches(rows, None)
 
 
 def unreadable_experiments(index: ArchiveIndex) -> Iterator[ExperimentRow]:
