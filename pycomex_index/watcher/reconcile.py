@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 
 from pycomex_index.store import ArchiveIndex
-from pycomex_index.sync import SyncReport
 from pycomex_index.sync_process import Stopping, SyncProcessError, full_sync
 from pycomex_index.watcher.changes import ChangeQueue
 
@@ -117,7 +116,6 @@ class Reconciler:
         started = time.monotonic()
         seconds = None
         try:
-            report: SyncReport
             report = full_sync(index, lambda: self._queue.stopping, in_child=in_child)
             seconds = report.seconds
             if report.changed:
