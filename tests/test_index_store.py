@@ -109,14 +109,8 @@ def test_an_index_at_revision_0007_gains_the_liveness_table_keeping_its_rows(arc
         assert index.db.fetch_one("SELECT COUNT(*) FROM run_liveness")[0] == 0
 
 
-@pytest.mark.sqlite_only("builds a SQLite file at an old revision")
-def test_an_index_at_0008_gets_its_parameter_columns_filled(archive: Path, tmp_path: Path) -> None:
-    path = tmp_path / "old.sqlite3"
-    old = sqlite_index_at_revision(path, "0008", archive)
-    documents = {
-        7: ('{"A":0.30000000000000004,"B":"x","C":true,"D":null,"E":[1],"F":9007199254740993,"__PREFIX__":1e-05}', 0),
-        8: ('{"A":NaN,"__PREFIX__":"p"}', 1),
-    }
+def _insert_done_runs(old, documents: dict[int, tuple[str, int]]) -> None:
+    """Done runs ``old/run<id>`` in an index at an old revision, ``{id: (parameters_json, needs_python)}``."""
     for id_, (parameters, needs_python) in documents.items():
         old.execute(
             "INSERT INTO experiments (id, archive_id, rel_path, namespace, outcome, asset_count, disk_usage, "
@@ -127,6 +121,17 @@ def test_an_index_at_0008_gets_its_parameter_columns_filled(archive: Path, tmp_p
             "VALUES (:id, '{}', :parameters, :needs_python)",
             {"id": id_, "parameters": parameters, "needs_python": needs_python},
         )
+
+
+@pytest.mark.sqlite_only("builds a SQLite file at an old revision")
+def test_an_index_at_0008_gets_its_parameter_columns_filled(archive: Path, tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    old = sqlite_index_at_revision(path, "0008", archive)
+    documents = {
+        7: ('{"A":0.30000000000000004,"B":"x","C":true,"D":null,"E":[1],"F":9007199254740993,"__PREFIX__":1e-05}', 0),
+        8: ('{"A":NaN,"__PREFIX__":"p"}', 1),
+    }
+    _insert_done_runs(old, documents)
     old.close()
 
     with open_archive_index(str(archive), str(path)) as index:
@@ -164,16 +169,7 @@ def test_an_index_at_0013_gets_each_runs_prefix_as_str_shows_it(archive: Path, t
         12: ('{"__PREFIX__":"lone \\udcff"}', 1),
         13: ('{"__PREFIX__":[1, true]}', 0),
     }
-    for id_, (parameters, needs_python) in documents.items():
-        old.execute(
-            "INSERT INTO experiments (id, archive_id, rel_path, namespace, outcome, asset_count, disk_usage, "
-            f"meta_mtime_ns, meta_size, folder_mtime_ns) VALUES ({id_}, 1, 'old/run{id_}', 'old', 'done', 1, 10, 1, 1, 1)"
-        )
-        old.execute(
-            "INSERT INTO experiment_fields (experiment_id, summary_json, parameters_json, needs_python) "
-            "VALUES (:id, '{}', :parameters, :needs_python)",
-            {"id": id_, "parameters": parameters, "needs_python": needs_python},
-        )
+    _insert_done_runs(old, documents)
     # A run whose metadata could not be read has no documents.
     old.execute(
         "INSERT INTO experiments (id, archive_id, rel_path, namespace, outcome, asset_count, disk_usage, "

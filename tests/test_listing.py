@@ -40,8 +40,13 @@ def _dead_pid() -> int:
     return process.pid
 
 
-def _listing_archive(tmp_path: Path) -> Path:
-    """Finished runs with every duration, odd names among them, running runs live and interrupted, a broken file."""
+def _listing_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Finished runs with every duration, odd names among them, running runs live and interrupted, a broken file.
+
+    Runs are taken for interrupted after an hour without a change (the default; conftest sets 0 for every test),
+    which the interrupted one's backdated files are past and the live one's are not.
+    """
+    monkeypatch.setenv("PYCOMEX_INDEX_INTERRUPTED_AFTER", "3600")
     archive = tmp_path / "results"
     start = 1700000000.0
     for number, duration in enumerate(DURATIONS * 2):
@@ -95,8 +100,7 @@ def _expected_listing(run_cli, archive: Path, select: str | None = None) -> str:
 def test_every_line_follows_the_per_row_rule_across_batch_boundaries(
     tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch, batch_rows: int
 ) -> None:
-    archive = _listing_archive(tmp_path)
-    monkeypatch.setenv("PYCOMEX_INDEX_INTERRUPTED_AFTER", "3600")
+    archive = _listing_archive(tmp_path, monkeypatch)
     monkeypatch.setattr(queries, "_BATCH_ROWS", batch_rows)
     expected = _expected_listing(run_cli, archive)
     # The runs the test is about are all there: live, interrupted, escaped names and the broken file last.
@@ -114,8 +118,7 @@ def test_every_line_follows_the_per_row_rule_across_batch_boundaries(
 def test_select_lists_rows_sql_decides_and_rows_python_decides_in_their_order(
     tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch, batch_rows: int
 ) -> None:
-    archive = _listing_archive(tmp_path)
-    monkeypatch.setenv("PYCOMEX_INDEX_INTERRUPTED_AFTER", "3600")
+    archive = _listing_archive(tmp_path, monkeypatch)
     monkeypatch.setattr(queries, "_BATCH_ROWS", batch_rows)
     select = "p['X'] < 12"
     expected = _expected_listing(run_cli, archive, select)
@@ -164,8 +167,7 @@ def test_a_real_stdout_gets_the_same_text_in_its_own_encoding(
     tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch, encoding: str
 ) -> None:
     """UTF-8 goes to stdout's binary buffer as it was encoded; any other encoding gets the text through stdout."""
-    archive = _listing_archive(tmp_path)
-    monkeypatch.setenv("PYCOMEX_INDEX_INTERRUPTED_AFTER", "3600")
+    archive = _listing_archive(tmp_path, monkeypatch)
     expected = _expected_listing(run_cli, archive)
     listed = subprocess.run(
         [sys.executable, "-m", "pycomex_index", "archive", "list", "--path", str(archive)],
