@@ -180,16 +180,21 @@ def test_assets_written_by_a_running_run_update_its_disk_usage(archive, start_wa
     assert reader.row(RUNNING_FIXTURE)["disk_usage"] == before["disk_usage"] + 50_000
 
 
+def _edit_failed_run_to_done(archive: Path) -> str:
+    """Rewrite :data:`FAILED_RUN`'s metadata as done, an edit no watch sees (finished runs are not watched)."""
+    metadata = json.loads((archive / FAILED_RUN / "experiment_meta.json").read_text())
+    metadata["has_error"], metadata["status"] = False, "done"
+    (archive / FAILED_RUN / "experiment_meta.json").write_text(json.dumps(metadata, indent=4, sort_keys=True))
+    return FAILED_RUN
+
+
 def test_edits_to_finished_runs_are_caught_by_the_periodic_rewalk(archive, start_watcher, reader, monkeypatch):
     import pycomex_index.watcher.core as core_module
 
     # The interval alone: 200 times a catch-up of 0.03 s (PostgreSQL) would outlast the wait below.
     monkeypatch.setattr(core_module, "REWALK_DUTY_FACTOR", 0.0)
     start_watcher(reconcile_interval=0.3)
-    finished = FAILED_RUN  # failed: made done below
-    metadata = json.loads((archive / finished / "experiment_meta.json").read_text())
-    metadata["has_error"], metadata["status"] = False, "done"
-    (archive / finished / "experiment_meta.json").write_text(json.dumps(metadata, indent=4, sort_keys=True))
+    finished = _edit_failed_run_to_done(archive)
     assert wait_until(lambda: reader.outcomes()[finished] == "done")
 
 
@@ -201,10 +206,7 @@ def test_periodic_rewalks_wait_in_proportion_to_how_long_the_last_sync_took(
     # As if the catch-up had taken long (a huge archive): the 0.3 s interval gives way to the duty factor.
     monkeypatch.setattr(core_module, "REWALK_DUTY_FACTOR", 1e9)
     watcher = start_watcher(reconcile_interval=0.3)
-    finished = FAILED_RUN  # failed: made done below
-    metadata = json.loads((archive / finished / "experiment_meta.json").read_text())
-    metadata["has_error"], metadata["status"] = False, "done"
-    (archive / finished / "experiment_meta.json").write_text(json.dumps(metadata, indent=4, sort_keys=True))
+    finished = _edit_failed_run_to_done(archive)
     assert not wait_until(lambda: reader.outcomes()[finished] == "done", timeout=2)
     watcher._reconciler.request("asked for")  # a re-walk asked for (events lost) does not wait
     assert wait_until(lambda: reader.outcomes()[finished] == "done")
