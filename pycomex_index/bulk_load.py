@@ -47,7 +47,9 @@ SECONDARY_INDEXES: dict[str, str] = {
     "ix_experiments_namespace": "(archive_id, namespace)",
     "ix_experiments_stamps": "(archive_id, rel_path, meta_mtime_ns, meta_size, folder_mtime_ns)",
     "ix_experiments_prefix": "(archive_id, prefix, outcome, end_time, duration, disk_usage)",
-    "ix_experiments_running": "(archive_id, outcome, rel_path, start_time) WHERE outcome = 'running'",
+    "ix_experiments_running": (
+        "(archive_id, outcome, rel_path, start_time, meta_mtime_ns, folder_mtime_ns) WHERE outcome = 'running'"
+    ),
 }
 #: Beside the index file: held (``flock``) by the process loading without indexes.
 LOCK_SUFFIX = ".bulk-load"

@@ -107,13 +107,16 @@ class Experiment(Base):
         Index("ix_experiments_stamps", "archive_id", "rel_path", "meta_mtime_ns", "meta_size", "folder_mtime_ns"),
         # scan's default grouping, in the index's order and off the index alone (migration 0014).
         Index("ix_experiments_prefix", "archive_id", "prefix", "outcome", "end_time", "duration", "disk_usage"),
-        # The runs whose status says running, which every command that shows their state judges (migration 0014).
+        # The runs whose status says running, which every command that shows their state judges, with what
+        # judging reads (migrations 0014, 0015).
         Index(
             "ix_experiments_running",
             "archive_id",
             "outcome",
             "rel_path",
             "start_time",
+            "meta_mtime_ns",
+            "folder_mtime_ns",
             sqlite_where=text("outcome = 'running'"),
             postgresql_where=text("outcome = 'running'"),
         ),

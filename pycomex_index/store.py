@@ -49,7 +49,7 @@ from pycomex_index.postgresql import PostgresDatabase, serves_url
 logger = logging.getLogger("pycomex_index")
 
 #: The newest migration shipped in ``pycomex_index.migrations`` (a test keeps the two equal).
-HEAD_REVISION = "0014"
+HEAD_REVISION = "0015"
 INDEX_ENV_VARIABLE = "PYCOMEX_INDEX"
 INDEX_FILE_NAME = "index.sqlite3"
 #: Written into the SQLite header of every index we open (``PRAGMA application_id``, "PCXI"): the header
@@ -67,6 +67,11 @@ class ArchiveIndex:
     location: str
     #: Opened without write access (an immutable or read-only file): nothing can be synced into it.
     read_only: bool = False
+    #: The stored times of every experiment's metadata file (and of its folder) are the disk's: this process
+    #: just compared them in a sync, or a live watcher keeps them current. Judging a running run then reads
+    #: them here instead of calling ``stat`` (see :mod:`pycomex_index.liveness`).
+    metadata_times_current: bool = False
+    folder_times_current: bool = False
 
     @property
     def display_root(self) -> str:

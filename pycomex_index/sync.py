@@ -171,6 +171,8 @@ def sync_archive(
         )
 
     db.run_in_transaction(finish, durable=False)  # bookkeeping: a crash that loses it costs a re-check
+    index.metadata_times_current = True
+    index.folder_times_current = index.folder_times_current or check_assets
     return report
 
 
@@ -487,6 +489,7 @@ def refresh_index(index: ArchiveIndex, *, on_progress: ProgressCallback | None =
     command on a large archive.
     """
     if has_fresh_watcher(index):
+        index.metadata_times_current = index.folder_times_current = True
         return None
     return sync_archive(index, check_assets=False, on_progress=on_progress)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_metadata, read_meta, sqlite_plan, statements_sent, write_meta
+from tests.helpers_write import freeze_index
 
 NAMESPACE = "ns"
 
@@ -392,3 +393,49 @@ def test_the_running_runs_are_read_off_their_own_index(tmp_path: Path) -> None:
         sql, params = next((sql, params) for sql, params in sent if "FROM experiments" in sql)
         # The partial index of the running runs alone: not a walk of every run's entry in a wider index.
         assert "COVERING INDEX ix_experiments_running" in sqlite_plan(index.db, sql, params)
+
+
+@pytest.mark.parametrize(
+    ("how", "stated"),
+    [
+        ("not refreshed", {"folder", "experiment_meta.json", "experiment_out.log"}),
+        # A read command's sync compares every metadata file's time, not the folders' (refresh_index).
+        ("read command's sync", {"folder", "experiment_out.log"}),
+        ("full sync", {"experiment_out.log"}),
+        ("fresh watcher", {"experiment_out.log"}),
+    ],
+)
+def test_judging_reads_the_file_times_the_index_holds_where_they_are_the_disks(
+    tmp_path: Path, monkeypatch, how: str, stated: set[str]
+) -> None:
+    from pycomex_index.liveness import INTERRUPTED, RunStates
+    from pycomex_index.store import open_archive_index
+    from pycomex_index.sync import refresh_index, sync_archive
+
+    monkeypatch.setenv("PYCOMEX_INDEX_INTERRUPTED_AFTER", "3600")
+    archive = tmp_path / "results"
+    killed = _running_run(archive, f"26_11_2026__14_03_50__p{2**22 + 12345}__wKXG")  # a pid never alive
+    (archive / killed / "experiment_out.log").write_text("2026-11-26 14:03:50,754 - started\n")
+    _backdate(archive / killed, 2 * 3600)
+    with open_archive_index(str(archive)) as index:
+        sync_archive(index)
+    with open_archive_index(str(archive)) as index:
+        if how == "read command's sync":
+            assert refresh_index(index) is not None
+        elif how == "full sync":
+            sync_archive(index)
+        elif how == "fresh watcher":
+            freeze_index(archive)
+            assert refresh_index(index) is None  # trusted: no sync
+        # A spy, not a stand-in: every stat still reaches the disk.
+        real_stat, stated_names = os.stat, []
+
+        def spying_stat(path, *args, **kwargs):
+            stated_names.append(Path(path).name)
+            return real_stat(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "stat", spying_stat)
+        assert RunStates(index).judge(killed).state == INTERRUPTED
+        monkeypatch.setattr(os, "stat", real_stat)
+    folder_name = killed.rpartition("/")[2]
+    assert {"folder" if name == folder_name else name for name in stated_names} == stated

@@ -178,6 +178,20 @@ def test_assets_written_by_a_running_run_update_its_disk_usage(archive, start_wa
     (archive / RUNNING_FIXTURE / "checkpoint.bin").write_bytes(b"\0" * 50_000)
     assert wait_until(lambda: reader.row(RUNNING_FIXTURE)["asset_count"] == before["asset_count"] + 1)
     assert reader.row(RUNNING_FIXTURE)["disk_usage"] == before["disk_usage"] + 50_000
+    # Judging whether the run still runs reads the folder's time from the index while a watcher vouches for it.
+    assert reader.row(RUNNING_FIXTURE)["folder_mtime_ns"] == os.stat(archive / RUNNING_FIXTURE).st_mtime_ns
+
+
+def test_a_file_added_to_a_polled_running_run_reaches_the_index_folder_time(archive, start_watcher, reader):
+    write_run(archive / "neural_net" / "polled", status="running")
+    watcher = start_watcher(max_watches=FIXTURE_WATCHES, poll_interval=0.2)
+    assert "1 more running experiments polled every 0.2 s" in watcher.status().note
+    folder = archive / "neural_net" / "polled"
+    before = reader.row("neural_net/polled")["folder_mtime_ns"]
+    time.sleep(0.01)  # a folder time that can differ from the one the catch-up stored
+    (folder / "checkpoint.bin").write_bytes(b"\0" * 10)
+    assert os.stat(folder).st_mtime_ns != before
+    assert wait_until(lambda: reader.row("neural_net/polled")["folder_mtime_ns"] == os.stat(folder).st_mtime_ns)
 
 
 def _edit_failed_run_to_done(archive: Path) -> str:
