@@ -30,12 +30,14 @@ a daemon-mode ``tail`` on a 300-experiment archive, 30 alternating runs each
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +81,27 @@ def run_once(arguments: list[str], env: dict[str, str] | None = None) -> Measure
     seconds = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)
     return Measurement(seconds, usage.ru_maxrss / 1024, process.returncode, usage.ru_utime + usage.ru_stime)
+
+
+#: Where pycomex-index's client writes what the command server's worker used (pycomex_index.command_server).
+SERVED_USAGE_FILE_VARIABLE = "PYCOMEX_INDEX_SERVED_USAGE_FILE"
+
+
+def run_measuring_the_server(arguments: list[str], env: dict[str, str] | None = None) -> Measurement:
+    """:func:`run_once`, counting the command server's worker too when the command ran there.
+
+    With a daemon running, a read command's work is done in a worker forked
+    from the daemon's command server, not in the process started here: the
+    peak RSS is the larger of the two, the CPU time their sum.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        usage_file = Path(folder) / "usage.jsonl"
+        measured = run_once(arguments, {**(env or os.environ), SERVED_USAGE_FILE_VARIABLE: str(usage_file)})
+        if usage_file.exists():
+            worker = json.loads(usage_file.read_text().splitlines()[-1])
+            measured.peak_rss_mb = max(measured.peak_rss_mb, worker["max_rss_kib"] / 1024)
+            measured.cpu_seconds += worker["cpu_seconds"]
+    return measured
 
 
 def median(measurements: list[Measurement]) -> Measurement:
@@ -278,7 +301,8 @@ def _daemon_rows(root, index_bin, index, pycomex, repeat, env) -> list[tuple[str
         time.sleep(2)
         results = []
         for label, arguments in COMMANDS:
-            results.append((f"`{label}`", median([run_once(index + arguments, env) for _ in range(repeat)])))
+            measured = [run_measuring_the_server(index + arguments, env) for _ in range(repeat)]
+            results.append((f"`{label}`", median(measured)))
         return results
     finally:
         subprocess.run(daemon + ["stop", "--path", str(root)], env=env, capture_output=True)
@@ -293,6 +317,8 @@ class DaemonFootprint:
     rss_mb: float
     idle_cpu_percent: float
     note: str
+    #: The command server the watcher started beside itself (None: none runs).
+    server_rss_mb: float | None = None
 
 
 def daemon_footprint(
@@ -340,12 +366,16 @@ def daemon_footprint(
         cpu_before = _cpu_seconds(pid)
         time.sleep(idle_seconds)
         idle_cpu = 100 * (_cpu_seconds(pid) - cpu_before) / idle_seconds
-        status = dict(
-            line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
-        )
+        status = _process_status(pid)
         threads = int(status["Threads"])
         rss_mb = int(status["VmRSS"].split()[0]) / 1024
-        return DaemonFootprint(catch_up, threads, rss_mb, idle_cpu, note or "")
+        servers = [
+            child
+            for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            if b"pycomex_index.cli.serve" in Path(f"/proc/{child}/cmdline").read_bytes()
+        ]
+        server_rss_mb = int(_process_status(int(servers[0]))["VmRSS"].split()[0]) / 1024 if servers else None
+        return DaemonFootprint(catch_up, threads, rss_mb, idle_cpu, note or "", server_rss_mb)
     finally:
         subprocess.run(command + ["daemon", "stop", "--path", str(root)], env=env, capture_output=True)
 
@@ -381,7 +411,7 @@ def startup_table(index_bin: Path, seed: int, runs: int, archives: Path = ARCHIV
         times: dict[str, list[Measurement]] = {label: [] for label, _ in commands}
         for _ in range(runs):
             for label, arguments in commands:
-                times[label].append(run_once(arguments, env))
+                times[label].append(run_measuring_the_server(arguments, env))
     finally:
         subprocess.run([index, "daemon", "stop", "--path", str(root)], env=env, capture_output=True)
     lines = [
@@ -399,6 +429,11 @@ def startup_table(index_bin: Path, seed: int, runs: int, archives: Path = ARCHIV
     return lines
 
 
+def _process_status(pid: int) -> dict[str, str]:
+    """``/proc/PID/status`` as a dict of its fields."""
+    return dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -408,11 +443,16 @@ def _cpu_seconds(pid: int) -> float:
 def _footprint_table(footprint: DaemonFootprint | None, idle_seconds: float) -> list[str]:
     if footprint is None:
         return ["daemon: did not start or catch up (see its log)"]
+    server = (
+        f"; its command server RSS {footprint.server_rss_mb:.0f} MB"
+        if footprint.server_rss_mb is not None
+        else "; no command server"
+    )
     return [
         "",
         f"Daemon (index already built): `daemon start` to catch-up done {footprint.catch_up_seconds:.1f} s; "
         f"then {footprint.threads} threads, RSS {footprint.rss_mb:.0f} MB, "
-        f"idle CPU {footprint.idle_cpu_percent:.2f}% of a core over {idle_seconds:g} s",
+        f"idle CPU {footprint.idle_cpu_percent:.2f}% of a core over {idle_seconds:g} s{server}",
         f"({footprint.note}).",
     ]
 

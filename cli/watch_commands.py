@@ -153,6 +153,7 @@ def watch_command(
         if not log_file:
             note(f"Watching ({status.note}). Ctrl-C stops.")
 
+    server = _start_command_server(log_file)
     try:
         run_watcher(path, location, settings, on_ready=on_ready)
     except DaemonAlreadyRunningError as error:
@@ -164,8 +165,22 @@ def watch_command(
         if log_file:
             logger.exception("the watcher could not run: %s", error)
         raise
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait()
     if not log_file:
         note("Stopped.")
+
+
+def _start_command_server(log_file: str | None):
+    """The read commands' server, beside the watcher (see pycomex_index.command_server); its errors in our log."""
+    from pycomex_index.cli.serve import start_command_server
+
+    if log_file is None:
+        return start_command_server(None)
+    with open(log_file, "a") as log:
+        return start_command_server(log)
 
 
 @click.group("daemon")

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import stat
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,12 @@ FIXTURE_ARCHIVE = Path(__file__).parent / "fixtures" / "results"
 
 
 @pytest.fixture(autouse=True)
-def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("PYCOMEX_INDEX", raising=False)
+    # The command servers of a test's daemons, in a folder of the test's own: a short path, as a socket's
+    # path has at most 107 bytes (tmp_path is often longer).
+    server_folder = tempfile.mkdtemp(prefix="pcx-")
+    monkeypatch.setenv("PYCOMEX_INDEX_SERVER_DIR", server_folder)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
     monkeypatch.setenv("PYCOMEX_INDEX_NO_PROGRESS", "1")
     # A run made without the plugin, whose folder names a pid that is gone, counts as interrupted once its
@@ -58,6 +63,8 @@ def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     # so with the default the killed run would flip from running to interrupted an hour after checking out:
     # tests take file age out of it, and tests/test_liveness.py checks the threshold itself.
     monkeypatch.setenv("PYCOMEX_INDEX_INTERRUPTED_AFTER", "0")
+    yield
+    shutil.rmtree(server_folder, ignore_errors=True)
 
 
 def _copy_writable(source: Path, target: Path) -> Path:

@@ -65,9 +65,11 @@ LAYERS: dict[str, int] = {
     "watcher": 3,
     "daemon": 3,
     "live_runs": 3,
+    "command_server": 3,
     # 4: the command line (the package's cli/ folder) and the entry points
     "cli": 4,
     "__main__": 4,
+    "launch": 4,
     # pycomex's entry points: the plugin module pycomex imports, and the plugin it registers
     "main": 4,
     "plugin": 4,

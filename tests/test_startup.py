@@ -86,6 +86,27 @@ def test_tail_with_a_live_watcher_imports_only_what_it_reads_with(archive: Path,
     assert not {"sqlalchemy", "alembic", "rich", "watchdog", "socket", "hashlib", "shutil"} & modules
 
 
+def test_the_entry_point_asks_a_command_server_with_nothing_heavy_loaded(tmp_path: Path) -> None:
+    # What a served command's client loads, found a server or not: no click, no library, not even typing or json.
+    script = (
+        "import sys\n"
+        "from pycomex_index import launch, command_server\n"
+        "command_server.run_in_server(['archive', 'list'], may_serve=launch.may_be_served)\n"
+        "sys.stderr.write('\\n'.join(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    modules = set(result.stderr.split())
+    assert {"pycomex_index.launch", "pycomex_index.command_server"} <= modules
+    ours = {name for name in modules if name.startswith("pycomex_index")}
+    assert ours == {"pycomex_index", "pycomex_index.launch", "pycomex_index.command_server"}
+    # Beyond what the interpreter loads anyway (an editable install's path finder loads re and typing).
+    bare = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.stderr.write('\\n'.join(sys.modules))"], capture_output=True, text=True
+    )
+    heavy = {"click", "typing", "json", "re", "sqlite3", "logging"} - set(bare.stderr.split())
+    assert heavy and not heavy & modules
+
+
 def _lazy_groups():
     from pycomex_index.cli import LazyGroup, cli
 
