@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -63,7 +64,9 @@ def test_a_stop_ends_the_childs_sync_at_its_next_batch_boundary(archive, catch_u
     def stop_once_it_walks() -> bool:
         if not (gate / "blocked").exists():
             return False
-        (gate / "release").touch()  # its stdin is closed at once: the walk goes on, and stops at the first batch
+        # Released once its stdin is closed (as this returns True): the walk goes on and stops at the first batch.
+        # Released at once, a child on a busy machine could read that batch before its stdin thread saw the end.
+        threading.Timer(0.5, (gate / "release").touch).start()
         return True
 
     started = time.monotonic()
