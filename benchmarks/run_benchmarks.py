@@ -15,7 +15,8 @@ It builds two virtual environments under ``benchmarks/.venvs/`` (pycomex from
 normal non-editable install), generates each archive once (cached under
 ``benchmarks/archives/``), then for every command runs pycomex and
 pycomex-index alternately, output to /dev/null, and records the median wall
-time and the peak RSS of each process (from ``wait4``). pycomex-index is
+time and the peak RSS of each process (from ``wait4``; with the daemon, of
+the command server's worker too, which does the work). pycomex-index is
 measured in three states: ``default`` (the index exists; every command syncs
 first), ``daemon`` (the background watcher runs, commands skip the walk) and
 ``first build`` (no index yet). Then the daemon itself: time from ``daemon
