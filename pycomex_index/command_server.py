@@ -123,11 +123,10 @@ def run_in_server(argv: list[str], *, may_serve: Callable[[list[str]], bool]) ->
             continue
         with connection:
             answer = _ask(connection, request)
-            if answer is None or "declined" in answer:
-                if answer is not None and answer["declined"] == "command":
-                    return None  # every server declines it: it is not served
-                continue
-            return _follow(connection, int(answer["worker"]))
+            if answer is not None and "worker" in answer:
+                return _follow(connection, int(answer["worker"]))
+            if answer is not None and answer.get("declined") == "command":
+                return None  # every server declines it: it is not served
     return None
 
 
@@ -319,10 +318,7 @@ def serve(
     waited_on: list[Any] = [listener, wake_reader]
     try:
         while not stopping and os.getppid() == while_parent:
-            try:
-                readable, _, _ = select.select(waited_on, [], [], 1.0)
-            except InterruptedError:
-                readable = []
+            readable, _, _ = select.select(waited_on, [], [], 1.0)
             if wake_reader in readable:
                 os.read(wake_reader, 512)
             _reap(workers)
@@ -350,8 +346,7 @@ def _accept(
     try:
         connection.settimeout(ANSWER_TIMEOUT_SECONDS)
         if _peer_uid(connection) != os.getuid():
-            connection.close()
-            return
+            raise PermissionError("a client of another user")
         request, descriptors = _receive_request(connection)
         if request.get("fingerprint") != fingerprint or len(descriptors) != 3:
             _send(connection, {"declined": "code"})
@@ -367,8 +362,8 @@ def _accept(
                 for other in workers.values():
                     other.close()
                 _become_the_command(connection, request, descriptors, run)  # never returns
+            # The worker names itself to its client: sent from here, the name could come after the worker's end.
             workers[worker] = connection
-            _send(connection, {"worker": worker})
             return
     except (OSError, ValueError, KeyError, TypeError, EOFError):
         pass  # a client that went away or sent nonsense: nothing to answer
@@ -436,6 +431,8 @@ def _become_the_command(
         for signal_number in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD):
             signal.signal(signal_number, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        # Named once its signals are a command's: the client passes Ctrl-C on from then.
+        _send(connection, {"worker": os.getpid()})
         for target, descriptor in enumerate(descriptors):
             os.dup2(descriptor, target)
             os.close(descriptor)
