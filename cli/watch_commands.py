@@ -287,6 +287,8 @@ def status_command(ctx, archive_path, index_location, as_json) -> None:
         ]
         if status.note:
             lines.append(f"  {status.note}")
+        if status.command_server:
+            lines.append(f"  read commands served from {status.command_server}")
         if status.heartbeat_late:
             lines.append("  its heartbeat is late (busy or stuck): commands check the disk themselves meanwhile")
         write_lines(lines)

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 from logging.handlers import RotatingFileHandler
 from typing import Any
 
+from pycomex_index.command_server import socket_of_server_started_by
 from pycomex_index.discovery import INDEX_FOLDER_NAME
 from pycomex_index.errors import DaemonAlreadyRunningError, DaemonError  # noqa: F401 - this module's API too
 from pycomex_index.formatting import format_time
@@ -103,6 +104,8 @@ class DaemonStatus:
     fresh: bool
     pid_file: str
     log_file: str
+    #: The socket of the command server the watcher started (this host's watcher only; None: none serves).
+    command_server: str | None = None
 
     @property
     def heartbeat_late(self) -> bool:
@@ -408,6 +411,7 @@ def daemon_status(path: str, index: str | None = None) -> DaemonStatus:
     else:
         with contextlib.suppress(OSError):
             status.since = os.stat(files.pid_path).st_mtime
+        status.command_server = None if pid is None else socket_of_server_started_by(pid)
     if state is not None and state.hostname == status.host and state.pid == pid:
         status.since = state.started_at
         status.mode = state.mode

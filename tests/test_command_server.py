@@ -141,17 +141,26 @@ def test_write_commands_are_never_served(archive, served):
     assert served_count(served) == 0
 
 
+def daemon_status(archive: Path) -> dict:
+    result = launched("daemon", "status", "--path", str(archive), "--json")
+    return json.loads(result.stdout)
+
+
 def test_the_server_ends_with_its_watcher_and_removes_its_socket(archive, daemon, tmp_path):  # noqa: F811
     watcher = daemon()["pid"]
     sockets = wait_until(server_sockets, timeout=20)
     assert sockets
     server = int(sockets[0].name.removesuffix(SOCKET_SUFFIX))
+    assert daemon_status(archive)["command_server"] == str(sockets[0])
+    shown = launched("daemon", "status", "--path", str(archive)).stdout.decode()
+    assert f"read commands served from {sockets[0]}" in shown
     os.kill(watcher, signal.SIGKILL)  # no clean stop: the server notices on its own
     assert wait_until(lambda: not server_sockets(), timeout=10)
     assert wait_until(lambda: not Path(f"/proc/{server}").exists(), timeout=10)
     # Commands run by themselves again.
     result = launched("archive", "--path", str(archive), "list")
     assert result.returncode == 0 and b"results/neural_net/" in result.stdout
+    assert daemon_status(archive)["command_server"] is None
 
 
 def test_a_dead_servers_socket_is_removed_and_the_command_runs_by_itself(archive, tmp_path):
