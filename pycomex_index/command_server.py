@@ -29,6 +29,7 @@ import os
 import select
 import signal
 import socket
+import stat
 import struct
 import sys
 
@@ -71,7 +72,8 @@ def is_private_folder(folder: str) -> bool:
         found = os.lstat(folder)
     except OSError:
         return False
-    return found.st_uid == os.getuid() and (found.st_mode & 0o077) == 0 and os.path.isdir(folder)
+    # lstat: a symbolic link (whoever made it) is no private folder.
+    return stat.S_ISDIR(found.st_mode) and found.st_uid == os.getuid() and (found.st_mode & 0o077) == 0
 
 
 def code_fingerprint() -> str:
@@ -79,7 +81,7 @@ def code_fingerprint() -> str:
 
     A server answers only clients with the same fingerprint, so an upgrade or an
     edit while a daemon runs never has new commands served by old code. A stat
-    of each file (~70, ~0.3 ms), not a hash of their text.
+    of each file (~90, under a millisecond), not a hash of their text.
     """
     import importlib.util
 
@@ -88,11 +90,14 @@ def code_fingerprint() -> str:
     if cli_spec is not None and cli_spec.submodule_search_locations:
         folders.extend(cli_spec.submodule_search_locations)
     stamps = [sys.prefix, sys.version]
-    for folder in folders:
-        for entry in sorted(os.scandir(folder), key=lambda entry: entry.name):
-            if entry.name.endswith(".py"):
-                found = entry.stat()
-                stamps.append(f"{entry.path}:{found.st_mtime_ns}:{found.st_size}")
+    for top in folders:
+        for folder, subfolders, files in os.walk(top):
+            subfolders.sort()
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    path = os.path.join(folder, name)
+                    found = os.stat(path)
+                    stamps.append(f"{path}:{found.st_mtime_ns}:{found.st_size}")
     return "\n".join(stamps)
 
 

@@ -321,7 +321,7 @@ class RunStates:
         an archive gathers (5,089 of 100,000 runs: ~75 ms of every ``scan``).
         Those times are the run's own unless the files were copied or checked
         out (every file then has the time of the copy): see
-        :meth:`_activity_recorded_inside`.
+        :func:`_activity_recorded_inside`.
         """
         try:
             folder = experiment_folder(self.index.root, rel_path)
@@ -336,7 +336,8 @@ class RunStates:
         # Concatenated, not os.path.join'ed: this runs for every running row a listing shows.
         log_path = folder + _LOG_IN_FOLDER
         log = _stat(log_path)
-        mtimes = [mtime for mtime in (folder_mtime, metadata_mtime, log and log.st_mtime) if mtime is not None]
+        log_mtime = None if log is None else log.st_mtime
+        mtimes = [mtime for mtime in (folder_mtime, metadata_mtime, log_mtime) if mtime is not None]
         if not mtimes:
             return None
         age = self._judged_at - max(mtimes)
