@@ -78,6 +78,37 @@ def test_a_served_command_prints_and_exits_as_it_does_in_its_own_process(archive
     assert in_server.stdout or in_server.returncode == 2
 
 
+def _on_a_terminal(arguments: list[str], environment: dict[str, str]) -> tuple[bytes, int]:
+    """What the launcher writes to a terminal (a pseudo-terminal it runs on), and its exit status."""
+    import pty
+
+    process, terminal = pty.fork()
+    if process == 0:  # the child: the terminal is its stdin, stdout and stderr
+        os.execve(sys.executable, [sys.executable, "-c", LAUNCHER, *arguments], environment)
+    written = []
+    while True:
+        try:
+            chunk = os.read(terminal, 65536)
+        except OSError:  # the terminal closed with the child
+            break
+        if not chunk:
+            break
+        written.append(chunk)
+    _, status = os.waitpid(process, 0)
+    os.close(terminal)
+    return b"".join(written), os.waitstatus_to_exitcode(status)
+
+
+def test_a_served_command_on_a_terminal_draws_what_it_draws_in_its_own_process(archive, served):
+    arguments = ["archive", "--path", str(archive), "scan"]
+    environment = {**os.environ, "COLUMNS": "100", "TERM": "xterm-256color"}
+    in_server = _on_a_terminal(arguments, {**environment, USAGE_FILE_VARIABLE: str(served)})
+    assert served_count(served) == 1, "the command was not served"
+    by_itself = _on_a_terminal(arguments, {**environment, "PYCOMEX_INDEX_NO_SERVER": "1"})
+    assert in_server == by_itself
+    assert b"\x1b[" in in_server[0]  # drawn for a terminal: rich's colours
+
+
 def test_a_served_command_works_in_the_clients_folder_with_its_environment(archive, served):
     times = {}
     for zone in ("UTC", "Asia/Kolkata"):
