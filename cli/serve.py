@@ -12,12 +12,11 @@ import importlib
 import os
 import subprocess
 import sys
-from typing import IO
 
 import click
 
 from pycomex_index.cli import cli
-from pycomex_index.command_server import NO_SERVER_VARIABLE, serve
+from pycomex_index.command_server import serve, servers_turned_off
 from pycomex_index.launch import SERVED_COMMANDS
 
 #: Imported before the first fork, so no worker imports them again: what the read commands import as they run.
@@ -54,18 +53,20 @@ def run(argv: list[str]) -> int:
     return 0
 
 
-def start_command_server(log: IO[str] | None) -> subprocess.Popen | None:
-    """Start the server beside this process (the watcher); it ends when this process does. None: not wanted."""
-    if os.environ.get(NO_SERVER_VARIABLE, "") not in ("", "0"):
+def start_command_server(log_file: str | None) -> subprocess.Popen | None:
+    """Start the server beside this process (the watcher), its errors appended to ``log_file``; it ends when this
+    process does. None: not wanted."""
+    if servers_turned_off():
         return None
-    return subprocess.Popen(
-        [sys.executable, "-m", "pycomex_index.cli.serve", str(os.getpid())],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=log if log is not None else subprocess.DEVNULL,
-        start_new_session=True,  # a Ctrl-C meant for a foreground watcher is its to pass on, not the server's
-        close_fds=True,
-    )
+    with open(log_file or os.devnull, "a") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pycomex_index.cli.serve", str(os.getpid())],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,  # a Ctrl-C meant for a foreground watcher is its to pass on, not the server's
+            close_fds=True,
+        )
 
 
 def main() -> None:

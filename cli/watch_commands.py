@@ -153,7 +153,9 @@ def watch_command(
         if not log_file:
             note(f"Watching ({status.note}). Ctrl-C stops.")
 
-    server = _start_command_server(log_file)
+    from pycomex_index.cli.serve import start_command_server
+
+    server = start_command_server(log_file)
     try:
         run_watcher(path, location, settings, on_ready=on_ready)
     except DaemonAlreadyRunningError as error:
@@ -171,16 +173,6 @@ def watch_command(
             server.wait()
     if not log_file:
         note("Stopped.")
-
-
-def _start_command_server(log_file: str | None):
-    """The read commands' server, beside the watcher (see pycomex_index.command_server); its errors in our log."""
-    from pycomex_index.cli.serve import start_command_server
-
-    if log_file is None:
-        return start_command_server(None)
-    with open(log_file, "a") as log:
-        return start_command_server(log)
 
 
 @click.group("daemon")

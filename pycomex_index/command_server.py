@@ -57,6 +57,11 @@ _STREAMS = ("stdin", "stdout", "stderr")
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
+def servers_turned_off() -> bool:
+    """``PYCOMEX_INDEX_NO_SERVER`` is set (to anything but "" or "0"): no server is started, none is asked."""
+    return os.environ.get(NO_SERVER_VARIABLE, "") not in ("", "0")
+
+
 def server_folder() -> str:
     """Where servers put their sockets: the user's runtime folder, else a folder of the user's own in /tmp."""
     configured = os.environ.get(SERVER_FOLDER_VARIABLE)
@@ -129,7 +134,7 @@ def run_in_server(argv: list[str], *, may_serve: Callable[[list[str]], bool]) ->
     ``may_serve`` is a cheap first look at the arguments (no server is asked
     about a command it would decline anyway).
     """
-    if os.environ.get(NO_SERVER_VARIABLE, "") not in ("", "0") or not may_serve(argv):
+    if servers_turned_off() or not may_serve(argv):
         return None
     folder = server_folder()
     if not is_private_folder(folder):
@@ -460,7 +465,6 @@ def _become_the_command(
         for target, descriptor in enumerate(descriptors):
             os.dup2(descriptor, target)
             os.close(descriptor)
-        descriptors.clear()
         _take_on(request)
         code = run(list(request["argv"]))
     except SystemExit as exit_request:
