@@ -450,8 +450,8 @@ def _render_scan_table(console, heading: list[str], rows: list[list[str]], foote
     table.add_column(SCAN_COLUMNS[0], justify="left", no_wrap=True)
     for column in SCAN_COLUMNS[1:]:
         table.add_column(column, justify="right", no_wrap=True)
-    for key, *figures in rows:
-        table.add_row(Text(key), *figures)
+    for row in rows:
+        table.add_row(*map(Text, row))  # a cell is data, never markup: "[/0]" in one is drawn as it is
     console.print(table)
     for line in footer:
         console.print(line, markup=False)
