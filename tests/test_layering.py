@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "walk": 0,
     # 1: the index: connection, schema, rows, keeping it in step with the disk
     "db": 1,
+    "query_ahead": 1,
     "postgresql": 1,
     "models": 1,
     "store": 1,
