@@ -369,9 +369,10 @@ class SqliteFileDatabase(IndexDatabase):
         A sorted query does all its work (scan, joins, sort) before its first
         row, with Python's lock released: two halves of a query run at once on
         two CPUs, and the second is ready when the caller is done with the
-        first's rows (``list --select`` at 100,000 runs: 132 ms to 98). Each
-        piece reads the index as committed when it starts, so the pieces must
-        split the rows by what a write does not change in a stored row.
+        first's rows (``list --select``'s query and lines at 100,000 runs:
+        132 → 98 ms). Each piece reads the index as committed when it starts,
+        so the pieces must split the rows by what a write does not change in a
+        stored row.
         """
         if len(pieces) < 2 or not self.runs_queries_ahead():
             return super().execute_pieces(pieces)
