@@ -333,14 +333,24 @@ class RunStates:
         else:
             metadata_mtime = _mtime(folder + METADATA_IN_FOLDER)
         folder_mtime = row.folder_mtime_ns / 1e9 if row is not None and index.folder_times_current else _mtime(folder)
-        # Concatenated, not os.path.join'ed: this runs for every running row a listing shows.
+        # Concatenated, not os.path.join'ed, and no helper called: this runs for every running row a listing shows.
         log_path = folder + _LOG_IN_FOLDER
-        log = _stat(log_path)
-        log_mtime = None if log is None else log.st_mtime
-        mtimes = [mtime for mtime in (folder_mtime, metadata_mtime, log_mtime) if mtime is not None]
-        if not mtimes:
-            return None
-        age = self._judged_at - max(mtimes)
+        try:
+            log: os.stat_result | None = os.stat(log_path)
+        except OSError:
+            log = None
+        if log is not None and folder_mtime is not None and metadata_mtime is not None:
+            newest = max(folder_mtime, metadata_mtime, log.st_mtime)  # the common case, without building a list
+        else:
+            known = [
+                mtime
+                for mtime in (folder_mtime, metadata_mtime, None if log is None else log.st_mtime)
+                if mtime is not None
+            ]
+            if not known:
+                return None
+            newest = max(known)
+        age = self._judged_at - newest
         if age >= self.quiet_after or metadata_mtime is None or log is None:
             return age
         start_time = None if row is None else row.start_time

@@ -17,10 +17,11 @@ def experiment_folder(root: str, rel_path: str) -> str:
     """The absolute folder of the experiment stored as ``rel_path``, refusing any path not plainly below ``root``."""
     rel_path = path_on_disk(rel_path)
     parts = rel_path.split("/")
-    # Membership tests, not a loop over the parts: this runs for every running row a listing judges.
-    if os.path.isabs(rel_path) or "" in parts or "." in parts or ".." in parts:
+    # Membership tests, not a loop over the parts, and the joining spelled out (what os.path.join does with a
+    # relative path, at half the cost): this runs for every running row a listing judges.
+    if rel_path.startswith("/") or "" in parts or "." in parts or ".." in parts:
         raise UnsafePathError(f"{rel_path!r} is not a plain path below the archive root")
-    return os.path.join(root, rel_path)
+    return f"{root}/{rel_path}" if root and not root.endswith("/") else root + rel_path
 
 
 def folder_on_disk(root: str, rel_path: str) -> str:

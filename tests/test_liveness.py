@@ -190,6 +190,20 @@ def test_a_run_without_the_plugin_is_guessed_interrupted_only_after_the_file_age
     assert not (archive / guessed).exists() and not (archive / reused).exists() and (archive / own).exists()
 
 
+@pytest.mark.parametrize("with_log", [True, False])
+def test_files_dated_at_the_epoch_are_as_old_as_can_be(tmp_path: Path, run_cli, monkeypatch, with_log: bool) -> None:
+    # An unpacked or synced archive can carry mtime 0: a time like any other, not a missing one.
+    monkeypatch.setenv("PYCOMEX_INDEX_INTERRUPTED_AFTER", "3600")
+    archive = tmp_path / "results"
+    rel_path = _running_run(archive, f"26_11_2026__14_03_50__p{2**22 + 12345}__wKXG")
+    folder = archive / rel_path
+    if with_log:
+        (folder / "experiment_out.log").write_text("")
+    for path in [*folder.iterdir(), folder]:
+        os.utime(path, (0, 0))
+    assert _states(run_cli, archive) == {rel_path: "interrupted"}
+
+
 def test_the_fixture_archives_killed_run_is_interrupted_by_default_once_its_files_are_old(
     archive: Path, run_cli, monkeypatch
 ) -> None:
@@ -355,6 +369,8 @@ def test_a_stored_path_that_is_not_plainly_below_the_root_reaches_no_folder(rel_
         ("/archive/results/", "ns/deep/run", "/archive/results/ns/deep/run"),
         ("/archive/results", "ns/caf\\\\x/run", "/archive/results/ns/caf\\x/run"),  # stored escaped
         ("/archive/results", "...hidden/run", "/archive/results/...hidden/run"),
+        ("/", "ns/run", "/ns/run"),  # an archive at the file system's root
+        ("", "ns/run", "ns/run"),  # as os.path.join joins them
     ],
 )
 def test_a_plain_stored_path_is_its_folder_below_the_root(root: str, rel_path: str, folder: str) -> None:
