@@ -108,19 +108,15 @@ def code_fingerprint() -> str:
 
 def socket_of_server_started_by(parent: int) -> str | None:
     """The socket of the command server that process ``parent`` (a watcher) started, if one serves; None: none."""
+    from pycomex_index.paths import parent_pid  # here: the launcher imports this module and nothing of the library
+
     folder = server_folder()
     if not is_private_folder(folder):
         return None
     for name in sorted(os.listdir(folder)):
         server = name.removesuffix(SOCKET_SUFFIX)
-        if not (name.endswith(SOCKET_SUFFIX) and server.isdigit()):
-            continue
-        try:
-            with open(f"/proc/{server}/stat", "rb") as file:
-                fields = file.read().rpartition(b")")[2].split()
-        except OSError:
-            continue  # gone (its socket is removed by the next client) or no /proc
-        if int(fields[1]) == parent:  # the parent pid: the field after the state
+        # A server gone (its socket is removed by the next client), or no /proc, has no parent to match.
+        if name.endswith(SOCKET_SUFFIX) and server.isdigit() and parent_pid(int(server)) == parent:
             return os.path.join(folder, name)
     return None
 

@@ -428,16 +428,11 @@ class InterruptedCount:
 _LOG_IN_FOLDER = os.sep + LOG_FILE_NAME
 
 
-def _stat(path: str) -> os.stat_result | None:
+def _mtime(path: str) -> float | None:
     try:
-        return os.stat(path)
+        return os.stat(path).st_mtime
     except OSError:
         return None
-
-
-def _mtime(path: str) -> float | None:
-    found = _stat(path)
-    return None if found is None else found.st_mtime
 
 
 def log_record_times(log_path: str, size: int) -> tuple[datetime, datetime] | None:

@@ -104,6 +104,15 @@ def process_start_ticks(pid: int) -> int | None:
         return None
 
 
+def parent_pid(pid: int) -> int | None:
+    """The pid of ``pid``'s parent (``/proc/<pid>/stat`` field 4); None where unknown (gone, or no /proc)."""
+    fields = _proc_stat_fields(pid)
+    try:
+        return int(fields[1]) if fields is not None else None
+    except (IndexError, ValueError):
+        return None
+
+
 def _proc_stat_fields(pid: int) -> list[bytes] | None:
     """The fields of ``/proc/<pid>/stat`` after the command name (which may hold spaces); None without it."""
     try:

@@ -171,6 +171,8 @@ FUNCTION_LEVEL_IMPORTS: dict[str, str] = {
     "layer loads only when a run starts or ends (the plugin's import budget is 5 ms)",
     "plugin: pycomex_index.cli.pycomex_commands": "the indexed commands cost 25-45 ms to import: built only "
     "when `pycomex archive` is used, not at every pycomex start",
+    "command_server: pycomex_index.paths": "the launcher imports command_server before every command and nothing "
+    "of the library besides (tests/test_startup.py); a server's parent is looked up for `daemon status` alone",
 }
 
 
